@@ -1,0 +1,287 @@
+// The distree::exit_head op: its schema (defined here, once) and its CPU kernels.
+//
+// Forward, per sample b: p = mean_hw relu(x[b]), feat = p @ weight.T + bias,
+// score = 1 / cos(feat, ref), exit = score > threshold; one pass over x, accumulation in
+// float32 (float64 for float64 x). Backward: one pass over x that writes grad_x and, in the
+// same read, recomputes p for grad_weight (the small matmuls stay in Python, see ops.py).
+#include <Python.h>
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "exit_head_checks.h"
+
+extern "C" {
+// An empty Python module: importing distree_kernels._C only loads this library, whose static
+// initialisers register the ops with the dispatcher (no pybind11 on the op's path).
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace distree {
+namespace {
+
+// Independent partial sums: GCC vectorises the lane loop without reassociating floats.
+constexpr int kLanes = 16;
+// Elements a thread should get before a loop is worth splitting across threads.
+constexpr int64_t kGrainElements = 32768;
+
+template <typename acc_t>
+inline acc_t relu(acc_t t) {
+  return t < acc_t(0) ? acc_t(0) : t;  // keeps NaN, unlike max(t, 0)
+}
+
+// sum relu(v[0..n)) for a contiguous run.
+template <typename scalar_t, typename acc_t>
+acc_t relu_sum(const scalar_t* v, int64_t n) {
+  acc_t lane[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) lane[l] += relu(static_cast<acc_t>(v[i + l]));
+  acc_t s = 0;
+  for (; i < n; ++i) s += relu(static_cast<acc_t>(v[i]));
+  for (int l = 0; l < kLanes; ++l) s += lane[l];
+  return s;
+}
+
+template <typename scalar_t, typename acc_t>
+acc_t dot(const scalar_t* w, const acc_t* p, int64_t n) {
+  acc_t lane[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) lane[l] += static_cast<acc_t>(w[i + l]) * p[i + l];
+  acc_t s = 0;
+  for (; i < n; ++i) s += static_cast<acc_t>(w[i]) * p[i];
+  for (int l = 0; l < kLanes; ++l) s += lane[l];
+  return s;
+}
+
+// The (H, W) plane of each (b, c) is one contiguous run.
+bool rows_layout(at::IntArrayRef size, at::IntArrayRef stride) {
+  return (size[3] == 1 || stride[3] == 1) && (size[2] == 1 || stride[2] == size[3]);
+}
+
+// Each sample is one contiguous (H, W, C) block.
+bool channels_last_layout(at::IntArrayRef size, at::IntArrayRef stride) {
+  const int64_t C = size[1], W = size[3];
+  return (C == 1 || stride[1] == 1) && (W == 1 || stride[3] == C) &&
+         (size[2] == 1 || stride[2] == W * C);
+}
+
+int64_t grain_for(int64_t elements_per_item) {
+  return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, elements_per_item));
+}
+
+// p[b, c] = mean over (h, w) of relu(x[b, c, h, w]).
+template <typename scalar_t, typename acc_t>
+void pool(const at::Tensor& x, acc_t* p) {
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
+  const int64_t sB = x.stride(0), sC = x.stride(1), sH = x.stride(2), sW = x.stride(3);
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  if (rows_layout(x.sizes(), x.strides())) {
+    at::parallel_for(0, B * C, grain_for(HW), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i)
+        p[i] = relu_sum<scalar_t, acc_t>(xp + (i / C) * sB + (i % C) * sC, HW) / acc_t(HW);
+    });
+  } else if (channels_last_layout(x.sizes(), x.strides())) {
+    at::parallel_for(0, B, grain_for(HW * C), [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        acc_t* pb = p + b * C;
+        std::fill(pb, pb + C, acc_t(0));
+        for (int64_t hw = 0; hw < HW; ++hw) {
+          const scalar_t* v = xp + b * sB + hw * C;
+          for (int64_t c = 0; c < C; ++c) pb[c] += relu(static_cast<acc_t>(v[c]));
+        }
+        for (int64_t c = 0; c < C; ++c) pb[c] /= acc_t(HW);
+      }
+    });
+  } else {
+    at::parallel_for(0, B * C, grain_for(HW), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const scalar_t* v = xp + (i / C) * sB + (i % C) * sC;
+        acc_t s = 0;
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t w = 0; w < W; ++w) s += relu(static_cast<acc_t>(v[h * sH + w * sW]));
+        p[i] = s / acc_t(HW);
+      }
+    });
+  }
+}
+
+// 1 / cos(u, v) with the contract's edge rules: NaN stays NaN, a zero vector gives 1,
+// cos <= 0 gives +inf.
+template <typename acc_t>
+float inverse_cosine(acc_t dot_uv, acc_t uu, acc_t vv) {
+  if (std::isnan(dot_uv) || std::isnan(uu) || std::isnan(vv))
+    return std::numeric_limits<float>::quiet_NaN();
+  if (uu == 0 || vv == 0) return 1.0f;
+  const acc_t cos = dot_uv / (std::sqrt(uu) * std::sqrt(vv));
+  return cos <= 0 ? std::numeric_limits<float>::infinity() : static_cast<float>(1 / cos);
+}
+
+template <typename scalar_t>
+void forward_kernel(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& ref,
+                    float threshold, int64_t D, at::Tensor& feat, at::Tensor& score,
+                    at::Tensor& exit) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t B = x.size(0), C = x.size(1);
+  std::vector<acc_t> p(B * C);
+  pool<scalar_t, acc_t>(x, p.data());
+
+  const at::Tensor w = weight.has_value() ? weight->contiguous() : at::Tensor();
+  const at::Tensor bs = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const at::Tensor r = ref.has_value() ? ref->contiguous() : at::Tensor();
+  const scalar_t* wp = w.defined() ? w.const_data_ptr<scalar_t>() : nullptr;
+  const scalar_t* bp = bs.defined() ? bs.const_data_ptr<scalar_t>() : nullptr;
+  const scalar_t* rp = r.defined() ? r.const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* fp = feat.data_ptr<scalar_t>();
+  float* sp = score.data_ptr<float>();
+  bool* ep = exit.data_ptr<bool>();
+
+  at::parallel_for(0, B, grain_for(D * C), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> f(D);
+    for (int64_t b = begin; b < end; ++b) {
+      const acc_t* pb = p.data() + b * C;
+      for (int64_t d = 0; d < D; ++d) {
+        f[d] = wp ? dot<scalar_t, acc_t>(wp + d * C, pb, C) : pb[d];
+        if (bp) f[d] += static_cast<acc_t>(bp[d]);
+        fp[b * D + d] = static_cast<scalar_t>(f[d]);
+      }
+      float s = 1.0f;
+      if (rp) {
+        acc_t uv = 0, uu = 0, vv = 0;
+        for (int64_t d = 0; d < D; ++d) {
+          const acc_t v = static_cast<acc_t>(rp[b * D + d]);
+          uv += f[d] * v;
+          uu += f[d] * f[d];
+          vv += v * v;
+        }
+        s = inverse_cosine(uv, uu, vv);
+      }
+      sp[b] = s;
+      ep[b] = s > threshold;  // false for NaN
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> exit_head_cpu(
+    const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& ref,
+    const at::Tensor& threshold) {
+  const int64_t D = check_exit_head_args(x, weight, bias, ref, threshold);
+  const int64_t B = x.size(0);
+  auto feat = at::empty({B, D}, x.options());
+  auto score = at::empty({B}, x.options().dtype(at::kFloat));
+  auto exit = at::empty({B}, x.options().dtype(at::kBool));
+  if (B == 0) return {feat, score, exit};
+  const float t = *threshold.const_data_ptr<float>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "exit_head_cpu", [&] {
+    forward_kernel<scalar_t>(x, weight, bias, ref, t, D, feat, score, exit);
+  });
+  return {feat, score, exit};
+}
+
+// grad_x = (x > 0) * grad_p / HW and p = mean relu(x), in one read of x.
+template <typename scalar_t>
+void backward_kernel(const at::Tensor& grad_p, const at::Tensor& x, at::Tensor& grad_x,
+                     at::Tensor& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* gxp = grad_x.data_ptr<scalar_t>();
+  const acc_t* gp = grad_p.const_data_ptr<acc_t>();
+  acc_t* pp = p.data_ptr<acc_t>();
+  const auto xs = x.strides(), gs = grad_x.strides();
+
+  if (channels_last_layout(x.sizes(), xs) && channels_last_layout(x.sizes(), gs)) {
+    at::parallel_for(0, B, grain_for(HW * C), [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> g(C);
+      for (int64_t b = begin; b < end; ++b) {
+        acc_t* pb = pp + b * C;
+        for (int64_t c = 0; c < C; ++c) g[c] = gp[b * C + c] / acc_t(HW);
+        std::fill(pb, pb + C, acc_t(0));
+        for (int64_t hw = 0; hw < HW; ++hw) {
+          const scalar_t* v = xp + b * xs[0] + hw * C;
+          scalar_t* o = gxp + b * gs[0] + hw * C;
+          for (int64_t c = 0; c < C; ++c) {
+            const acc_t t = static_cast<acc_t>(v[c]);
+            pb[c] += relu(t);
+            o[c] = static_cast<scalar_t>(t > 0 ? g[c] : acc_t(0));
+          }
+        }
+        for (int64_t c = 0; c < C; ++c) pb[c] /= acc_t(HW);
+      }
+    });
+    return;
+  }
+  const bool rows = rows_layout(x.sizes(), xs) && rows_layout(x.sizes(), gs);
+  at::parallel_for(0, B * C, grain_for(HW), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / C, c = i % C;
+      const scalar_t* v = xp + b * xs[0] + c * xs[1];
+      scalar_t* o = gxp + b * gs[0] + c * gs[1];
+      const acc_t g = gp[i] / acc_t(HW);
+      acc_t s = 0;
+      if (rows) {
+        for (int64_t k = 0; k < HW; ++k) {
+          const acc_t t = static_cast<acc_t>(v[k]);
+          s += relu(t);
+          o[k] = static_cast<scalar_t>(t > 0 ? g : acc_t(0));
+        }
+      } else {
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t w = 0; w < W; ++w) {
+            const acc_t t = static_cast<acc_t>(v[h * xs[2] + w * xs[3]]);
+            s += relu(t);
+            o[h * gs[2] + w * gs[3]] = static_cast<scalar_t>(t > 0 ? g : acc_t(0));
+          }
+      }
+      pp[i] = s / acc_t(HW);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> exit_head_backward_cpu(const at::Tensor& grad_p,
+                                                          const at::Tensor& x) {
+  check_exit_head_backward_args(grad_p, x);
+  TORCH_CHECK(x.size(2) * x.size(3) > 0, "exit_head_backward: x has H * W = 0");
+  auto grad_x = at::empty_like(x);  // keeps x's memory format
+  auto p = at::empty({x.size(0), x.size(1)}, grad_p.options());
+  const auto gp = grad_p.contiguous();
+  if (x.numel() == 0) return {grad_x, p};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "exit_head_backward_cpu",
+                                  [&] { backward_kernel<scalar_t>(gp, x, grad_x, p); });
+  return {grad_x, p};
+}
+
+// How many threads at::parallel_for really uses: 1 when the build lacks OpenMP.
+int64_t parallel_threads() {
+  std::atomic<int64_t> seen{0};
+  at::parallel_for(0, 1 << 16, 1, [&](int64_t, int64_t) { seen.fetch_add(1); });
+  return seen.load();
+}
+
+}  // namespace
+
+TORCH_LIBRARY(distree, m) {
+  m.def("exit_head(Tensor x, Tensor? weight, Tensor? bias, Tensor? ref, Tensor threshold)"
+        " -> (Tensor, Tensor, Tensor)");
+  m.def("exit_head_backward(Tensor grad_p, Tensor x) -> (Tensor, Tensor)");
+  m.def("_parallel_threads() -> int", &parallel_threads);
+}
+
+TORCH_LIBRARY_IMPL(distree, CPU, m) {
+  m.impl("exit_head", &exit_head_cpu);
+  m.impl("exit_head_backward", &exit_head_backward_cpu);
+}
+
+}  // namespace distree

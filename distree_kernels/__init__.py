@@ -1,0 +1,18 @@
+"""distree_kernels: the fused exit-head op (ReLU, pool, projection, cosine score, threshold).
+
+Backends: reference (plain PyTorch), cpp (C++ CPU kernel), cuda (CUDA C++), triton.
+"""
+import warnings
+
+from . import ops
+from .backends import available_backends, unavailable_reason
+from .functional import exit_head
+from .module import ExitHead
+from .reference import exit_head_reference
+
+if ops.EXTENSION_ERROR is not None:
+    warnings.warn("distree_kernels: the C++ extension is not built, so the 'cpp' and 'cuda' backends "
+                  f"are unavailable and 'auto' uses 'reference' on the CPU ({ops.EXTENSION_ERROR}). "
+                  "Build it with `pip install --no-build-isolation -e .`.", stacklevel=2)
+
+__all__ = ["ExitHead", "exit_head", "exit_head_reference", "available_backends", "unavailable_reason"]

@@ -1,0 +1,86 @@
+"""torch.library registrations of the exit head: fake kernels and autograd for the C++ op, and
+the Triton backend as ops of its own, so that every backend traces under torch.compile.
+
+The schema of distree::exit_head lives in csrc/exit_head.cpp; this file only adds what Python
+does best (shape inference and the backward's small matmuls).
+"""
+import torch
+
+from .checks import check_exit_head_args
+
+try:
+    from . import _C  # noqa: F401  loading the library registers torch.ops.distree.*
+    EXTENSION_ERROR = None
+except ImportError as err:
+    EXTENSION_ERROR = f"{type(err).__name__}: {err}"
+
+try:
+    from . import triton_exit_head
+    TRITON_ERROR = None
+except ImportError as err:
+    triton_exit_head = None
+    TRITON_ERROR = f"{type(err).__name__}: {err}"
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype kernels accumulate in: float64 for float64 inputs, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _fake_forward(x, weight, bias, ref, threshold):
+    D = check_exit_head_args(x, weight, bias, ref, threshold)
+    B = x.shape[0]
+    return x.new_empty(B, D), x.new_empty(B, dtype=torch.float32), x.new_empty(B, dtype=torch.bool)
+
+
+def _fake_backward(grad_p, x):
+    # grad_x keeps x's memory format, as torch.empty_like does in the kernels.
+    return torch.empty_like(x), grad_p.new_empty(x.shape[0], x.shape[1])
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, _ref, _threshold = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+    ctx.mark_non_differentiable(output[1], output[2])
+
+
+def _make_backward(backward_op):
+    def backward(ctx, grad_feat, _grad_score, _grad_exit):
+        x, weight = ctx.saved_tensors
+        g = grad_feat.to(accumulation_dtype(x.dtype))  # (B, D)
+        grad_p = g if weight is None else g @ weight.to(g.dtype)  # (B, C)
+        grad_x, p = backward_op(grad_p.contiguous(), x)  # (B, C, H, W), (B, C)
+        grad_w = None if weight is None else (g.T @ p).to(weight.dtype)  # (D, C)
+        grad_b = g.sum(0).to(x.dtype) if ctx.has_bias else None  # (D,)
+        return grad_x, grad_w, grad_b, None, None
+    return backward
+
+
+if EXTENSION_ERROR is None:
+    torch.library.register_fake("distree::exit_head")(_fake_forward)
+    torch.library.register_fake("distree::exit_head_backward")(_fake_backward)
+    torch.library.register_autograd(
+        "distree::exit_head", _make_backward(torch.ops.distree.exit_head_backward),
+        setup_context=_setup_context)
+
+
+if TRITON_ERROR is None:
+    @torch.library.custom_op("distree::exit_head_triton", mutates_args=())
+    def exit_head_triton(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                         ref: torch.Tensor | None, threshold: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The exit head on Triton kernels (CUDA tensors; CPU ones under TRITON_INTERPRET=1)."""
+        check_exit_head_args(x, weight, bias, ref, threshold)
+        return triton_exit_head.exit_head_forward(x, weight, bias, ref, threshold)
+
+    @torch.library.custom_op("distree::exit_head_backward_triton", mutates_args=())
+    def exit_head_backward_triton(grad_p: torch.Tensor, x: torch.Tensor
+                                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """grad_x and the recomputed pool p in one Triton pass over x."""
+        return triton_exit_head.exit_head_backward(grad_p, x)
+
+    exit_head_triton.register_fake(_fake_forward)
+    exit_head_backward_triton.register_fake(_fake_backward)
+    exit_head_triton.register_autograd(
+        _make_backward(exit_head_backward_triton), setup_context=_setup_context)
