@@ -52,6 +52,27 @@ acc_t relu_sum(const scalar_t* v, int64_t n) {
   return s;
 }
 
+// For a contiguous run: o = (v > 0) * g, and returns sum relu(v), in one read of v.
+template <typename scalar_t, typename acc_t>
+acc_t relu_sum_and_grad(const scalar_t* v, scalar_t* o, acc_t g, int64_t n) {
+  acc_t lane[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const acc_t t = static_cast<acc_t>(v[i + l]);
+      lane[l] += relu(t);
+      o[i + l] = static_cast<scalar_t>(t > 0 ? g : acc_t(0));
+    }
+  acc_t s = 0;
+  for (; i < n; ++i) {
+    const acc_t t = static_cast<acc_t>(v[i]);
+    s += relu(t);
+    o[i] = static_cast<scalar_t>(t > 0 ? g : acc_t(0));
+  }
+  for (int l = 0; l < kLanes; ++l) s += lane[l];
+  return s;
+}
+
 template <typename scalar_t, typename acc_t>
 acc_t dot(const scalar_t* w, const acc_t* p, int64_t n) {
   acc_t lane[kLanes] = {};
@@ -232,11 +253,7 @@ void backward_kernel(const at::Tensor& grad_p, const at::Tensor& x, at::Tensor& 
       const acc_t g = gp[i] / acc_t(HW);
       acc_t s = 0;
       if (rows) {
-        for (int64_t k = 0; k < HW; ++k) {
-          const acc_t t = static_cast<acc_t>(v[k]);
-          s += relu(t);
-          o[k] = static_cast<scalar_t>(t > 0 ? g : acc_t(0));
-        }
+        s = relu_sum_and_grad(v, o, g, HW);
       } else {
         for (int64_t h = 0; h < H; ++h)
           for (int64_t w = 0; w < W; ++w) {
