@@ -1,0 +1,14 @@
+"""Aggregated confidence (SDN): the aggregator classifies at every exit."""
+from distree.policies.base import PerExitPolicy
+from distree.policies.features import softmax_stats
+
+
+class ConfidencePolicy(PerExitPolicy):
+    """All students stop at the first j >= 2 where softmax(sum_i u_ij + b) has max >= q_j."""
+
+    name = "confidence"
+    stop_when = ">="
+
+    def score(self, logits):
+        max_prob, _, _ = softmax_stats(logits)
+        return max_prob  # (B,)

@@ -1,0 +1,14 @@
+"""Last exit: the distributed model without early exit, the baseline for every saving."""
+import torch
+
+from distree.policies.base import LocalInputs, LocalPolicy
+
+
+class LastExitPolicy(LocalPolicy):
+    """Every student runs to exit 7; its score never passes, and the engine skips exits 1..6."""
+
+    name = "last-exit"
+    exits_early = False
+
+    def score(self, x: LocalInputs):
+        return torch.full_like(x.head_score, -torch.inf)  # (B,)

@@ -1,0 +1,100 @@
+"""Learned gate: a local rule that learns from data which of the device's own signals to trust.
+
+Per student and exit a logistic regression on what the device already has predicts whether
+stopping there leaves the aggregated answer unchanged against exit 7 (with the other students
+at exit 7). The DistrEE score enters as cos(u_j, u_1), its bounded, sign-keeping form; the exit
+index enters by having one model per exit.
+"""
+from dataclasses import dataclass
+
+import torch
+
+from distree.policies.base import NUM_EXITS, LocalInputs, LocalPolicy
+from distree.policies.features import cosine, softmax_stats
+
+GATE_FEATURES = ("max_prob", "margin", "entropy", "cos_first", "cos_previous")
+
+
+@dataclass
+class GateConfig:
+    """How the gates are fitted: L-BFGS steps and the L2 penalty on standardised features."""
+
+    steps: int = 50
+    l2: float = 1e-3
+
+
+def gate_features(x: LocalInputs) -> torch.Tensor:
+    """The device's local features at one exit: (B, 5) in GATE_FEATURES order."""
+    max_prob, margin, entropy = softmax_stats(x.u + x.bias_share)
+    cols = [max_prob, margin, entropy, cosine(x.u, x.first), cosine(x.u, x.previous)]
+    return torch.stack(cols, dim=-1)  # (B, 5)
+
+
+def unchanged_answer(u: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Whether student i stopping at exit j, the others at exit 7, keeps the all-exit-7 answer.
+
+    u (N, 7, B, K) -> (N, 7, B) bool.
+    """
+    last = u[:, -1]  # (N, B, K)
+    full = last.sum(0) + bias  # (B, K)
+    swapped = full.unsqueeze(0).unsqueeze(0) - last.unsqueeze(1) + u  # (N, 7, B, K)
+    return swapped.argmax(-1) == full.argmax(-1)  # (N, 7, B)
+
+
+class LearnedGatePolicy(LocalPolicy):
+    """Stop at the first j >= 2 where the gate's P(answer unchanged) >= T_j."""
+
+    name = "learned-gate"
+    stop_when = ">="
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, std: torch.Tensor):
+        self.weight = weight  # (N, 7, F)
+        self.bias = bias  # (N, 7)
+        self.mean = mean  # (N, 7, F)
+        self.std = std  # (N, 7, F)
+
+    def score(self, x: LocalInputs):
+        i, j = x.student, x.exit
+        f = (gate_features(x) - self.mean[i, j]) / self.std[i, j]  # (B, F)
+        return torch.sigmoid(f @ self.weight[i, j] + self.bias[i, j])  # (B,)
+
+    def state_dict(self) -> dict:
+        return {"weight": self.weight, "bias": self.bias, "mean": self.mean, "std": self.std}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "LearnedGatePolicy":
+        return cls(state["weight"], state["bias"], state["mean"], state["std"])
+
+
+def fit_logistic(features: torch.Tensor, targets: torch.Tensor, config: GateConfig):
+    """Logistic regression on standardised features (M, F) -> (weight (F,), bias, mean, std)."""
+    finite = features.isfinite().all(-1)  # (M,)
+    f, y = features[finite], targets[finite].float()
+    mean, std = f.mean(0), f.std(0).clamp_min(1e-6)  # (F,)
+    z = (f - mean) / std  # (M, F)
+    w = torch.zeros(f.shape[1], requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=config.steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, y) + config.l2 * w.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach(), b.detach(), mean, std
+
+
+def train_learned_gate(evidence, config: GateConfig = GateConfig()) -> LearnedGatePolicy:
+    """Fit one gate per student and exit 2..6 from an `Evidence` of the training split."""
+    n = evidence.u.shape[0]
+    f_dim = len(GATE_FEATURES)
+    weight, bias = torch.zeros(n, NUM_EXITS, f_dim), torch.zeros(n, NUM_EXITS)
+    mean, std = torch.zeros(n, NUM_EXITS, f_dim), torch.ones(n, NUM_EXITS, f_dim)
+    targets = unchanged_answer(evidence.u, evidence.bias)  # (N, 7, B)
+    for i in range(n):
+        for j in range(1, NUM_EXITS - 1):
+            features = gate_features(evidence.local_inputs(i, j))  # (B, F)
+            weight[i, j], bias[i, j], mean[i, j], std[i, j] = fit_logistic(features, targets[i, j], config)
+    return LearnedGatePolicy(weight, bias, mean, std)

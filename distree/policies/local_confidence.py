@@ -1,0 +1,18 @@
+"""Local confidence: each device's own class evidence, read as a classifier."""
+from distree.policies.base import LocalInputs, LocalPolicy
+from distree.policies.features import softmax_stats
+
+
+class LocalConfidencePolicy(LocalPolicy):
+    """Stop at the first j >= 2 where softmax(u_j + b / N) has max >= q_j.
+
+    Adding the student's share of the aggregator bias makes u_j + b / N the logits the
+    aggregator would output if every student sent this same evidence.
+    """
+
+    name = "local-confidence"
+    stop_when = ">="
+
+    def score(self, x: LocalInputs):
+        max_prob, _, _ = softmax_stats(x.u + x.bias_share)
+        return max_prob  # (B,)
