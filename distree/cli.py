@@ -7,6 +7,9 @@ from distree.errors import DistreeError
 
 # Sub-command modules under distree/commands/, in the order `distree --help` lists them.
 COMMANDS = [
+    "train_teacher",
+    "partition",
+    "train_students",
 ]
 
 

@@ -1,0 +1,56 @@
+"""`distree train-students`: jointly train the run's N students and aggregator against its teacher."""
+import argparse
+from pathlib import Path
+
+from distree.errors import DistreeError
+from distree.models.student import EXIT_SPACES
+from distree.partition import load_partition
+from distree.training.checkpoint import PARTITION, STUDENTS, read_config, write_config
+from distree.training.presets import override
+from distree.training.students import train_students
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("train-students", help="train the students of a partitioned run (or resume them)")
+    p.add_argument("--run", required=True, help="run directory holding a teacher and its partition")
+    p.add_argument("--students", type=int, help="number of students; must match partition.json")
+    p.add_argument("--width", type=int, help="student WRN-16 widening factor")
+    p.add_argument("--exit-space", choices=EXIT_SPACES, help="class evidence (default) or projected features")
+    p.add_argument("--head-backend", help="distree_kernels backend of the exit heads (default auto)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, help="augment training images (teacher then runs per step)")
+    p.add_argument("--beta", type=float, help="weight of attention transfer")
+    p.add_argument("--mixed-weight", type=float, help="weight of the mixed-exit term (0: off)")
+    p.add_argument("--dropout", type=float, help="probability that a sample loses one student's feature")
+    p.add_argument("--seed", type=int, help="seed of training")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    run_dir = Path(args.run)
+    config = read_config(run_dir)
+    students = config["students"]
+    changes = {"model": dict(width=args.width, exit_space=args.exit_space, head_backend=args.head_backend),
+               "optim": dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, augment=args.augment,
+                             seed=args.seed),
+               "loss": dict(beta=args.beta, mixed_weight=args.mixed_weight, dropout=args.dropout)}
+    n = len(load_partition(run_dir / PARTITION).groups)
+    if args.students is not None and args.students != n:
+        raise DistreeError(f"--students {args.students} does not match {run_dir / PARTITION}, which is for {n} "
+                           f"students; rerun `distree partition --run {run_dir} --students {args.students}`")
+    if args.resume and (run_dir / STUDENTS).exists():
+        if any(v is not None for section in changes.values() for v in section.values()):
+            raise DistreeError("--resume continues the students as configured; drop the other options")
+    else:
+        for key, values in changes.items():
+            override(students[key], **values)
+        students["num_students"] = n
+        write_config(run_dir, config)
+    history = train_students(run_dir, config, args.resume, args.device)
+    accs = [history[-1][f"test_acc_exit{j}"] for j in range(1, 8)]
+    print("test accuracy at exits 1..7 (all students at exit j): " + ", ".join(f"{100 * a:.2f}%" for a in accs))
+    return 0

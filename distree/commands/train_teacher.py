@@ -1,0 +1,50 @@
+"""`distree train-teacher`: start a run directory from a preset and train its teacher."""
+from pathlib import Path
+
+from distree.data import DATASETS, dataset_shape
+from distree.errors import DistreeError
+from distree.training.checkpoint import read_config, write_config
+from distree.training.presets import PRESETS, override, run_config
+from distree.training.teacher import train_teacher
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("train-teacher", help="train the teacher of a new run directory (or resume it)")
+    p.add_argument("--out", required=True, help="run directory to create (or, with --resume, to continue)")
+    p.add_argument("--preset", choices=list(PRESETS), default="demo", help="recipe for the whole run (default demo)")
+    p.add_argument("--data", choices=DATASETS, help="dataset (default: the preset's)")
+    p.add_argument("--data-dir", help="folder of the dataset's files (default: the dataset's usual place)")
+    p.add_argument("--val-size", type=int, help="training images held out for validation")
+    p.add_argument("--depth", type=int, help="teacher WRN depth (6n + 4)")
+    p.add_argument("--width", type=int, help="teacher WRN widening factor")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int, help="seed of the split and of training")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    out = Path(args.out)
+    changes = [args.data, args.data_dir, args.val_size, args.depth, args.width, args.epochs, args.lr,
+               args.batch_size, args.seed]
+    if args.resume:
+        if any(v is not None for v in changes):
+            raise DistreeError("--resume continues the run as configured in its config.json; drop the other options")
+        config = read_config(out)
+    else:
+        if (out / "config.json").exists():
+            raise DistreeError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+        config = run_config(args.preset)
+        override(config["data"], name=args.data, data_dir=args.data_dir, val_size=args.val_size, seed=args.seed)
+        config["data_shape"] = dataset_shape(config["data"]["name"])
+        override(config["teacher"]["model"], depth=args.depth, width=args.width)
+        override(config["teacher"]["optim"], epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                 seed=args.seed)
+        out.mkdir(parents=True, exist_ok=True)
+        write_config(out, config)
+    history = train_teacher(out, config, args.resume, args.device)
+    print(f"teacher test accuracy: {100 * history[-1]['test_acc']:.2f}%")
+    return 0

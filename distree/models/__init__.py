@@ -1,0 +1,1 @@
+"""Networks: the pre-activation WideResNet, the teacher, the 7-exit student and the N-student model."""

@@ -1,0 +1,1 @@
+"""Training: the teacher, the partition step's inputs, the students; checkpoints and presets."""

@@ -1,0 +1,124 @@
+"""What a run directory holds and how it is read back: config.json, teacher.pt, students.pt.
+
+Checkpoints are written to a temporary file and renamed over the old one, so a kill at any
+moment leaves either the previous epoch's checkpoint or the new one, never half of one. They
+are read with weights_only=True: plain tensors and containers, no code.
+"""
+import json
+import os
+import pickle
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from distree.data import DataConfig
+from distree.errors import DistreeError
+from distree.models.distree_model import DistrEEModel
+from distree.models.student import Student, StudentConfig
+from distree.models.wrn import WideResNet, WRNConfig
+
+CONFIG, TEACHER, STUDENTS, PARTITION, METRICS = "config.json", "teacher.pt", "students.pt", "partition.json", "metrics.csv"
+
+
+def save_atomic(obj, path) -> None:
+    """torch.save to path.tmp, flushed to disk, then renamed over path."""
+    tmp = Path(f"{path}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path) -> dict:
+    """A checkpoint's contents (weights_only=True), or a DistreeError saying what is wrong."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DistreeError(f"no checkpoint at {path}") from None
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
+        raise DistreeError(f"corrupt checkpoint {path}: {str(err).splitlines()[0]}") from None
+
+
+def config_from_dict(cls, d: dict):
+    """A config dataclass from its dict, rejecting keys it does not know."""
+    names = {f.name for f in fields(cls)}
+    if not isinstance(d, dict) or set(d) - names:
+        raise DistreeError(f"bad {cls.__name__} in the run's config: {d!r}")
+    return cls(**d)
+
+
+def read_config(run_dir) -> dict:
+    path = Path(run_dir) / CONFIG
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DistreeError(f"{run_dir} is not a run directory (no {CONFIG}); start one with `distree train-teacher`") \
+            from None
+    except (OSError, ValueError) as err:
+        raise DistreeError(f"corrupt {path}: {err}") from None
+
+
+def write_config(run_dir, config: dict) -> None:
+    path = Path(run_dir) / CONFIG
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def load_state(model: torch.nn.Module, state: dict, path) -> None:
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise DistreeError(f"checkpoint {path} does not fit its model: {str(err).splitlines()[0]}") from None
+
+
+def build_teacher(config: dict) -> WideResNet:
+    """The (untrained) teacher a run's config describes."""
+    data = config["data_shape"]
+    model = WideResNet(config_from_dict(WRNConfig, config["teacher"]["model"]), data["num_classes"],
+                       data["in_channels"])
+    return model.to(memory_format=torch.channels_last)
+
+
+def build_students(config: dict) -> DistrEEModel:
+    """The (untrained) N students and aggregator a run's config describes."""
+    data, students = config["data_shape"], config["students"]
+    cfg = config_from_dict(StudentConfig, students["model"])
+    model = DistrEEModel([Student(data["num_classes"], data["in_channels"], cfg.width, 16, cfg.exit_space,
+                                  cfg.head_backend) for _ in range(students["num_students"])], data["num_classes"])
+    return model.to(memory_format=torch.channels_last)
+
+
+def load_teacher(run_dir) -> WideResNet:
+    """The run's trained teacher, in eval mode; an error if its training has not finished."""
+    path = Path(run_dir) / TEACHER
+    if not path.exists():
+        raise DistreeError(f"no teacher in {run_dir}; run `distree train-teacher --out {run_dir}` first")
+    ckpt = load_checkpoint(path)
+    config = ckpt.get("config") or {}
+    if ckpt.get("epoch") != config.get("teacher", {}).get("optim", {}).get("epochs"):
+        raise DistreeError(f"the teacher in {run_dir} has not finished training; continue it with "
+                           f"`distree train-teacher --out {run_dir} --resume`")
+    model = build_teacher(config)
+    load_state(model, ckpt["model"], path)
+    return model.eval()
+
+
+def load_student_model(run_dir) -> DistrEEModel:
+    """The run's trained students and aggregator, in eval mode."""
+    path = Path(run_dir) / STUDENTS
+    if not path.exists():
+        raise DistreeError(f"no students in {run_dir}; run `distree train-students --run {run_dir}` first")
+    ckpt = load_checkpoint(path)
+    try:
+        model = build_students(ckpt["config"])
+    except (KeyError, TypeError) as err:
+        raise DistreeError(f"checkpoint {path} lacks its model's config ({err!r})") from None
+    load_state(model, ckpt["model"], path)
+    return model.eval()
+
+
+def data_config(config: dict) -> DataConfig:
+    return config_from_dict(DataConfig, config["data"])
