@@ -1,0 +1,192 @@
+"""The aggregator: feeds samples to the devices, gathers their evidence, answers by a deadline.
+
+Every sample gets an answer. The aggregator waits for each live device until the sample's
+deadline, then answers from the evidence it has (a missing device contributes zeros, which is
+what student dropout trains for) and marks the answer degraded. A device whose link breaks
+(it died) or whose heartbeat stops for `dead_after` seconds (it froze) is declared lost: it is
+sent nothing more and waited for never again. A device that is merely late stays live; its late
+messages are recognised by their sample id and dropped, and it catches up by itself.
+"""
+import queue
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from distree.policies import NUM_EXITS
+from distree.runtime import messages as m
+from distree.runtime.faults import AGGREGATOR, Fault, strike
+from distree.runtime.group import Session
+from distree.runtime.heartbeat import Heartbeat
+from distree.runtime.links import Arrival, Link
+from distree.runtime.plan import PolicySpec
+from distree.runtime.report import PolicyRun
+
+LAST = NUM_EXITS - 1
+
+
+@dataclass
+class Deadlines:
+    """How long to wait for the devices per sample: fixed, or `factor` x the recent median."""
+
+    fixed_s: float = 0.0  # > 0: always this
+    factor: float = 4.0
+    floor_s: float = 0.05
+    startup_s: float = 10.0  # until `warmup` answers have come in time
+    warmup: int = 5
+    dead_after_s: float = 5.0  # heartbeat silence that declares a device lost
+
+    def of(self, run: PolicyRun) -> float:
+        if self.fixed_s > 0:
+            return self.fixed_s
+        if len(run.in_time_s) < self.warmup:
+            return self.startup_s
+        return max(self.floor_s, self.factor * statistics.median(run.in_time_s[-100:]))
+
+
+class Aggregator:
+    """Rank 0: runs each policy of the plan over the samples, on the devices of session."""
+
+    def __init__(self, session: Session, model, plan: list[PolicySpec], deadlines: Deadlines, window: int,
+                 faults: list[Fault]):
+        self.model, self.plan, self.deadlines, self.window = model, plan, deadlines, window
+        self.n = session.num_devices
+        self.feature_dim = model.students[0].heads[0].weight.shape[0]  # K (D if projected)
+        self.inbox = queue.Queue()
+        size = m.message_size(self.feature_dim)  # every message a device sends is a FEATURE
+        self.links = [Link(i + 1, self.inbox, device=session.device, recv_numel=size) for i in range(self.n)]
+        self.heartbeat = Heartbeat(session.store, session.rank, [i + 1 for i in range(self.n)])
+        self.live, self.lost = set(range(self.n)), {}
+        self.faults = {f.at: f for f in faults if f.target == AGGREGATOR}
+        self.answered = 0  # over the whole session, for faults
+        self.open = {}  # (policy, seq[, exit]) -> {device: (exit, u (D,))}: what is still awaited
+        self.runs: list[PolicyRun] = []
+        self.num_samples = 0
+
+    def run(self, x: torch.Tensor, labels: torch.Tensor) -> list[PolicyRun]:
+        """Every policy of the plan over samples x (S, C, H, W) with labels (S,) (-1: unknown)."""
+        self.num_samples = len(x)
+        for p, spec in enumerate(self.plan):
+            run = PolicyRun(spec.name, spec.policy.local, spec.thresholds.tolist(), self.n)
+            self.runs.append(run)
+            run.started = time.perf_counter()
+            if spec.policy.local:
+                self._stream_local(p, x, labels, run)
+            else:
+                self._per_exit(p, x, labels, run)
+            run.finished = time.perf_counter()
+        return self.runs
+
+    def shutdown(self, input_numel: int, timeout: float = 2.0) -> None:
+        """Tell every live device to stop, and give the messages up to timeout to leave."""
+        end = m.encode(m.END, payload=torch.zeros(input_numel))
+        for i in self.live:
+            self.links[i].send(end)
+        for i in self.live:
+            self.links[i].drain(timeout)
+
+    def _stream_local(self, p: int, x, labels, run: PolicyRun) -> None:
+        """Up to `window` samples in flight; each device answers each sample once."""
+        issued, t_issue = 0, {}
+        for s in range(len(x)):
+            while issued < len(x) and issued - s < self.window:
+                t_issue[issued] = self._issue(p, issued, x[issued], key=(p, issued))
+                issued += 1
+            got, expected = self.open[(p, s)], set(self.live)
+            run.deadline_s = self.deadlines.of(run)
+            self._collect(lambda: expected & self.live <= got.keys(), t_issue[s] + run.deadline_s)
+            del self.open[(p, s)]
+            self._answer(run, int(labels[s]), got, t_issue.pop(s), in_time=self.live <= got.keys())
+
+    def _per_exit(self, p: int, x, labels, run: PolicyRun) -> None:
+        """One sample at a time; at each exit 2..7 every device sends, the aggregator decides for all."""
+        spec = self.plan[p]
+        for s in range(len(x)):
+            run.deadline_s = self.deadlines.of(run)
+            t0, expected = self._issue(p, s, x[s]), set(self.live)
+            for j in range(1, NUM_EXITS):
+                got = self.open[(p, s, j)] = {}
+                self._collect(lambda: expected & self.live <= got.keys(), t0 + run.deadline_s)
+                del self.open[(p, s, j)]
+                late = time.perf_counter() >= t0 + run.deadline_s
+                stop = j == LAST or late or not got or bool(spec.policy.passes(
+                    spec.policy.score(self._logits(got)), spec.thresholds[j - 1]))
+                for i in expected & self.live:
+                    self.links[i].send(m.encode(m.STOP if stop else m.CONTINUE, s, p, j))
+                    run.downlink_decisions += 1
+                if stop:
+                    self._answer(run, int(labels[s]), got, t0, in_time=self.live <= got.keys())
+                    break
+
+    def _issue(self, p: int, s: int, x: torch.Tensor, key=None) -> float:
+        """Send sample s to every live device; the time it left."""
+        msg = m.encode(m.INPUT, s, p, 0, x)
+        if key is not None:
+            self.open[key] = {}
+        t = time.perf_counter()
+        for i in self.live:
+            self.links[i].send(msg)
+        return t
+
+    def _collect(self, done, deadline_at: float) -> None:
+        """Take arrivals until done() or the deadline; checks heartbeats while it waits."""
+        while not done():
+            remaining = deadline_at - time.perf_counter()
+            if remaining <= 0:
+                return
+            try:
+                self._take(self.inbox.get(timeout=min(remaining, self.heartbeat.interval)))
+            except queue.Empty:
+                pass
+            for i in list(self.live):
+                if self.heartbeat.silent_for(i + 1) > self.deadlines.dead_after_s:
+                    self._lose(i, f"no heartbeat for {self.heartbeat.silent_for(i + 1):.1f} s")
+
+    def _take(self, arrival: Arrival) -> None:
+        """File one arrival: evidence under its open sample, or a loss, a stale or a bad message."""
+        i = arrival.peer - 1
+        if i not in self.live:
+            return
+        if arrival.error is not None:
+            self._lose(i, arrival.error)
+            return
+        run = self.runs[-1]
+        run.uplink_messages += 1
+        run.uplink_bytes += arrival.msg.numel() * arrival.msg.element_size()
+        try:
+            msg = m.decode(arrival.msg, (m.FEATURE,), len(self.plan), NUM_EXITS, self.feature_dim, self.num_samples)
+        except m.BadMessage as err:
+            run.rejected += 1
+            print(f"aggregator: rejected a message from device {i}: {err}", file=sys.stderr, flush=True)
+            return
+        local = self.plan[msg.policy].policy.local
+        got = self.open.get((msg.policy, msg.seq) if local else (msg.policy, msg.seq, msg.exit))
+        if got is None:
+            run.stale += 1
+        else:
+            got[i] = (msg.exit, msg.payload)
+
+    def _lose(self, i: int, reason: str) -> None:
+        self.live.discard(i)
+        self.lost[i] = reason
+        print(f"aggregator: device {i} lost after {self.answered} answers ({reason}); answering without it",
+              file=sys.stderr, flush=True)
+
+    def _logits(self, got: dict) -> torch.Tensor:
+        """z (1, K) from the evidence in got; a missing device contributes zeros."""
+        u_sel = torch.zeros(self.n, 1, self.feature_dim)  # (N, 1, D)
+        for i, (_, u) in got.items():
+            u_sel[i, 0] = u
+        with torch.no_grad():
+            return self.model.aggregate(u_sel)  # (1, K)
+
+    def _answer(self, run: PolicyRun, label: int, got: dict, t0: float, in_time: bool) -> None:
+        pred = int(self._logits(got).argmax())
+        exits = [got[i][0] if i in got else -1 for i in range(self.n)]
+        run.record(label, pred, exits, time.perf_counter() - t0, in_time)
+        self.answered += 1
+        fault = self.faults.get(self.answered)
+        if fault is not None:
+            strike(fault)

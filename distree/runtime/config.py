@@ -1,0 +1,69 @@
+"""The serving options, shared by `python -m distree.serve` (under torchrun) and `distree deploy`."""
+import argparse
+from dataclasses import dataclass, field
+
+DEFAULT_POLICIES = ("distree", "last-exit", "confidence", "entropy")
+
+
+@dataclass
+class ServeConfig:
+    run: str
+    split: str = "test"
+    samples: int = 500  # 0: the whole split
+    images: str = None  # a folder of images instead of the split
+    policies: list = field(default_factory=lambda: list(DEFAULT_POLICIES))
+    thresholds: list = field(default_factory=list)  # POLICY=T or POLICY=T2,...,T6; else the run's calibration
+    window: int = 2  # samples in flight under local policies (1: no pipelining)
+    deadline_ms: float = 0.0  # 0: deadline_factor x the recent median latency
+    deadline_factor: float = 4.0
+    dead_after_s: float = 5.0  # heartbeat silence that declares a rank lost
+    link_delay_ms: str = "0"  # one value, or one per device, comma-separated
+    link_mbps: str = "0"  # 0: unlimited
+    link_jitter_ms: str = "0"
+    faults: list = field(default_factory=list)  # KIND:TARGET@AT[:SECONDS], see runtime/faults.py
+    reference_samples: int = 100  # samples timed in one process for comparison (0: none)
+    warmup: int = 2  # answers per policy left out of the latency figures
+    threads: int = 1  # torch threads per process
+    backend: str = "auto"  # gloo, nccl or auto (NCCL when every rank has a GPU)
+    connect_timeout_s: float = 60.0
+    report: str = None  # default RUN/distributed.json
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    d = ServeConfig(run="")
+    p.add_argument("--run", required=True, help="run directory with trained students (students.pt)")
+    p.add_argument("--split", default=d.split, choices=("val", "test"))
+    p.add_argument("--samples", type=int, default=d.samples, help="first S samples of the split (0: all)")
+    p.add_argument("--images", default=None, help="a folder of images to classify instead of the split")
+    p.add_argument("--policies", default=",".join(d.policies), help="comma-separated, run in this order")
+    p.add_argument("--threshold", dest="thresholds", action="append", default=[], metavar="POLICY=T[,...]",
+                   help="thresholds for exits 2..6 (one value or five); default: the run's calibration")
+    p.add_argument("--window", type=int, default=d.window, help="samples in flight (1: one at a time)")
+    p.add_argument("--deadline-ms", type=float, default=d.deadline_ms,
+                   help="how long to wait for a device per sample (0: adaptive)")
+    p.add_argument("--deadline-factor", type=float, default=d.deadline_factor,
+                   help="adaptive deadline = this x the median latency of recent complete answers")
+    p.add_argument("--dead-after-s", type=float, default=d.dead_after_s,
+                   help="heartbeat silence after which a rank is declared lost")
+    p.add_argument("--link-delay-ms", default=d.link_delay_ms, help="emulated per-message delay per device")
+    p.add_argument("--link-mbps", default=d.link_mbps, help="emulated bandwidth per device (0: unlimited)")
+    p.add_argument("--link-jitter-ms", default=d.link_jitter_ms, help="emulated delay jitter per device")
+    p.add_argument("--fault", dest="faults", action="append", default=[], metavar="KIND:TARGET@AT[:SECONDS]",
+                   help="inject a fault: kill/freeze/stall/corrupt a device, or kill/freeze the aggregator (agg)")
+    p.add_argument("--reference-samples", type=int, default=d.reference_samples,
+                   help="samples also timed in one process, for comparison (0: none)")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="answers per policy left out of latency figures")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads per process")
+    p.add_argument("--backend", default=d.backend, choices=("auto", "gloo", "nccl"))
+    p.add_argument("--connect-timeout-s", type=float, default=d.connect_timeout_s)
+    p.add_argument("--report", default=None, help="JSON report path (default RUN/distributed.json)")
+
+
+def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    return ServeConfig(
+        run=args.run, split=args.split, samples=args.samples, images=args.images,
+        policies=[p for p in args.policies.split(",") if p], thresholds=args.thresholds, window=args.window,
+        deadline_ms=args.deadline_ms, deadline_factor=args.deadline_factor, dead_after_s=args.dead_after_s,
+        link_delay_ms=args.link_delay_ms, link_mbps=args.link_mbps, link_jitter_ms=args.link_jitter_ms,
+        faults=args.faults, reference_samples=args.reference_samples, warmup=args.warmup, threads=args.threads,
+        backend=args.backend, connect_timeout_s=args.connect_timeout_s, report=args.report)

@@ -1,0 +1,116 @@
+"""A student device: receive a sample, run the student to its exit, send the evidence, repeat.
+
+The device receives in its own thread, with no hop through a queue: under a local policy it
+posts the receive of the next input (`irecv`) before computing the current one, so the next
+sample arrives while this one computes. Per-exit policies are a lock-step conversation instead
+(send u_j, receive CONTINUE or STOP), and the next input is received once the answer is STOP.
+
+A device blocked in a receive cannot watch a deadline, so its heartbeat thread does: if the
+aggregator's heartbeat stops for `dead_after` seconds (frozen, or its store is gone), the
+watchdog prints the reason and ends the process. A dead aggregator is found sooner: its
+sockets close and the blocked receive raises.
+"""
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from distree.errors import DistreeError
+from distree.runtime import messages as m
+from distree.runtime.faults import Fault, strike
+from distree.runtime.group import AGGREGATOR_RANK, Session
+from distree.runtime.heartbeat import Heartbeat
+from distree.runtime.links import Link, first_line
+from distree.runtime.netem import LinkModel
+from distree.runtime.step import DeviceStep
+
+BAD_EXIT = 99  # what a `corrupt` fault writes in the exit field
+LOST = 3  # exit code of a device whose aggregator is gone
+
+
+class AggregatorLost(DistreeError):
+    """The aggregator died or broke the protocol; the device cannot go on."""
+
+
+class Device:
+    """Student `index` (rank index + 1) serving one DeviceStep per policy, in the plan's order."""
+
+    def __init__(self, session: Session, index: int, steps: list[DeviceStep], input_shape: tuple,
+                 link: LinkModel, faults: list[Fault], dead_after: float):
+        self.index, self.steps, self.input_shape, self.device = index, steps, input_shape, session.device
+        self.num_exits = len(steps[0].student.stages)
+        self.input_numel = torch.Size(input_shape).numel()
+        self.faults = {f.at: f for f in faults if f.target == index}
+        self.link = Link(AGGREGATOR_RANK, model=link, seed=index, device=session.device)
+        self.heartbeat = Heartbeat(session.store, session.rank, [AGGREGATOR_RANK], dead_after=dead_after,
+                                   on_silence=self._aggregator_silent)
+
+    def serve(self) -> int:
+        """Answer inputs until END (returns 0); AggregatorLost when the aggregator is gone."""
+        received = 0
+        pending = self._post(self.input_numel)
+        while True:
+            msg = self._take(pending, (m.INPUT, m.END), self.input_numel)
+            if msg.kind == m.END:
+                self.link.drain(timeout=1.0)
+                return 0
+            fault = self.faults.get(received)
+            received += 1
+            corrupt = fault is not None and strike(fault)
+            step, x = self.steps[msg.policy], msg.payload.view(self.input_shape)  # (C, H, W)
+            if step.policy.local:
+                pending = self._post(self.input_numel)  # prefetch: the next input arrives while we compute
+                u, j = step.local(x, msg.seq)  # (K,)
+                self._send(m.encode(m.FEATURE, msg.seq, msg.policy, BAD_EXIT if corrupt else j, u))
+            else:
+                self._per_exit(step, x, msg, corrupt)
+                pending = self._post(self.input_numel)
+
+    def _per_exit(self, step: DeviceStep, x: torch.Tensor, msg: m.Message, corrupt: bool) -> None:
+        for j, u in step.per_exit(x):
+            self._send(m.encode(m.FEATURE, msg.seq, msg.policy, BAD_EXIT if corrupt else j, u))
+            corrupt = False
+            decision = self._take(self._post(0), (m.CONTINUE, m.STOP), 0)
+            if (decision.seq, decision.exit) != (msg.seq, j):
+                raise AggregatorLost(f"got the decision for sample {decision.seq} exit {decision.exit + 1} "
+                                     f"while waiting for sample {msg.seq} exit {j + 1}: protocol broken")
+            if decision.kind == m.STOP:
+                return
+
+    def _post(self, payload_numel: int):
+        """Post the receive of the next message from the aggregator: (buffer, work)."""
+        buf = torch.empty(m.message_size(payload_numel), dtype=torch.int32, device=self.device)
+        return buf, dist.irecv(buf, AGGREGATOR_RANK)
+
+    def _take(self, pending, kinds: tuple, payload_numel: int) -> m.Message:
+        """Wait for a posted receive and check the message."""
+        buf, work = pending
+        try:
+            work.wait()
+        except RuntimeError as err:
+            raise AggregatorLost(f"link to the aggregator broke ({first_line(err)})") from None
+        try:
+            return m.decode(buf.cpu(), kinds, len(self.steps), self.num_exits, payload_numel)
+        except m.BadMessage as err:
+            raise AggregatorLost(f"malformed message from the aggregator: {err}") from None
+
+    def _send(self, msg: torch.Tensor) -> None:
+        if self.link.error is not None:
+            raise AggregatorLost(f"link to the aggregator broke ({self.link.error})")
+        self.link.send(msg)
+
+    def _aggregator_silent(self, peer: int, seconds: float) -> None:
+        """Watchdog: the main thread may be blocked in a receive that never returns; leave now."""
+        print(f"error: device {self.index}: no heartbeat from the aggregator for {seconds:.1f} s; stopping",
+              file=sys.stderr, flush=True)
+        os._exit(LOST)
+
+
+def run_device(device: Device) -> int:
+    """serve() with a lost aggregator reported on stderr; the process exit code."""
+    try:
+        return device.serve()
+    except AggregatorLost as err:
+        print(f"error: device {device.index}: {err}; stopping", file=sys.stderr, flush=True)
+        return LOST

@@ -1,0 +1,77 @@
+"""What the distributed runtime is held against: the same policies in one process, and the model.
+
+* Single process: the inference engine's streaming mode (all N students one after another,
+  one sample at a time) and one student alone (what one device computes), timed per sample on
+  the aggregator's process, with the engine's predictions for an equality check.
+* Simulated: the inference issue's latency model (`distree.costs.simulated_latency`) fed with
+  the exits the runtime measured, the emulated links, and this machine's measured compute rate
+  (one student's last-exit FLOPs over its measured time), so model and measurement line up.
+"""
+import statistics
+import time
+
+import torch
+
+from distree.costs import CostConfig, DeviceConfig, FlopTable, count_flops, flops_per_sample, simulated_latency
+from distree.inference.engine import InferenceEngine
+from distree.inference.evidence import bias_share
+from distree.policies import LastExitPolicy
+from distree.runtime.netem import LinkModel
+from distree.runtime.plan import PolicySpec
+from distree.runtime.report import PolicyRun
+from distree.runtime.step import DeviceStep
+
+
+def _median_ms(fn, count: int) -> float:
+    times = []
+    for s in range(count):
+        t = time.perf_counter()
+        fn(s)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[1:] or times) * 1e3  # the first call pays one-time costs
+
+
+def single_process(model, plan: list[PolicySpec], x: torch.Tensor) -> dict:
+    """Per policy: median ms per sample of the engine and of student 0 alone, and the engine's predictions."""
+    out = {}
+    for spec in plan:
+        engine = InferenceEngine(model, spec.policy, spec.thresholds)
+        preds = {}
+
+        def engine_one(s):
+            preds[s] = int(engine.run(x[s:s + 1], torch.tensor([s]), mode="streaming").logits.argmax())
+
+        entry = {"engine_ms": _median_ms(engine_one, len(x)), "predictions": [preds[s] for s in range(len(x))]}
+        if spec.policy.local:
+            step = DeviceStep(model.students[0], 0, spec.policy, spec.thresholds, bias_share(model))
+            entry["one_student_ms"] = _median_ms(lambda s: step.local(x[s], s), len(x))
+        out[spec.name] = entry
+    return out
+
+
+def compute_rate(model, table: FlopTable, x: torch.Tensor) -> float:
+    """FLOP/s of this process running student 0 to its last exit, one sample at a time."""
+    policy = LastExitPolicy()
+    step = DeviceStep(model.students[0], 0, policy, policy.default_thresholds(), bias_share(model))
+    flops = float(table.stage[0].sum() + table.head[0, -1])
+    return flops / (_median_ms(lambda s: step.local(x[s], s), len(x)) / 1e3)
+
+
+def flop_table(model, x: torch.Tensor) -> FlopTable:
+    return count_flops(model, x[:1])
+
+
+def simulated(table: FlopTable, run: PolicyRun, spec: PolicySpec, feature_dim: int, links: list[LinkModel],
+              flops_per_s: float) -> dict:
+    """FLOPs and simulated latency of the answers every device contributed to (degraded ones left out)."""
+    exits = torch.tensor([e for e in run.exits if min(e) >= 0], dtype=torch.long).T  # (N, B)
+    if exits.numel() == 0:
+        return {}
+    devices = [DeviceConfig(flops_per_s, link.bandwidth_mbps * 1e6 or float("inf"), link.delay_ms / 1e3)
+               for link in links]
+    config = CostConfig(devices=devices, aggregator=DeviceConfig(flops_per_s))
+    latency = simulated_latency(table, exits, spec.policy, feature_dim, config)  # (B,)
+    flops = flops_per_sample(table, exits, spec.policy)  # (B,)
+    return {"latency_ms_simulated": float(latency.median()) * 1e3,
+            "flops_per_sample": float(flops.mean()),
+            "flops_reduction": 1 - float(flops.mean()) / table.last_exit()}

@@ -1,0 +1,96 @@
+"""One process of a distributed session: join the group, take the role of this rank, report.
+
+Every rank loads the same run and builds the same plan from the same arguments. Rank 0 is the
+aggregator, rank i + 1 runs student i. The aggregator writes the JSON report and prints a table.
+"""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from distree.errors import DistreeError
+from distree.inference.evidence import bias_share
+from distree.runtime import reference
+from distree.runtime.aggregator import Aggregator, Deadlines
+from distree.runtime.config import ServeConfig
+from distree.runtime.device import Device, run_device
+from distree.runtime.faults import parse_fault
+from distree.runtime.group import AGGREGATOR_RANK, Session, init_group
+from distree.runtime.inputs import load_samples
+from distree.runtime.netem import link_models
+from distree.runtime.plan import make_plan, parse_thresholds
+from distree.runtime.report import summarise
+from distree.runtime.step import DeviceStep
+from distree.training.checkpoint import load_student_model, read_config
+
+REPORT = "distributed.json"
+
+
+def serve(config: ServeConfig) -> int:
+    """This rank's part of the session; the process exit code."""
+    session = init_group(config.backend, config.connect_timeout_s)
+    torch.set_num_threads(config.threads)
+    model = load_student_model(config.run)
+    n = len(model.students)
+    if session.num_devices != n:
+        raise DistreeError(f"the run has {n} students but {session.num_devices} device ranks were started; "
+                           f"start {n + 1} processes")
+    plan = make_plan(config.policies, parse_thresholds(config.thresholds))
+    faults = [parse_fault(f, n) for f in config.faults]
+    links = link_models(config.link_delay_ms, config.link_mbps, config.link_jitter_ms, n)
+    shape = read_config(config.run)["data_shape"]
+    input_shape = (shape["in_channels"], 32, 32)
+    if session.rank != AGGREGATOR_RANK:
+        i = session.rank - 1
+        steps = [DeviceStep(model.students[i], i, s.policy, s.thresholds, bias_share(model)) for s in plan]
+        return run_device(Device(session, i, steps, input_shape, links[i], faults, config.dead_after_s))
+    deadlines = Deadlines(fixed_s=config.deadline_ms / 1e3, factor=config.deadline_factor,
+                          dead_after_s=config.dead_after_s)
+    aggregator = Aggregator(session, model, plan, deadlines, config.window, faults)
+    x, labels = load_samples(config.run, config.split, config.samples, config.images)
+    runs = aggregator.run(x, labels)
+    aggregator.shutdown(torch.Size(input_shape).numel())
+    report = build_report(config, session, model, plan, links, aggregator, runs, x)
+    path = Path(config.report or Path(config.run) / REPORT)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print_table(report, path)
+    return 0
+
+
+def build_report(config, session: Session, model, plan, links, aggregator, runs, x) -> dict:
+    policies = {run.name: summarise(run, config.warmup) for run in runs}
+    ref = x[:config.reference_samples]
+    if len(ref):
+        table = reference.flop_table(model, ref)
+        rate = reference.compute_rate(model, table, ref)
+        single = reference.single_process(model, plan, ref)
+        for spec, run in zip(plan, runs):
+            entry, one = policies[run.name], single[spec.name]
+            entry.update(reference.simulated(table, run, spec, aggregator.feature_dim, links, rate))
+            entry["single_process_ms"] = {k: v for k, v in one.items() if k != "predictions"}
+            entry["predictions_match_single_process"] = one["predictions"] == run.preds[:len(ref)]
+    return {
+        "run": str(config.run), "devices": session.num_devices, "backend": session.backend,
+        "window": config.window, "split": None if config.images else config.split, "images": config.images,
+        "samples": len(x), "links": [vars(link) for link in links], "faults": config.faults,
+        "lost_devices": {str(i): reason for i, reason in aggregator.lost.items()},
+        "reference_samples": len(ref), "flops_per_s_measured": rate if len(ref) else None,
+        "policies": policies,
+    }
+
+
+def print_table(report: dict, path: Path) -> None:
+    print(f"{report['devices']} devices over {report['backend']}, {report['samples']} samples, "
+          f"window {report['window']}; report: {path}")
+    print(f"{'policy':<18}{'acc':>7}{'degraded':>9}{'median ms':>11}{'p99 ms':>9}{'sim ms':>8}{'per s':>8}"
+          f"{'msgs':>6}")
+    for name, p in report["policies"].items():
+        lat = p["latency_ms_measured"]
+        fmt = lambda v, w, d=2: f"{v:>{w}.{d}f}" if v is not None else f"{'-':>{w}}"  # noqa: E731
+        print(f"{name:<18}{fmt(p['accuracy'], 7, 4)}{p['degraded']:>9}{fmt(lat['median'], 11)}{fmt(lat['p99'], 9)}"
+              f"{fmt(p.get('latency_ms_simulated'), 8)}{fmt(p['throughput_per_s'], 8, 1)}"
+              f"{p['uplink_messages_per_sample']:>6.1f}")
+    for i, reason in report["lost_devices"].items():
+        print(f"device {i} lost: {reason}")
+    sys.stdout.flush()
