@@ -10,6 +10,7 @@ COMMANDS = [
     "train_teacher",
     "partition",
     "train_students",
+    "overhead",
 ]
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 from distree.data import DATASETS, dataset_shape
 from distree.errors import DistreeError
-from distree.training.checkpoint import read_config, write_config
+from distree.training.checkpoint import TEACHER, read_config, write_config
 from distree.training.presets import PRESETS, override, run_config
 from distree.training.teacher import train_teacher
 
@@ -35,7 +35,7 @@ def run(args) -> int:
             raise DistreeError("--resume continues the run as configured in its config.json; drop the other options")
         config = read_config(out)
     else:
-        if (out / "config.json").exists():
+        if (out / TEACHER).exists():
             raise DistreeError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
         config = run_config(args.preset)
         override(config["data"], name=args.data, data_dir=args.data_dir, val_size=args.val_size, seed=args.seed)

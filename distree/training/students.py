@@ -50,6 +50,7 @@ def train_students(run_dir, config: dict, resume: bool, device="cpu") -> list[di
     if len(loss_cfg.exit_weights) != NUM_EXITS:
         raise DistreeError(f"exit_weights needs {NUM_EXITS} values, got {loss_cfg.exit_weights}")
     data = load_dataset(**asdict(data_config(config)))
+    torch.manual_seed(cfg.seed)  # the initial weights
     model = build_students(config).to(device)
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer, schedule = make_optimizer(model, cfg, math.ceil(len(data.train) / cfg.batch_size))

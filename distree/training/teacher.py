@@ -19,6 +19,7 @@ def train_teacher(run_dir, config: dict, resume: bool, device="cpu") -> list[dic
     """Trains (or resumes) the teacher of a run; returns the per-epoch history."""
     data = load_dataset(**asdict(data_config(config)))
     cfg = config_from_dict(OptimConfig, config["teacher"]["optim"])
+    torch.manual_seed(cfg.seed)  # the initial weights
     model = build_teacher(config).to(device)
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer, schedule = make_optimizer(model, cfg, math.ceil(len(data.train) / cfg.batch_size))

@@ -1,0 +1,73 @@
+"""Each loss of the spec against a value computed by hand."""
+import math
+
+import pytest
+import torch
+
+from distree.losses import LossConfig, at, at_loss, drop_students, joint_loss, kd, mixed_exit_features
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_kd_by_hand(tau):
+    z, y = torch.zeros(1, 2), torch.tensor([0])
+    z_t = torch.tensor([[tau * math.log(3), 0.0]])  # softmax(z_t / tau) = (3/4, 1/4)
+    kl = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    expected = 0.7 * math.log(2) + 0.3 * tau ** 2 * kl
+    assert kd(z, y, z_t, tau, alpha=0.3).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_at_by_hand():
+    a = torch.tensor([[[[1.0, 2.0]], [[3.0, 0.0]]]])  # (1, 2, 1, 2): channel mean of A^2 = (5, 2)
+    assert torch.allclose(at(a), torch.tensor([[5.0, 2.0]]) / math.sqrt(29))
+
+
+def test_at_loss_pools_to_the_teachers_size():
+    a = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).repeat_interleave(2, 0).repeat_interleave(2, 1)[None, None]  # (1,1,4,4)
+    q_t = torch.full((1, 4), 0.5)
+    p2 = torch.tensor([1.0, 4.0, 9.0, 16.0]) / math.sqrt(354)  # pooled (1, 2, 3, 4), squared, normalised
+    assert at_loss(a, q_t).item() == pytest.approx(((p2 - 0.5) ** 2).mean().item(), rel=1e-6)
+
+
+def test_mixed_exit_features_pick_each_students_exit():
+    u = (10 * torch.arange(2)[:, None] + torch.arange(7)).float().view(2, 7, 1, 1)  # u[i, j] = 10 i + j
+    assert mixed_exit_features(u, torch.tensor([3, 5])).flatten().tolist() == [3.0, 15.0]
+
+
+def test_drop_students():
+    u = torch.ones(2, 7, 50, 3)
+    assert drop_students(u, 0.0) is u
+    dropped = drop_students(u, 1.0, torch.Generator().manual_seed(0))
+    alive = dropped[:, 0, :, 0]  # (N, B)
+    assert (alive.sum(0) == 1).all()  # every sample lost exactly one of its two students
+    assert (dropped == dropped[:, :1]).all()  # at every exit alike
+    assert torch.equal(drop_students(torch.ones(1, 7, 4, 3), 1.0), torch.ones(1, 7, 4, 3))  # N = 1: nothing to drop
+
+
+def test_joint_loss_by_hand():
+    """All-zero evidence and teacher: each KD term is (1 - alpha) ln 2; matching maps: AT is 0."""
+    N, B, K = 2, 3, 2
+    u = torch.zeros(N, 7, B, K)
+    maps = [[torch.ones(B, 4, 8, 8)] * 7 for _ in range(N)]
+    q_t = at(torch.ones(B, 4, 8, 8)).expand(N, B, 64)
+    cfg = LossConfig(tau=1.0, alpha=0.25)
+    loss = joint_loss(u, maps, lambda v: v.sum(0), torch.zeros(B, dtype=torch.long), torch.zeros(B, K), q_t,
+                      torch.tensor([0, 6]), cfg)
+    assert loss.item() == pytest.approx(8 * 0.75 * math.log(2), rel=1e-6)  # 7 exits + the mixed term
+    cfg.mixed_weight, cfg.exit_weights = 0.0, [2.0] + [0.0] * 6
+    loss = joint_loss(u, maps, lambda v: v.sum(0), torch.zeros(B, dtype=torch.long), torch.zeros(B, K), q_t,
+                      torch.tensor([0, 6]), cfg)
+    assert loss.item() == pytest.approx(2 * 0.75 * math.log(2), rel=1e-6)
+
+
+def test_joint_loss_weights_attention_by_beta():
+    N, B, K = 1, 2, 3
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(N, 7, B, K, generator=g)
+    maps = [[torch.rand(B, 4, 8, 8, generator=g) for _ in range(7)]]
+    q_t = at(torch.rand(B, 4, 8, 8, generator=g))[None]  # (N, B, 64)
+    y, z_t, exits = torch.tensor([0, 2]), torch.randn(B, K, generator=g), torch.tensor([4])
+    agg = lambda v: v.sum(0)  # noqa: E731
+    without = joint_loss(u, maps, agg, y, z_t, q_t, exits, LossConfig(beta=0.0))
+    with_at = joint_loss(u, maps, agg, y, z_t, q_t, exits, LossConfig(beta=10.0))
+    attention = sum(at_loss(maps[0][j], q_t[0]) for j in range(7))
+    assert (with_at - without).item() == pytest.approx(10 * attention.item(), rel=1e-5)

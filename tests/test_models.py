@@ -1,0 +1,72 @@
+"""WideResNet sizes, the 7-exit student, the N-student model, and fused against unfused heads."""
+import pytest
+import torch
+
+from distree.errors import DistreeError
+from distree.models.distree_model import DistrEEModel
+from distree.models.student import Student
+from distree.models.wrn import WideResNet, WRNConfig
+
+
+def count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_wrn_sizes_match_the_spec():
+    teacher = WideResNet(WRNConfig(16, 4), 10, 3)
+    assert abs(count(teacher) - 2.7e6) < 0.05e6 and teacher.num_filters == 256
+    a = teacher.features(torch.randn(2, 3, 32, 32))
+    assert a.shape == (2, 256, 8, 8) and (a >= 0).all()  # after BN-ReLU
+    assert teacher(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert abs(count(Student(10, 3)) - 0.175e6) < 0.005e6
+
+
+def test_wrn_rejects_bad_depth():
+    with pytest.raises(DistreeError, match="6n \\+ 4"):
+        WideResNet(WRNConfig(12, 1), 10, 1)
+
+
+def test_student_exits():
+    s = Student(10, 1)
+    assert len(s.stages) == len(s.heads) == 7
+    assert [h.weight.shape[1] for h in s.heads] == [16, 16, 16, 32, 32, 64, 64]
+    assert all(h.bias is None and h.weight.shape[0] == 10 for h in s.heads)
+    u, maps = s(torch.randn(3, 1, 32, 32))
+    assert [x.shape for x in u] == [(3, 10)] * 7
+    assert [m.shape[1:] for m in maps] == [(16, 32, 32)] * 3 + [(32, 16, 16)] * 2 + [(64, 8, 8)] * 2
+
+
+def test_distree_model_shapes_and_aggregator():
+    m = DistrEEModel([Student(10, 1), Student(10, 1), Student(10, 1)], 10).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        m.bias.copy_(torch.arange(10.0))
+    x = torch.randn(4, 1, 32, 32).contiguous(memory_format=torch.channels_last)
+    u, maps = m(x)
+    assert u.shape == (3, 7, 4, 10) and len(maps) == 3 and len(maps[0]) == 7
+    assert torch.allclose(m.aggregate(u[:, 6]), u[:, 6].sum(0) + torch.arange(10.0))
+
+
+def test_projected_exit_space():
+    m = DistrEEModel([Student(10, 1, exit_space="projected") for _ in range(2)], 10)
+    u, _ = m(torch.randn(4, 1, 32, 32))
+    assert u.shape == (2, 7, 4, 64) and m.aggregate(u[:, 3]).shape == (4, 10)
+    with pytest.raises(DistreeError, match="exit_space"):
+        Student(10, 1, exit_space="bogus")
+
+
+def test_reference_heads_give_the_same_numbers():
+    """The same student with fused and with unfused heads: same features and same gradients."""
+    torch.manual_seed(0)
+    fused = Student(10, 3, head_backend="auto").to(memory_format=torch.channels_last)
+    unfused = Student(10, 3, head_backend="reference").to(memory_format=torch.channels_last)
+    unfused.load_state_dict(fused.state_dict())
+    x = torch.randn(5, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    (u_fused, _), (u_unfused, _) = fused(x), unfused(x)
+    for a, b in zip(u_fused, u_unfused):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    sum(u.square().sum() for u in u_fused).backward()
+    sum(u.square().sum() for u in u_unfused).backward()
+    for a, b in zip(fused.parameters(), unfused.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+    fused.set_head_backend("reference")
+    assert all(h.backend == "reference" for h in fused.heads)
