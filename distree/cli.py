@@ -11,6 +11,7 @@ COMMANDS = [
     "partition",
     "train_students",
     "overhead",
+    "deploy",
 ]
 
 

@@ -1,8 +1,10 @@
 """The aggregator: feeds samples to the devices, gathers their evidence, answers by a deadline.
 
-Every sample gets an answer. The aggregator waits for each live device until the sample's
-deadline, then answers from the evidence it has (a missing device contributes zeros, which is
-what student dropout trains for) and marks the answer degraded. A device whose link breaks
+Every sample gets an answer. The aggregator waits for each live device until the deadline of
+the round (a round is one message from every live device: the whole sample under a local
+policy, one exit under a per-exit policy), then answers from the evidence it has (a missing
+device contributes zeros, which is what student dropout trains for) and marks the answer
+degraded. A device whose link breaks
 (it died) or whose heartbeat stops for `dead_after` seconds (it froze) is declared lost: it is
 sent nothing more and waited for never again. A device that is merely late stays live; its late
 messages are recognised by their sample id and dropped, and it catches up by itself.
@@ -29,21 +31,21 @@ LAST = NUM_EXITS - 1
 
 @dataclass
 class Deadlines:
-    """How long to wait for the devices per sample: fixed, or `factor` x the recent median."""
+    """How long to wait for the devices per round: fixed, or `factor` x the recent median round."""
 
     fixed_s: float = 0.0  # > 0: always this
     factor: float = 4.0
     floor_s: float = 0.05
-    startup_s: float = 10.0  # until `warmup` answers have come in time
+    startup_s: float = 10.0  # until `warmup` rounds have come in time
     warmup: int = 5
     dead_after_s: float = 5.0  # heartbeat silence that declares a device lost
 
     def of(self, run: PolicyRun) -> float:
         if self.fixed_s > 0:
             return self.fixed_s
-        if len(run.in_time_s) < self.warmup:
+        if len(run.round_s) < self.warmup:
             return self.startup_s
-        return max(self.floor_s, self.factor * statistics.median(run.in_time_s[-100:]))
+        return max(self.floor_s, self.factor * statistics.median(run.round_s[-100:]))
 
 
 class Aggregator:
@@ -98,26 +100,33 @@ class Aggregator:
             run.deadline_s = self.deadlines.of(run)
             self._collect(lambda: expected & self.live <= got.keys(), t_issue[s] + run.deadline_s)
             del self.open[(p, s)]
-            self._answer(run, int(labels[s]), got, t_issue.pop(s), in_time=self.live <= got.keys())
+            if self.live <= got.keys():
+                run.round_s.append(time.perf_counter() - t_issue[s])
+            self._answer(run, int(labels[s]), got, t_issue.pop(s))
 
     def _per_exit(self, p: int, x, labels, run: PolicyRun) -> None:
         """One sample at a time; at each exit 2..7 every device sends, the aggregator decides for all."""
         spec = self.plan[p]
         for s in range(len(x)):
-            run.deadline_s = self.deadlines.of(run)
-            t0, expected = self._issue(p, s, x[s]), set(self.live)
+            expected = set(self.live)
+            t0 = t_round = self._issue(p, s, x[s])
             for j in range(1, NUM_EXITS):
                 got = self.open[(p, s, j)] = {}
-                self._collect(lambda: expected & self.live <= got.keys(), t0 + run.deadline_s)
+                run.deadline_s = self.deadlines.of(run)
+                self._collect(lambda: expected & self.live <= got.keys(), t_round + run.deadline_s)
                 del self.open[(p, s, j)]
-                late = time.perf_counter() >= t0 + run.deadline_s
-                stop = j == LAST or late or not got or bool(spec.policy.passes(
+                complete = self.live <= got.keys()
+                if complete:
+                    run.round_s.append(time.perf_counter() - t_round)
+                # a device late at this exit ends the sample: waiting another exit for it only adds latency
+                stop = j == LAST or not complete or not got or bool(spec.policy.passes(
                     spec.policy.score(self._logits(got)), spec.thresholds[j - 1]))
                 for i in expected & self.live:
                     self.links[i].send(m.encode(m.STOP if stop else m.CONTINUE, s, p, j))
                     run.downlink_decisions += 1
+                t_round = time.perf_counter()
                 if stop:
-                    self._answer(run, int(labels[s]), got, t0, in_time=self.live <= got.keys())
+                    self._answer(run, int(labels[s]), got, t0)
                     break
 
     def _issue(self, p: int, s: int, x: torch.Tensor, key=None) -> float:
@@ -182,10 +191,10 @@ class Aggregator:
         with torch.no_grad():
             return self.model.aggregate(u_sel)  # (1, K)
 
-    def _answer(self, run: PolicyRun, label: int, got: dict, t0: float, in_time: bool) -> None:
+    def _answer(self, run: PolicyRun, label: int, got: dict, t0: float) -> None:
         pred = int(self._logits(got).argmax())
         exits = [got[i][0] if i in got else -1 for i in range(self.n)]
-        run.record(label, pred, exits, time.perf_counter() - t0, in_time)
+        run.record(label, pred, exits, time.perf_counter() - t0)
         self.answered += 1
         fault = self.faults.get(self.answered)
         if fault is not None:

@@ -16,6 +16,7 @@ cancelled, `Work.is_completed()` never turns true for gloo point-to-point work, 
 """
 import queue
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -95,4 +96,6 @@ class Link:
 
 
 def first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    """The gist of a c10d/gloo error: its first sentence, without the source location prefix."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", str(err).strip())  # "[.../pair.cc:537] Read error ..." -> "Read error ..."
+    return text.split(". ")[0].splitlines()[0] if text else type(err).__name__

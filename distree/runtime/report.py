@@ -22,7 +22,7 @@ class PolicyRun:
     degraded: list = field(default_factory=list)  # answered without some device's evidence
     exits: list = field(default_factory=list)  # per answer, per device: 0-based exit, -1 if missing
     latency_s: list = field(default_factory=list)
-    in_time_s: list = field(default_factory=list)  # latencies of answers every live device made in time
+    round_s: list = field(default_factory=list)  # rounds every live device answered in time (for deadlines)
     started: float = 0.0
     finished: float = 0.0
     uplink_messages: int = 0
@@ -32,14 +32,12 @@ class PolicyRun:
     stale: int = 0  # well-formed messages that came after their sample was answered
     deadline_s: float = 0.0  # the last deadline in force
 
-    def record(self, label: int, pred: int, exits: list, latency: float, in_time: bool) -> None:
+    def record(self, label: int, pred: int, exits: list, latency: float) -> None:
         self.labels.append(label)
         self.preds.append(pred)
         self.exits.append(exits)
         self.degraded.append(min(exits) < 0)
         self.latency_s.append(latency)
-        if in_time:
-            self.in_time_s.append(latency)
 
 
 def percentiles_ms(seconds: list) -> dict:

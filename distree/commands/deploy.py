@@ -1,0 +1,28 @@
+"""`distree deploy`: run the distributed session as local processes, one per device, on loopback."""
+from distree.errors import DistreeError
+from distree.runtime.config import add_serve_arguments, config_from_args
+from distree.runtime.deploy import deploy
+from distree.training.checkpoint import read_config
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("deploy", help="serve a run with one local process per student device")
+    p.add_argument("--devices", type=int, help="student devices N (default: the run's number of students)")
+    p.add_argument("--timeout-s", type=float, default=0.0, help="stop the whole session after this long (0: never)")
+    add_serve_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    students = read_config(args.run)["students"]["num_students"]
+    devices = students if args.devices is None else args.devices
+    if devices != students:
+        raise DistreeError(f"the run has {students} students, so it needs --devices {students}, not {devices}")
+    outcome = deploy(config_from_args(args), devices, timeout_s=args.timeout_s)
+    for rank, code in enumerate(outcome.codes):
+        role = "aggregator" if rank == 0 else f"device {rank - 1}"
+        if rank in outcome.killed:
+            print(f"{role} was still running and was stopped")
+        elif code:
+            print(f"{role} exited with {f'signal {-code}' if code < 0 else f'code {code}'}")
+    return 0 if outcome.codes[0] == 0 and 0 not in outcome.killed else 1

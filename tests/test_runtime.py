@@ -1,0 +1,227 @@
+"""The distributed runtime with real processes on loopback: agreement with the engine, and faults.
+
+Every session runs a tiny run (untrained WRN-16-1 students on the synthetic set) as 1 + N local
+processes through `distree.runtime.deploy`, bounded by a timeout so no test can hang. Fault
+tests use injected faults (runtime/faults.py) so that a real SIGKILL, SIGSTOP or stall happens
+at a known sample.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from distree.inference.engine import InferenceEngine
+from distree.inference.evidence import model_evidence, policy_scores
+from distree.policies import make_policy
+from distree.runtime import messages as m
+from distree.runtime.config import ServeConfig
+from distree.runtime.deploy import deploy, free_port
+from distree.runtime.device import LOST
+from distree.runtime.faults import parse_fault
+from distree.runtime.inputs import load_samples
+from distree.runtime.netem import LinkModel, link_models
+from distree.training.checkpoint import build_students, load_student_model, save_atomic, write_config
+from distree.training.presets import run_config
+
+SAMPLES = 24
+SESSION_TIMEOUT = 45.0  # no session may hang a test
+
+
+def make_run(path, n: int) -> str:
+    """A run directory with N untrained students (random weights) on the synthetic set."""
+    config = run_config("smoke")
+    config["students"]["num_students"] = n
+    torch.manual_seed(n)
+    model = build_students(config)
+    with torch.no_grad():
+        model.bias.normal_()
+    path.mkdir(parents=True, exist_ok=True)
+    write_config(path, config)
+    save_atomic({"config": config, "model": model.state_dict()}, path / "students.pt")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def run2(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("run2"), 2)
+
+
+@pytest.fixture(scope="module")
+def run3(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("run3"), 3)
+
+
+def median_thresholds(run: str, name: str) -> str:
+    """POLICY=T2,...,T6 at the median score of each exit, so that samples leave at many exits."""
+    model, policy = load_student_model(run), make_policy(name)
+    x, _ = load_samples(run, "test", SAMPLES)
+    with torch.no_grad():
+        scores = policy_scores(policy, model_evidence(model, x, torch.arange(len(x))))  # (N, 5, B)
+    finite = [s[s.isfinite()] for s in scores.transpose(0, 1).flatten(1)]
+    return f"{name}=" + ",".join(f"{float(s.median()) if s.numel() else 1.0:.6g}" for s in finite)
+
+
+def session(run: str, n: int, tmp_path, policies=("distree",), timeout=SESSION_TIMEOUT, **options):
+    """Deploy a session; (outcome, report or None)."""
+    options = {"reference_samples": 0, **options}
+    config = ServeConfig(run=run, samples=SAMPLES, policies=list(policies), report=str(tmp_path / "report.json"),
+                         **options)
+    outcome = deploy(config, n, timeout_s=timeout)
+    path = tmp_path / "report.json"
+    return outcome, (json.loads(path.read_text()) if path.exists() else None)
+
+
+def engine_predictions(run: str, name: str, thresholds: str) -> list[int]:
+    """The single-process engine's predictions, one sample at a time on one thread, as each device runs."""
+    model, policy = load_student_model(run), make_policy(name)
+    t = torch.tensor([float(v) for v in thresholds.split("=")[1].split(",")]) if thresholds else None
+    x, _ = load_samples(run, "test", SAMPLES)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = InferenceEngine(model, policy, t).run(x, torch.arange(len(x)), mode="streaming")
+    finally:
+        torch.set_num_threads(threads)
+    return result.logits.argmax(-1).tolist()
+
+
+# -- the wire format and option parsing: no processes -------------------------------------------------
+
+def test_messages_round_trip():
+    u = torch.randn(10)
+    msg = m.decode(m.encode(m.FEATURE, 7, 1, 3, u), (m.FEATURE,), num_policies=2, num_exits=7, payload_numel=10,
+                   num_samples=8)
+    assert (msg.kind, msg.seq, msg.policy, msg.exit) == (m.FEATURE, 7, 1, 3)
+    assert torch.equal(msg.payload, u)  # bit-exact: float32 travels as its bits
+    assert m.decode(m.encode(m.STOP, 7, 1, 3), (m.CONTINUE, m.STOP), 2, 7, 0).kind == m.STOP
+
+
+@pytest.mark.parametrize("msg, error", [
+    (m.encode(m.FEATURE, 0, 0, 99, torch.zeros(10)), "exit index 99"),
+    (m.encode(m.FEATURE, 0, 5, 1, torch.zeros(10)), "policy index 5"),
+    (m.encode(m.FEATURE, 40, 0, 1, torch.zeros(10)), "sample id 40"),
+    (m.encode(m.FEATURE, -1, 0, 1, torch.zeros(10)), "sample id -1"),
+    (m.encode(m.FEATURE, 0, 0, 1, torch.zeros(9)), "expected 10"),
+    (m.encode(m.FEATURE, 0, 0, 1, torch.tensor([float("nan")] + [0.0] * 9)), "NaN"),
+    (m.encode(m.INPUT, 0, 0, 0, torch.zeros(10)), "unexpected kind INPUT"),
+    (torch.zeros(15, dtype=torch.int32), "bad magic"),
+    (torch.zeros(15, dtype=torch.float32), "1-D int32"),
+    (torch.zeros(3, dtype=torch.int32), "1-D int32"),
+])
+def test_malformed_messages_are_rejected(msg, error):
+    with pytest.raises(m.BadMessage, match=error):
+        m.decode(msg, (m.FEATURE,), num_policies=2, num_exits=7, payload_numel=10, num_samples=32)
+
+
+def test_option_parsing():
+    assert parse_fault("stall:0@5:2.5", 2).seconds == 2.5
+    assert parse_fault("kill:agg@3", 2).target == "agg"
+    for bad in ("kill:2@1", "stall:0@5", "kill:0@5:1", "explode:0@1", "kill:0"):
+        with pytest.raises(Exception, match="fault"):
+            parse_fault(bad, 2)
+    assert link_models("5", "10", "0,1", 2) == [LinkModel(5, 10, 0), LinkModel(5, 10, 1)]
+    with pytest.raises(Exception, match="--link-delay-ms"):
+        link_models("1,2,3", "0", "0", 2)
+
+
+# -- healthy sessions ---------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_predictions_equal_the_engine_n2(run2, tmp_path):
+    names = ("distree", "last-exit", "confidence", "entropy")
+    thresholds = {n: median_thresholds(run2, n) for n in ("distree", "confidence", "entropy")}
+    outcome, report = session(run2, 2, tmp_path, names, thresholds=list(thresholds.values()))
+    assert outcome.codes == [0, 0, 0] and not outcome.killed
+    for name in names:
+        p = report["policies"][name]
+        assert p["predictions"] == engine_predictions(run2, name, thresholds.get(name)), name
+        assert p["degraded"] == 0 and p["rejected_messages"] == 0
+    exits = report["policies"]["distree"]["exit_histogram"]
+    assert sum(count > 0 for count in exits[0]) >= 2  # the thresholds spread the exits
+    assert report["policies"]["distree"]["uplink_messages_per_sample"] == 2  # one message per device
+    assert report["policies"]["entropy"]["uplink_messages_per_sample"] > 2  # one per device and exit
+
+
+@pytest.mark.slow
+def test_predictions_equal_the_engine_n3_with_emulated_links(run3, tmp_path):
+    thresholds = [median_thresholds(run3, "distree"), median_thresholds(run3, "confidence")]
+    outcome, report = session(run3, 3, tmp_path, ("distree", "confidence"), thresholds=thresholds,
+                              link_delay_ms="0,0,15", link_jitter_ms="1", reference_samples=4)
+    assert outcome.codes == [0, 0, 0, 0]
+    for name, t in zip(("distree", "confidence"), thresholds):
+        p = report["policies"][name]
+        assert p["predictions"] == engine_predictions(run3, name, t)
+        assert p["predictions_match_single_process"]
+        assert p["latency_ms_measured"]["median"] >= 14  # the slow link sets the pace
+        assert p["latency_ms_simulated"] >= 15  # the model with the same link, side by side
+
+
+# -- faults ---------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_killed_device_leaves_every_sample_answered(run2, tmp_path):
+    outcome, report = session(run2, 2, tmp_path, ("distree", "confidence"), faults=["kill:1@8"])
+    assert outcome.codes[:2] == [0, 0] and outcome.codes[2] == -9  # SIGKILL
+    assert "1" in report["lost_devices"]
+    for name in ("distree", "confidence"):
+        p = report["policies"][name]
+        assert p["samples"] == SAMPLES and len(p["predictions"]) == SAMPLES
+    assert report["policies"]["distree"]["degraded_samples"] == list(range(8, SAMPLES))
+    assert report["policies"]["confidence"]["degraded"] == SAMPLES
+    assert report["policies"]["distree"]["accuracy_degraded"] is not None
+
+
+@pytest.mark.slow
+def test_stalled_device_does_not_stall_the_stream(run2, tmp_path):
+    deadline = 0.3
+    outcome, report = session(run2, 2, tmp_path, faults=["stall:0@4:2"], deadline_ms=deadline * 1e3, warmup=0)
+    assert outcome.codes == [0, 0, 0]
+    p = report["policies"]["distree"]
+    assert p["samples"] == SAMPLES and p["degraded"] >= 1
+    assert p["latency_ms_measured"]["p99"] <= (deadline + 0.2) * 1e3  # the deadline bounds every answer
+    assert not report["lost_devices"]  # slow is not dead: its heartbeat went on
+    assert p["stale_messages"] >= 1  # its late answers came and were dropped
+
+
+@pytest.mark.slow
+def test_frozen_device_is_declared_lost(run2, tmp_path):
+    outcome, report = session(run2, 2, tmp_path, faults=["freeze:1@4"], deadline_ms=200, dead_after_s=1.0)
+    assert outcome.codes[:2] == [0, 0] and outcome.killed == [2]  # deploy ends the frozen process
+    assert "heartbeat" in report["lost_devices"]["1"]
+    assert report["policies"]["distree"]["samples"] == SAMPLES
+
+
+@pytest.mark.slow
+def test_malformed_message_is_rejected_and_answered_degraded(run2, tmp_path):
+    outcome, report = session(run2, 2, tmp_path, faults=["corrupt:0@3"], deadline_ms=300)
+    assert outcome.codes == [0, 0, 0]
+    p = report["policies"]["distree"]
+    assert p["rejected_messages"] == 1 and p["degraded_samples"] == [3]
+    assert not report["lost_devices"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["kill:agg@5", "freeze:agg@5"])
+def test_devices_stop_when_the_aggregator_is_gone(run2, tmp_path, fault):
+    dead_after = 1.5
+    outcome, report = session(run2, 2, tmp_path, faults=[fault], dead_after_s=dead_after,
+                              timeout=dead_after + 6)
+    assert report is None  # the aggregator never finished
+    assert outcome.codes[1:] == [LOST, LOST] and 1 not in outcome.killed and 2 not in outcome.killed
+
+
+# -- the torchrun launch path ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_torchrun_launch(run2, tmp_path):
+    report = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "3", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), "-m", "distree.serve", "--", "--run", run2, "--samples", "8",
+           "--policies", "distree,last-exit", "--reference-samples", "0", "--report", str(report)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=SESSION_TIMEOUT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(report.read_text())["policies"]["last-exit"]["samples"] == 8
