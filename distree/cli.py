@@ -12,6 +12,8 @@ COMMANDS = [
     "train_students",
     "overhead",
     "deploy",
+    "evaluate",
+    "demo",
 ]
 
 

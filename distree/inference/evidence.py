@@ -84,7 +84,7 @@ def collect_evidence(model, split, batch_size: int = 500, limit: int | None = No
     parts, labels = [], []
     for idx in torch.arange(n).split(batch_size):
         x, y = split.batch(idx)  # (b, C, 32, 32), (b,)
-        parts.append(model_evidence(model, x, idx))
+        parts.append(model_evidence(model, x.contiguous(memory_format=torch.channels_last), idx))
         labels.append(y)
     first = parts[0]
     return Evidence(u=torch.cat([p.u for p in parts], 2), head_score=torch.cat([p.head_score for p in parts], 2),

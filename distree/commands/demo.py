@@ -1,0 +1,22 @@
+"""`distree demo`: the whole experiment on the demo preset, ending with the policy table."""
+from pathlib import Path
+
+from distree.experiment import run_experiment
+from distree.report.markdown import policy_table, summary
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="train teacher and students on the demo preset, calibrate and compare "
+                                           "every exit policy, write the report (about 15 minutes on 2 cores)")
+    p.add_argument("--out", default="runs/demo", help="run directory (an interrupted demo resumes there)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    evaluation = run_experiment(args.out)
+    report = evaluation.report
+    print(policy_table(report))
+    print()
+    print(summary(report))
+    print(f"total {report['elapsed_s']:.0f} s; report: {Path(args.out) / 'report.md'}")
+    return 0

@@ -1,0 +1,304 @@
+"""The evaluation behind `distree evaluate`: every policy calibrated on val, measured on test.
+
+The model runs once per split (evidence); each policy's thresholds are chosen on the validation
+split only, and the test split only measures: accuracy, FLOPs, simulated latency, exits, and
+the wall-clock time of the engine for each policy's main setting.
+"""
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from distree.calibration import PAPER_SWEEP, CalibrationConfig, best_within, greedy_path, least_flops
+from distree.costs import CostConfig, FlopTable, count_flops, flops_per_sample
+from distree.data import dataset_shape, load_dataset
+from distree.errors import DistreeError
+from distree.inference.engine import InferenceEngine
+from distree.inference.evidence import Evidence, collect_evidence
+from distree.inference.outcome import Outcome, PolicyEvaluator
+from distree.inference.timing import TimingConfig, time_engines
+from distree.policies import POLICIES, PerExitPolicy, Policy, check_thresholds
+from distree.policies.learned_gate import GateConfig, LearnedGatePolicy, train_learned_gate, unchanged_answer
+from distree.policies.random_exit import RandomPolicy, matching_thresholds, uniform_thresholds
+from distree.report import MAIN
+from distree.report.markdown import render
+from distree.report.plots import write_plots
+from distree.training.checkpoint import METRICS, data_config, load_student_model, read_config, save_atomic
+
+GATE_FILE = "learned_gate.pt"
+
+
+@dataclass
+class EvaluateConfig:
+    batch_size: int = 500  # of evidence collection
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    gate_samples: int = 5000  # training images the learned gate is fitted on
+    flops_budget: float | None = None  # (b): the most accurate setting within this fraction of last-exit FLOPs
+    latency_budget_ms: float | None = None  # (b): ... within this simulated latency
+    thresholds: list[float] | None = None  # an extra DistrEE setting, evaluated as given
+    curve_points: int = 40  # points per policy on the accuracy-FLOPs curves
+    seed: int = 0  # of the random policy
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    costs: CostConfig = field(default_factory=CostConfig)
+
+
+@dataclass
+class Setting:
+    policy: str
+    name: str  # which setting of the policy, e.g. "calibrated", "shared T=1.08"
+    thresholds: torch.Tensor  # (5,)
+
+
+@dataclass
+class Evaluation:
+    """The report's numbers, and the raw test scores its score-distribution figure needs."""
+
+    report: dict
+    test_scores: dict[str, torch.Tensor]  # policy -> (N, 5, B)
+    last_right: torch.Tensor  # (B,) bool: whether exit 7 (all students) is right
+    gate: LearnedGatePolicy  # as fitted on the training split
+
+
+def build_policies(model, train_split, config: EvaluateConfig) -> dict[str, Policy]:
+    """Every policy; the learned gate is fitted here on (part of) the training split."""
+    train = collect_evidence(model, train_split, config.batch_size, config.gate_samples)
+    gate = train_learned_gate(train, config.gate)
+    made = {"learned-gate": gate, "random": RandomPolicy(config.seed)}
+    return {name: made.get(name) or cls() for name, cls in POLICIES.items()}
+
+
+def calibrated_settings(name: str, path: list[Outcome], config: EvaluateConfig, last_flops: float) -> list[Setting]:
+    """Goal (a) and, when budgets are given, goal (b), from a policy's path on val."""
+    out = [Setting(name, MAIN, least_flops(path, path[0].accuracy, config.calibration.max_drop).thresholds)]
+    if config.flops_budget is not None:
+        best = best_within(path, flops=config.flops_budget * last_flops)
+        out.append(Setting(name, f"FLOPs <= {config.flops_budget:.0%}", best.thresholds))
+    if config.latency_budget_ms is not None:
+        best = best_within(path, latency_s=config.latency_budget_ms / 1e3)
+        out.append(Setting(name, f"latency <= {config.latency_budget_ms:g} ms", best.thresholds))
+    return out
+
+
+def extra_settings(val_eval: dict[str, PolicyEvaluator], main: list[Setting], config: EvaluateConfig) -> list[Setting]:
+    """Random (uniform, and matched to DistrEE's exits), the paper's shared-T sweep, given thresholds."""
+    distree_t = next(s.thresholds for s in main if s.policy == "distree")
+    histogram = val_eval["distree"](distree_t).histogram.sum(0)  # (7,) pooled over students
+    out = [Setting("random", "uniform", uniform_thresholds()),
+           Setting("random", "matched to distree", matching_thresholds(histogram))]
+    out += [Setting("distree", f"shared T={t:g}", torch.full((5,), t)) for t in PAPER_SWEEP]
+    if config.thresholds is not None:
+        out.append(Setting("distree", "given", torch.tensor(config.thresholds, dtype=torch.float32)))
+    return out
+
+
+def thin(path: list[Outcome], count: int) -> list[Outcome]:
+    """At most `count` points of a path, evenly spaced, ends included."""
+    if len(path) <= count:
+        return path
+    idx = torch.linspace(0, len(path) - 1, count).round().long().unique()
+    return [path[i] for i in idx.tolist()]
+
+
+def jsonable(t: torch.Tensor) -> list:
+    """Thresholds as JSON: infinities (stop nobody / everybody) as the strings "inf" and "-inf"."""
+    return [v if math.isfinite(v) else ("inf" if v > 0 else "-inf") for v in t.tolist()]
+
+
+def curve_point(o: Outcome) -> dict:
+    return {"thresholds": jsonable(o.thresholds), "accuracy": o.accuracy, "flops_reduction": o.flops_reduction,
+            "latency_ms_simulated": 1e3 * o.latency_s}
+
+
+def entry(s: Setting, on_val: Outcome, on_test: Outcome, policy: Policy) -> dict:
+    return {"policy": s.policy, "setting": s.name, "local": policy.local, "thresholds": jsonable(s.thresholds),
+            "accuracy": on_test.accuracy, "val_accuracy": on_val.accuracy,
+            "flops_reduction": on_test.flops_reduction, "val_flops_reduction": on_val.flops_reduction,
+            "latency_ms_simulated": 1e3 * on_test.latency_s, "latency_ms_measured": None,
+            "exit_histogram": on_test.histogram.tolist()}
+
+
+def timed_settings(settings: list[Setting]) -> list[Setting]:
+    """The settings whose engine is timed: each policy's main one, last-exit and uniform random."""
+    return [s for s in settings if s.name in (MAIN, "uniform") or s.policy == "last-exit"]
+
+
+def measure(model, policies, settings: list[Setting], split, test_eval: dict, flops: FlopTable,
+            config: TimingConfig) -> dict[str, dict]:
+    """Wall-clock timing per setting, with the time saved against last-exit and what FLOPs predicted."""
+    m = max(config.compacting_samples, config.streaming_samples)
+    x, _ = split.batch(torch.arange(min(m, len(split))))
+    x = x.contiguous(memory_format=torch.channels_last)  # (M, C, 32, 32)
+    engines = {(s.policy, s.name): InferenceEngine(model, policies[s.policy], s.thresholds) for s in settings}
+    timings = time_engines(engines, x, torch.arange(len(x)), config)
+    base = next(t for (p, _), t in timings.items() if p == "last-exit")
+    out = {}
+    for s in settings:
+        t = timings[(s.policy, s.name)]
+        exits = test_eval[s.policy].exits(s.thresholds)  # (N, B)
+        out[(s.policy, s.name)] = {
+            "latency_ms_measured": t.streaming_ms, "compacting_ms_per_sample": t.compacting_ms,
+            "throughput_per_s": t.samples_per_s,
+            "time_saved_streaming": 1 - t.streaming_ms / base.streaming_ms,
+            "time_saved_compacting": 1 - t.compacting_ms / base.compacting_ms,
+            "flops_saved_streaming": _flops_saved(flops, exits[:, :config.streaming_samples], policies[s.policy]),
+            "flops_saved_compacting": _flops_saved(flops, exits[:, :config.compacting_samples], policies[s.policy]),
+        }
+    return out
+
+
+def _flops_saved(flops: FlopTable, exits: torch.Tensor, policy: Policy) -> float:
+    return 1 - flops_per_sample(flops, exits, policy).mean().item() / flops.last_exit()
+
+
+def auroc(score: torch.Tensor, positive: torch.Tensor) -> float | None:
+    """P(a positive scores above a negative), ties counting half; NaN scores are left out.
+
+    None when one class is empty (the question has no answer)."""
+    keep = ~score.isnan()
+    s, y = score[keep].double(), positive[keep]
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    _, inverse, counts = s.unique(return_inverse=True, return_counts=True)
+    mid_rank = counts.cumsum(0) - (counts - 1) / 2  # average rank of each distinct value
+    ranks = mid_rank[inverse]
+    return ((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).item()
+
+
+def score_aurocs(policy: Policy, scores: torch.Tensor, ev: Evidence) -> list[float]:
+    """Per exit 2..6: how well the score tells exits that keep exit 7's answer from those that don't.
+
+    Local policies: student i alone at exit j (others at 7), pooled over students; per-exit
+    policies: all students at j. Oriented so that 0.5 is chance and 1 is perfect.
+    """
+    if isinstance(policy, PerExitPolicy):
+        logits = ev.exit_logits()  # (7, B, K)
+        same = (logits.argmax(-1) == logits[-1].argmax(-1)).unsqueeze(0).expand(scores.shape[0], -1, -1)
+    else:
+        same = unchanged_answer(ev.u, ev.bias)  # (N, 7, B)
+    sign = 1.0 if policy.never > 0 else -1.0  # scores that stop when low are flipped
+    return [auroc(sign * scores[:, j].flatten(), same[:, j + 1].flatten()) for j in range(scores.shape[1])]
+
+
+def oracle(ev: Evidence, flops: FlopTable) -> dict:
+    """The first exit j >= 2 where all students at j give exit 7's answer: the savings that exist."""
+    logits = ev.exit_logits()  # (7, B, K)
+    same = logits.argmax(-1) == logits[-1].argmax(-1)  # (7, B)
+    exits = same[1:].int().argmax(0) + 1  # (B,): exit 7 always agrees with itself
+    exits = exits.expand(ev.u.shape[0], -1)  # (N, B)
+    right = ev.logits_at(exits).argmax(-1) == ev.labels
+    return {"accuracy": right.float().mean().item(), "flops_reduction": _flops_saved(flops, exits, POLICIES["distree"]())}
+
+
+def goal(entries: list[dict], last_accuracy: float, max_drop: float) -> dict:
+    """The local policy saving the most FLOPs on test within max_drop of last-exit (its main setting)."""
+    ok = [e for e in entries if e["local"] and e["setting"] == MAIN and e["policy"] != "random"
+          and e["accuracy"] >= last_accuracy - max_drop]
+    best = max(ok, key=lambda e: e["flops_reduction"], default=None)
+    saved = best["flops_reduction"] if best else 0.0
+    return {"policy": best and best["policy"], "flops_reduction": saved, "target": 0.3, "met": saved >= 0.3}
+
+
+def evaluate_model(model, splits, config: EvaluateConfig = EvaluateConfig()) -> Evaluation:
+    """Calibrates every policy on splits.val, measures on splits.test; returns the report's contents."""
+    began = time.perf_counter()
+    val = collect_evidence(model, splits.val, config.batch_size)
+    test = collect_evidence(model, splits.test, config.batch_size)
+    sample, _ = splits.test.batch(torch.arange(1))
+    flops = count_flops(model, sample.contiguous(memory_format=torch.channels_last))
+    policies = build_policies(model, splits.train, config)
+    val_eval = {n: PolicyEvaluator(p, val, flops, config.costs) for n, p in policies.items()}
+    test_eval = {n: PolicyEvaluator(p, test, flops, config.costs) for n, p in policies.items()}
+    settings, curves = [Setting("last-exit", "last exit", policies["last-exit"].default_thresholds())], {}
+    for name in policies:
+        if name == "last-exit":
+            continue
+        path = greedy_path(val_eval[name], config.calibration)
+        curves[name] = [curve_point(test_eval[name](o.thresholds)) for o in thin(path, config.curve_points)]
+        settings += calibrated_settings(name, path, config, flops.last_exit())
+    settings += extra_settings(val_eval, settings, config)
+    entries = [entry(s, val_eval[s.policy](s.thresholds), test_eval[s.policy](s.thresholds), policies[s.policy])
+               for s in settings]
+    timing = measure(model, policies, timed_settings(settings), splits.test, test_eval, flops, config.timing)
+    for e in entries:
+        e.update(timing.get((e["policy"], e["setting"]), {}))
+    exit_logits = test.exit_logits()  # (7, B, K)
+    exit_accuracy = (exit_logits.argmax(-1) == test.labels).float().mean(1).tolist()
+    scores = {n: e.scores for n, e in test_eval.items() if n != "last-exit"}
+    report = {
+        "exit_accuracy": exit_accuracy,
+        "val_exit_accuracy": (val.exit_logits().argmax(-1) == val.labels).float().mean(1).tolist(),
+        "last_exit_accuracy": exit_accuracy[-1],
+        "num_students": len(model.students),
+        "max_drop": config.calibration.max_drop,
+        "flops": {"last_exit": flops.last_exit(), "stage": flops.stage.tolist(), "head": flops.head.tolist(),
+                  "aggregator": flops.aggregator},
+        "costs": asdict(config.costs),
+        "timing": asdict(config.timing),
+        "policies": entries,
+        "curves": curves,
+        "score_auroc": {n: score_aurocs(policies[n], s, test) for n, s in scores.items()},
+        "oracle": oracle(test, flops),
+        "goal": goal(entries, exit_accuracy[-1], config.calibration.max_drop),
+        "elapsed_s": time.perf_counter() - began,
+    }
+    last_right = exit_logits[-1].argmax(-1) == test.labels
+    return Evaluation(report, scores, last_right, policies["learned-gate"])
+
+
+def teacher_accuracy(run_dir) -> float | None:
+    """The teacher's test accuracy from the run's metrics.csv, if its training finished."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return None
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("phase") == "teacher" and r.get("test_acc")]
+    return float(rows[-1]["test_acc"]) if rows else None
+
+
+def check_run(model, config: dict, run_dir, dataset: str | None) -> None:
+    """The students must be the run's: its dataset's shape and number of students."""
+    name = config["data"]["name"]
+    if dataset is not None and dataset != name:
+        raise DistreeError(f"{run_dir} is a {name} run, not {dataset}")
+    n = config["students"]["num_students"]
+    if len(model.students) != n:
+        raise DistreeError(f"the students in {run_dir} are {len(model.students)}, but its config.json says {n}; "
+                           "the checkpoint comes from another run")
+    shape = dataset_shape(name)
+    stem = next(m for m in model.students[0].modules() if isinstance(m, torch.nn.Conv2d))
+    if model.bias.shape[0] != shape["num_classes"] or stem.in_channels != shape["in_channels"]:
+        raise DistreeError(f"the students in {run_dir} do not fit {name} ({shape}); the checkpoint comes from another run")
+
+
+def evaluate_run(run_dir, config: EvaluateConfig = EvaluateConfig(), dataset: str | None = None) -> Evaluation:
+    """Evaluates a trained run; also saves the fitted learned gate beside the students."""
+    if config.thresholds is not None:
+        check_thresholds(config.thresholds)  # before minutes of work, not after
+    run_config = read_config(run_dir)
+    model = load_student_model(run_dir)
+    check_run(model, run_config, run_dir, dataset)
+    splits = load_dataset(**asdict(data_config(run_config)))
+    evaluation = evaluate_model(model, splits, config)
+    save_learned_gate(evaluation.gate, run_dir, run_config)
+    evaluation.report = {"dataset": run_config["data"]["name"], "teacher_accuracy": teacher_accuracy(run_dir),
+                         **evaluation.report}
+    return evaluation
+
+
+def save_learned_gate(gate: LearnedGatePolicy, run_dir, run_config: dict) -> None:
+    save_atomic({"dataset": run_config["data"]["name"], "num_students": gate.weight.shape[0],
+                 "state": gate.state_dict()}, Path(run_dir) / GATE_FILE)
+
+
+def write_report(evaluation: Evaluation, out) -> None:
+    """report.json, report.md and the figures, into out."""
+    out = Path(out)
+    figures = write_plots(evaluation.report, evaluation.test_scores, evaluation.last_right, out)
+    (out / "report.json").write_text(json.dumps(evaluation.report, indent=1, allow_nan=False) + "\n")
+    (out / "report.md").write_text(render(evaluation.report, figures))

@@ -1,0 +1,139 @@
+"""The report's figures, as PNG files (matplotlib's Agg backend: no display needed)."""
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from distree.policies import NUM_EXITS  # noqa: E402
+from distree.report import MAIN  # noqa: E402
+
+LOCAL_SCORES = ("distree", "similarity", "local-confidence", "learned-gate")
+SCORE_LABELS = {"distree": "cos(u_j, u_1) = 1 / score\n(cos <= 0 at 0)", "similarity": "cos(u_j, u_j-1)",
+                "local-confidence": "max softmax(u_j + b/N)", "learned-gate": "P(answer unchanged)"}
+SHOWN_AS = {"distree": lambda s: 1 / s}  # the score's heavy tail (1/cos) is easier to read as cos
+
+
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points (cost, accuracy) no other point beats on both: cheaper and at least as accurate."""
+    front, best = [], -1.0
+    for cost, acc in sorted(points, key=lambda p: (p[0], -p[1])):
+        if acc > best:
+            front.append((cost, acc))
+            best = acc
+    return front
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def accuracy_vs_cost(report: dict, key: str, xlabel: str, path: Path) -> None:
+    """Every policy's calibration curve on test, its Pareto front, and its calibrated setting."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    last = next(e for e in report["policies"] if e["policy"] == "last-exit")
+    for i, (name, curve) in enumerate(report["curves"].items()):
+        color = f"C{i}"
+        xy = [(p[key], p["accuracy"]) for p in curve]
+        if key == "flops_reduction":
+            xy = [(1 - x, a) for x, a in xy]  # plot the FLOPs spent, as a fraction of last-exit's
+        ax.scatter(*zip(*xy), s=8, color=color, alpha=0.35)
+        ax.plot(*zip(*pareto(xy)), color=color, label=name)
+        main = next(e for e in report["policies"] if e["policy"] == name and e["setting"] == MAIN)
+        x = 1 - main[key] if key == "flops_reduction" else main[key]
+        ax.scatter([x], [main["accuracy"]], color=color, marker="*", s=120, edgecolor="k", zorder=3)
+    x_last = 1.0 if key == "flops_reduction" else last[key]
+    ax.scatter([x_last], [last["accuracy"]], color="k", marker="s", label="last exit", zorder=3)
+    ax.axhline(last["accuracy"] - report["max_drop"], color="grey", ls=":", lw=1, label="last exit - max drop")
+    ax.set(xlabel=xlabel, ylabel="test accuracy", title="Accuracy against cost (stars: calibrated on val)")
+    top = last["accuracy"] + 0.02
+    ax.set_ylim(max(0.0, min(report["exit_accuracy"][1], top - 0.25)), top)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def exit_histograms(report: dict, path: Path) -> None:
+    """Per policy's calibrated setting, the share of samples each student stops at each exit."""
+    mains = [e for e in report["policies"] if e["setting"] == MAIN]
+    fig, axes = plt.subplots(1, len(mains), figsize=(2.6 * len(mains), 3), sharey=True, squeeze=False)
+    exits = torch.arange(1, NUM_EXITS + 1)
+    for ax, e in zip(axes[0], mains):
+        h = torch.tensor(e["exit_histogram"], dtype=torch.float64)  # (N, 7)
+        share = h / h.sum(1, keepdim=True)
+        width = 0.8 / len(share)
+        for i, row in enumerate(share):
+            ax.bar(exits + (i - (len(share) - 1) / 2) * width, row, width, label=f"student {i + 1}")
+        ax.set(title=e["policy"], xlabel="exit", xticks=exits.tolist())
+    axes[0][0].set_ylabel("share of test samples")
+    axes[0][0].legend(fontsize=7)
+    _save(fig, path)
+
+
+def exit_accuracy(report: dict, path: Path) -> None:
+    """Accuracy with every student at exit j, on val and test, and the teacher's."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    exits = range(1, NUM_EXITS + 1)
+    ax.plot(exits, report["exit_accuracy"], marker="o", label="test")
+    ax.plot(exits, report["val_exit_accuracy"], marker=".", ls="--", label="val")
+    if report.get("teacher_accuracy") is not None:
+        ax.axhline(report["teacher_accuracy"], color="k", ls=":", label="teacher")
+    ax.set(xlabel="exit j (all students)", ylabel="accuracy", title="Per-exit accuracy")
+    ax.legend()
+    _save(fig, path)
+
+
+def threshold_sweep(report: dict, path: Path) -> None:
+    """DistrEE's rule with one shared T (the paper's sweep): accuracy and FLOPs saved on test."""
+    sweep = [e for e in report["policies"] if e["policy"] == "distree" and e["setting"].startswith("shared T=")]
+    t = [float(e["setting"].split("=")[1]) for e in sweep]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(t, [e["accuracy"] for e in sweep], marker="o", color="C0", label="accuracy")
+    ax.set(xlabel="shared threshold T", ylabel="test accuracy", title="DistrEE rule, shared T")
+    twin = ax.twinx()
+    twin.plot(t, [e["flops_reduction"] for e in sweep], marker="s", color="C1", label="FLOPs saved")
+    twin.set_ylabel("FLOPs saved vs last exit")
+    fig.legend(loc="lower right", fontsize=8)
+    _save(fig, path)
+
+
+def score_distributions(scores: dict[str, torch.Tensor], last_right: torch.Tensor, path: Path) -> None:
+    """Each local score per exit 2..6, for samples exit 7 gets right and wrong (pooled over students)."""
+    names = [n for n in LOCAL_SCORES if n in scores]
+    fig, axes = plt.subplots(len(names), NUM_EXITS - 2, figsize=(14, 2.3 * len(names)), squeeze=False)
+    for row, name in zip(axes, names):
+        s = SHOWN_AS.get(name, lambda v: v)(scores[name])  # (N, 5, B)
+        right = last_right.expand(s.shape[0], -1)  # (N, B)
+        for j, ax in enumerate(row):
+            sj = s[:, j]
+            finite = sj[sj.isfinite()]
+            lo, hi = (finite.quantile(0.01).item(), finite.quantile(0.99).item()) if finite.numel() else (0, 1)
+            hi = hi if hi > lo else lo + 1
+            for mask, label, color in ((right, "exit 7 right", "C2"), (~right, "exit 7 wrong", "C3")):
+                ax.hist(sj[mask].clamp(lo, hi).numpy(), bins=30, range=(lo, hi), density=True, alpha=0.5,
+                        color=color, label=label)
+            ax.set_title(f"{name}, exit {j + 2}", fontsize=9)
+            ax.tick_params(labelsize=7)
+        row[0].set_ylabel(SCORE_LABELS[name], fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    _save(fig, path)
+
+
+def write_plots(report: dict, scores: dict[str, torch.Tensor], last_right: torch.Tensor, out: Path) -> list[str]:
+    """Writes every figure into out; returns their file names."""
+    figures = {
+        "accuracy_vs_flops.png": lambda p: accuracy_vs_cost(report, "flops_reduction",
+                                                            "FLOPs per sample (fraction of last exit)", p),
+        "accuracy_vs_latency.png": lambda p: accuracy_vs_cost(report, "latency_ms_simulated",
+                                                              "simulated latency per sample (ms)", p),
+        "exit_histograms.png": lambda p: exit_histograms(report, p),
+        "exit_accuracy.png": lambda p: exit_accuracy(report, p),
+        "threshold_sweep.png": lambda p: threshold_sweep(report, p),
+        "score_distributions.png": lambda p: score_distributions(scores, last_right, p),
+    }
+    for name, draw in figures.items():
+        draw(Path(out) / name)
+    return list(figures)
