@@ -6,7 +6,6 @@ are read with weights_only=True: plain tensors and containers, no code.
 """
 import json
 import os
-import pickle
 from dataclasses import fields
 from pathlib import Path
 
@@ -37,8 +36,8 @@ def load_checkpoint(path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise DistreeError(f"no checkpoint at {path}") from None
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
-        raise DistreeError(f"corrupt checkpoint {path}: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # a damaged file fails in many ways (unpickling, zip, index, key errors)
+        raise DistreeError(f"corrupt checkpoint {path}: {type(err).__name__}") from None
 
 
 def config_from_dict(cls, d: dict):

@@ -39,10 +39,10 @@ PRESETS = {
     "paper": Preset(DataConfig("cifar10")),
     "demo": Preset(DataConfig("fashion-mnist"), WRNConfig(10, 2), cosine(2, 0.15, 0.3),
                    PartitionConfig(max_images=5000), 2, StudentConfig(),
-                   cosine(3, 0.05, 0.3, clip_grad=2.0)),
-    "smoke": Preset(DataConfig("synthetic", val_size=64), WRNConfig(10, 1), cosine(4, 0.1, 0.2, batch_size=32),
+                   cosine(2, 0.05, 0.3, clip_grad=2.0)),
+    "smoke": Preset(DataConfig("synthetic", val_size=64), WRNConfig(10, 1), cosine(3, 0.1, 0.2, batch_size=32),
                     PartitionConfig(max_images=256, top_k=16, keep_edges=0.1), 2, StudentConfig(),
-                    cosine(3, 0.05, 0.2, batch_size=32, clip_grad=2.0)),
+                    cosine(2, 0.05, 0.2, batch_size=32, clip_grad=2.0)),
 }
 
 

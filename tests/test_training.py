@@ -1,0 +1,144 @@
+"""Training: schedules, checkpoints, the three commands on a tiny synthetic run, bad input, and
+an exact resume after SIGKILL of a real training process."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from distree.cli import main
+from distree.errors import DistreeError
+from distree.models.distree_model import DistrEEModel
+from distree.training.checkpoint import load_checkpoint, load_student_model, save_atomic
+from distree.training.loop import OptimConfig, lr_factor
+from distree.training.overhead import exit_params_and_flops, exit_step_time
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_step_schedule():
+    cfg = OptimConfig(epochs=10, lr=0.1, milestones=[2, 4], gamma=0.2)
+    assert [lr_factor(cfg, s, 10) for s in (0, 19, 20, 39, 40)] == pytest.approx([1, 1, 0.2, 0.2, 0.04])
+
+
+def test_cosine_schedule_with_warmup():
+    cfg = OptimConfig(epochs=3, schedule="cosine", warmup_epochs=1)
+    assert lr_factor(cfg, 0, 10) == pytest.approx(0.1) and lr_factor(cfg, 9, 10) == pytest.approx(1.0)
+    assert lr_factor(cfg, 10, 10) == pytest.approx(1.0) and lr_factor(cfg, 20, 10) == pytest.approx(0.5)
+
+
+def test_checkpoints_are_atomic_and_checked(tmp_path):
+    path = tmp_path / "c.pt"
+    save_atomic({"epoch": 3, "w": torch.ones(2)}, path)
+    assert load_checkpoint(path)["epoch"] == 3 and not (tmp_path / "c.pt.tmp").exists()
+    path.write_bytes(b"\x80garbage")
+    with pytest.raises(DistreeError, match="corrupt checkpoint"):
+        load_checkpoint(path)
+    with pytest.raises(DistreeError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "none.pt")
+
+
+def cli(*args) -> int:
+    return main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def partitioned(tmp_path_factory) -> Path:
+    """A smoke run with a trained teacher and a 2-student partition."""
+    run = tmp_path_factory.mktemp("runs") / "smoke"
+    assert cli("train-teacher", "--out", run, "--preset", "smoke") == 0
+    assert cli("partition", "--run", run) == 0
+    return run
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_pipeline(partitioned, tmp_path, capsys):
+    run = copy_run(partitioned, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    assert config["preset"] == "smoke" and config["data"]["name"] == "synthetic"
+    partition = json.loads((run / "partition.json").read_text())
+    assert partition["num_students"] == 2 and sum(partition["sizes"]) == 64
+    assert load_checkpoint(run / "teacher.pt")["history"][-1]["test_acc"] > 0.5
+    assert cli("train-students", "--run", run, "--epochs", 1) == 0
+    assert "test accuracy at exits 1..7" in capsys.readouterr().out
+    model = load_student_model(run)
+    assert isinstance(model, DistrEEModel) and not model.training and len(model.students) == 2
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("phase,epoch") and sum(r.startswith("teacher,") for r in rows) == 3
+    assert sum(r.startswith("students,") for r in rows) == 1
+    assert cli("train-students", "--run", run, "--epochs", 2, "--resume") == 2  # options with --resume
+    assert cli("train-students", "--run", run, "--resume") == 0  # already done: nothing to do
+
+
+def error_of(capsys, *args) -> str:
+    assert cli(*args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    return err
+
+
+def test_bad_input_is_one_line_and_exit_2(partitioned, tmp_path, capsys):
+    run = copy_run(partitioned, tmp_path / "run")
+    assert "does not match" in error_of(capsys, "train-students", "--run", run, "--students", 3)
+    assert "already holds a run" in error_of(capsys, "train-teacher", "--out", run, "--preset", "smoke")
+    assert "not a run directory" in error_of(capsys, "partition", "--run", tmp_path / "nothing")
+    assert "apt-get install dataset-fashion-mnist" in error_of(
+        capsys, "train-teacher", "--out", tmp_path / "f", "--data-dir", tmp_path / "nowhere")
+    assert "between 1 and 8" in error_of(capsys, "partition", "--run", run, "--students", 9)
+
+    body = json.loads((run / "partition.json").read_text())
+    body.update(num_filters=65, groups=body["groups"][:1] + [body["groups"][1] + [64]])
+    (run / "partition.json").write_text(json.dumps(body))
+    assert "final group has 64" in error_of(capsys, "train-students", "--run", run)
+
+    (run / "teacher.pt").write_bytes(b"truncated")
+    assert "corrupt checkpoint" in error_of(capsys, "partition", "--run", run)
+    (run / "teacher.pt").unlink()
+    assert "no teacher" in error_of(capsys, "partition", "--run", run)
+
+
+def train_students_process(run: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "distree.cli", "train-students", "--run", str(run), "--resume"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_sigkill_then_resume_gives_the_same_result(partitioned, tmp_path):
+    """Kill a real training process after its first checkpoint; --resume must end where an uninterrupted run ends."""
+    whole, killed = copy_run(partitioned, tmp_path / "whole"), copy_run(partitioned, tmp_path / "killed")
+    assert train_students_process(whole).wait(timeout=300) == 0
+
+    proc = train_students_process(killed)
+    deadline = time.monotonic() + 300
+    while not (killed / "students.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = load_checkpoint(killed / "students.pt")["epoch"]
+    assert done == 1, "the kill came too late to test a resume"
+    assert train_students_process(killed).wait(timeout=300) == 0
+
+    a, b = load_checkpoint(whole / "students.pt"), load_checkpoint(killed / "students.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    accuracy = lambda ckpt: [{k: v for k, v in row.items() if "acc" in k} for row in ckpt["history"]]  # noqa: E731
+    assert accuracy(a) == accuracy(b)
+
+
+def test_exit_overhead():
+    cost = exit_params_and_flops()
+    assert cost["exit_params"] == 10 * (16 + 16 + 16 + 32 + 32 + 64)
+    assert cost["exit_flops"] == 2 * cost["exit_params"]  # one multiply-add per weight, batch 1
+    assert 0 < cost["exit_flops_percent"] < cost["exit_params_percent"] < 2
+    times = exit_step_time(batch_size=8, repeats=1)
+    assert set(times) == {"auto", "reference"} and all(t["all_exits_s"] > 0 for t in times.values())
