@@ -23,6 +23,7 @@ from distree.runtime.device import LOST
 from distree.runtime.faults import parse_fault
 from distree.runtime.inputs import load_samples
 from distree.runtime.netem import LinkModel, link_models
+from distree.runtime.plan import make_plan, parse_thresholds
 from distree.training.checkpoint import build_students, load_student_model, save_atomic, write_config
 from distree.training.presets import run_config
 
@@ -125,6 +126,19 @@ def test_option_parsing():
     assert link_models("5", "10", "0,1", 2) == [LinkModel(5, 10, 0), LinkModel(5, 10, 1)]
     with pytest.raises(Exception, match="--link-delay-ms"):
         link_models("1,2,3", "0", "0", 2)
+
+
+def test_plan_takes_given_then_calibrated_then_default_thresholds(tmp_path):
+    calibrated = [{"policy": "distree", "setting": "calibrated", "thresholds": [1.1, 1.2, "inf", 1.3, 1.4]},
+                  {"policy": "distree", "setting": "FLOPs <= 50%", "thresholds": [9, 9, 9, 9, 9]},
+                  {"policy": "confidence", "setting": "calibrated", "thresholds": [0.9] * 5}]
+    (tmp_path / "report.json").write_text(json.dumps({"policies": calibrated}))
+    plan = make_plan(["distree", "confidence", "last-exit"], parse_thresholds(["confidence=0.5"]), tmp_path)
+    assert plan[0].thresholds.tolist() == pytest.approx([1.1, 1.2, float("inf"), 1.3, 1.4])
+    assert plan[1].thresholds.tolist() == [0.5] * 5
+    assert plan[2].thresholds.tolist() == [float("inf")] * 5
+    with pytest.raises(Exception, match="--threshold"):
+        parse_thresholds(["distree"])
 
 
 # -- healthy sessions ---------------------------------------------------------------------------------

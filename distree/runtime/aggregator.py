@@ -4,10 +4,10 @@ Every sample gets an answer. The aggregator waits for each live device until the
 the round (a round is one message from every live device: the whole sample under a local
 policy, one exit under a per-exit policy), then answers from the evidence it has (a missing
 device contributes zeros, which is what student dropout trains for) and marks the answer
-degraded. A device whose link breaks
-(it died) or whose heartbeat stops for `dead_after` seconds (it froze) is declared lost: it is
-sent nothing more and waited for never again. A device that is merely late stays live; its late
-messages are recognised by their sample id and dropped, and it catches up by itself.
+degraded. A device whose link breaks (it died) or whose heartbeat stops for `dead_after`
+seconds (it froze) is declared lost: it is sent nothing more and waited for never again. A
+device that is merely late stays live; its late messages are recognised by their sample id and
+dropped, and it catches up by itself.
 """
 import queue
 import statistics
@@ -36,14 +36,14 @@ class Deadlines:
     fixed_s: float = 0.0  # > 0: always this
     factor: float = 4.0
     floor_s: float = 0.05
-    startup_s: float = 10.0  # until `warmup` rounds have come in time
-    warmup: int = 5
+    startup_s: float = 10.0  # until `startup_rounds` rounds have come in time
+    startup_rounds: int = 5
     dead_after_s: float = 5.0  # heartbeat silence that declares a device lost
 
     def of(self, run: PolicyRun) -> float:
         if self.fixed_s > 0:
             return self.fixed_s
-        if len(run.round_s) < self.warmup:
+        if len(run.round_s) < self.startup_rounds:
             return self.startup_s
         return max(self.floor_s, self.factor * statistics.median(run.round_s[-100:]))
 

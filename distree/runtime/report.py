@@ -61,7 +61,7 @@ def summarise(run: PolicyRun, warmup: int) -> dict:
     histogram = [[int((exits[:, i] == j).sum()) for j in range(7)] for i in range(run.num_devices)]
     return {
         "local": run.local,
-        "thresholds": run.thresholds,
+        "thresholds": [v if np.isfinite(v) else ("inf" if v > 0 else "-inf") for v in run.thresholds],
         "samples": len(preds),
         "accuracy": accuracy(preds, labels),
         "accuracy_healthy": accuracy(preds[~degraded], labels[~degraded]),

@@ -36,7 +36,7 @@ def serve(config: ServeConfig) -> int:
     if session.num_devices != n:
         raise DistreeError(f"the run has {n} students but {session.num_devices} device ranks were started; "
                            f"start {n + 1} processes")
-    plan = make_plan(config.policies, parse_thresholds(config.thresholds))
+    plan = make_plan(config.policies, parse_thresholds(config.thresholds), config.run)
     faults = [parse_fault(f, n) for f in config.faults]
     links = link_models(config.link_delay_ms, config.link_mbps, config.link_jitter_ms, n)
     shape = read_config(config.run)["data_shape"]
@@ -53,7 +53,7 @@ def serve(config: ServeConfig) -> int:
     aggregator.shutdown(torch.Size(input_shape).numel())
     report = build_report(config, session, model, plan, links, aggregator, runs, x)
     path = Path(config.report or Path(config.run) / REPORT)
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    path.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
     print_table(report, path)
     return 0
 
