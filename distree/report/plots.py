@@ -66,7 +66,8 @@ def exit_histograms(report: dict, path: Path) -> None:
         share = h / h.sum(1, keepdim=True)
         width = 0.8 / len(share)
         for i, row in enumerate(share):
-            ax.bar(exits + (i - (len(share) - 1) / 2) * width, row, width, label=f"student {i + 1}")
+            x = exits + (i - (len(share) - 1) / 2) * width  # (7,)
+            ax.bar(x.numpy(), row.numpy(), width, label=f"student {i + 1}")
         ax.set(title=e["policy"], xlabel="exit", xticks=exits.tolist())
     axes[0][0].set_ylabel("share of test samples")
     axes[0][0].legend(fontsize=7)

@@ -1,0 +1,69 @@
+"""`distree evaluate` end to end on a tiny run directory, and its errors for bad input."""
+import json
+
+import pytest
+import torch
+
+from distree.cli import main
+from distree.inference.timing import TimingConfig
+from distree.report.evaluate import EvaluateConfig, auroc, evaluate_run, write_report
+from distree.report.plots import pareto
+from distree.training.checkpoint import STUDENTS, build_students, save_atomic, write_config
+from distree.training.presets import run_config
+
+FAST = EvaluateConfig(gate_samples=64, curve_points=8, timing=TimingConfig(16, 8, 4, 1))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A synthetic-data run whose students are untrained: the report's plumbing, not its numbers."""
+    path = tmp_path_factory.mktemp("run")
+    config = run_config("smoke")
+    write_config(path, config)
+    torch.manual_seed(0)
+    model = build_students(config)
+    save_atomic({"config": config, "model": model.state_dict(), "epoch": 1}, path / STUDENTS)
+    return path
+
+
+def test_evaluate_writes_the_report_with_its_keys(run_dir):
+    evaluation = evaluate_run(run_dir, FAST)
+    write_report(evaluation, run_dir)
+    report = json.loads((run_dir / "report.json").read_text())
+    for key in ("dataset", "teacher_accuracy", "exit_accuracy", "policies", "elapsed_s"):
+        assert key in report
+    assert report["dataset"] == "synthetic" and len(report["exit_accuracy"]) == 7
+    names = {e["policy"] for e in report["policies"]}
+    assert names == {"distree", "similarity", "local-confidence", "learned-gate", "random", "last-exit",
+                     "confidence", "entropy"}
+    for e in report["policies"]:
+        assert 0 <= e["accuracy"] <= 1 and e["flops_reduction"] <= 1 and len(e["thresholds"]) == 5
+        assert torch.tensor(e["exit_histogram"]).sum(1).tolist() == [128, 128]  # the test split, per student
+    timed = [e for e in report["policies"] if e["latency_ms_measured"] is not None]
+    assert {e["policy"] for e in timed} >= {"last-exit", "distree"}
+    for name in ("report.md", "accuracy_vs_flops.png", "accuracy_vs_latency.png", "exit_histograms.png",
+                 "exit_accuracy.png", "threshold_sweep.png", "score_distributions.png"):
+        assert (run_dir / name).stat().st_size > 0
+    assert "| distree | calibrated |" in (run_dir / "report.md").read_text()
+
+
+def test_bad_input_gets_a_clear_error(run_dir, capsys):
+    assert main(["evaluate", "--run", str(run_dir), "--thresholds", "1.1,1.2"]) == 2
+    assert "5 values" in capsys.readouterr().err
+    assert main(["evaluate", "--run", str(run_dir), "--dataset", "cifar10"]) == 2
+    assert "is a synthetic run, not cifar10" in capsys.readouterr().err
+    config = json.loads((run_dir / "config.json").read_text())
+    config["students"]["num_students"] = 3
+    other = run_dir / "other"
+    other.mkdir()
+    write_config(other, config)
+    (other / STUDENTS).write_bytes((run_dir / STUDENTS).read_bytes())
+    assert main(["evaluate", "--run", str(other)]) == 2
+    assert "another run" in capsys.readouterr().err
+
+
+def test_auroc_and_pareto():
+    assert auroc(torch.tensor([0.1, 0.4, 0.5, 0.8]), torch.tensor([False, True, False, True])) == 0.75
+    assert auroc(torch.tensor([1.0, 1.0]), torch.tensor([True, False])) == 0.5
+    assert auroc(torch.tensor([1.0]), torch.tensor([True])) is None
+    assert pareto([(1.0, 0.9), (0.5, 0.8), (0.6, 0.7), (0.2, 0.85)]) == [(0.2, 0.85), (1.0, 0.9)]
