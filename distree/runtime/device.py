@@ -58,7 +58,7 @@ class Device:
             fault = self.faults.get(received)
             received += 1
             corrupt = fault is not None and strike(fault)
-            step, x = self.steps[msg.policy], msg.payload.view(self.input_shape)  # (C, H, W)
+            step, x = self.steps[msg.policy], msg.payload.view(self.input_shape).to(self.device)  # (C, H, W)
             if step.policy.local:
                 pending = self._post(self.input_numel)  # prefetch: the next input arrives while we compute
                 u, j = step.local(x, msg.seq)  # (K,)

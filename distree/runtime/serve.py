@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from distree.data import SIZE
 from distree.errors import DistreeError
 from distree.inference.evidence import bias_share
 from distree.runtime import reference
@@ -39,11 +40,11 @@ def serve(config: ServeConfig) -> int:
     plan = make_plan(config.policies, parse_thresholds(config.thresholds), config.run)
     faults = [parse_fault(f, n) for f in config.faults]
     links = link_models(config.link_delay_ms, config.link_mbps, config.link_jitter_ms, n)
-    shape = read_config(config.run)["data_shape"]
-    input_shape = (shape["in_channels"], 32, 32)
+    input_shape = (read_config(config.run)["data_shape"]["in_channels"], SIZE, SIZE)
     if session.rank != AGGREGATOR_RANK:
         i = session.rank - 1
-        steps = [DeviceStep(model.students[i], i, s.policy, s.thresholds, bias_share(model)) for s in plan]
+        student = model.students[i].to(session.device)  # on its GPU under NCCL; the aggregator's sums stay on the CPU
+        steps = [DeviceStep(student, i, s.policy, s.thresholds, bias_share(model)) for s in plan]
         return run_device(Device(session, i, steps, input_shape, links[i], faults, config.dead_after_s))
     deadlines = Deadlines(fixed_s=config.deadline_ms / 1e3, factor=config.deadline_factor,
                           dead_after_s=config.dead_after_s)

@@ -18,12 +18,13 @@ class DeviceStep:
 
     def __init__(self, student, index: int, policy: Policy, thresholds: torch.Tensor, bias_share: torch.Tensor):
         self.student, self.index, self.policy = student, index, policy
-        self.thresholds, self.bias_share = thresholds, bias_share
+        self.device = next(student.parameters()).device
+        self.thresholds, self.bias_share = thresholds.to(self.device), bias_share.to(self.device)
 
     @torch.no_grad()
     def local(self, x: torch.Tensor, sample: int) -> tuple[torch.Tensor, int]:
         """x (C, H, W) -> (u (K,) float32 to send, 0-based exit), decided by this device alone."""
-        index = torch.tensor([sample])
+        index = torch.tensor([sample], device=self.device)
         first = previous = None
         h = x.unsqueeze(0)  # (1, C, H, W)
         for j, (stage, head) in enumerate(zip(self.student.stages, self.student.heads)):
@@ -33,7 +34,7 @@ class DeviceStep:
             u, score, _ = head(h, first)  # (1, K), (1,)
             first = u if first is None else first
             if j == LAST or (j >= 1 and bool(self._stops(j, u, first, previous, score, index))):
-                return u[0].float(), j
+                return u[0].float().cpu(), j
             previous = u
 
     @torch.no_grad()
@@ -47,7 +48,7 @@ class DeviceStep:
         for j, (stage, head) in enumerate(zip(self.student.stages, self.student.heads)):
             h = stage(h)  # (1, C_j, H_j, W_j)
             if j >= 1:
-                yield j, head(h)[0][0].float()  # (K,)
+                yield j, head(h)[0][0].float().cpu()  # (K,)
 
     def _stops(self, j, u, first, previous, score, index) -> torch.Tensor:
         x = LocalInputs(u, first, previous, score, self.bias_share, index, self.index, j)
