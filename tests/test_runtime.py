@@ -21,7 +21,7 @@ from distree.runtime.config import ServeConfig
 from distree.runtime.deploy import deploy, free_port
 from distree.runtime.device import LOST
 from distree.runtime.faults import parse_fault
-from distree.runtime.inputs import load_samples
+from distree.runtime.inputs import load_folder, load_samples
 from distree.runtime.netem import LinkModel, link_models
 from distree.runtime.plan import make_plan, parse_thresholds
 from distree.training.checkpoint import build_students, load_student_model, save_atomic, write_config
@@ -139,6 +139,17 @@ def test_plan_takes_given_then_calibrated_then_default_thresholds(tmp_path):
     assert plan[2].thresholds.tolist() == [float("inf")] * 5
     with pytest.raises(Exception, match="--threshold"):
         parse_thresholds(["distree"])
+
+
+def test_image_folder_inputs(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "3").mkdir()
+    Image.new("RGB", (28, 28), (255, 0, 0)).save(tmp_path / "3" / "a.png")
+    Image.new("L", (40, 20), 128).save(tmp_path / "b.bmp")
+    x, labels = load_folder(tmp_path, 1, torch.tensor([0.5]).view(1, 1, 1, 1), torch.tensor([0.25]).view(1, 1, 1, 1))
+    assert x.shape == (2, 1, 32, 32) and labels.tolist() == [3, -1]
+    assert torch.allclose(x[1], torch.full((1, 32, 32), (128 / 255 - 0.5) / 0.25))
 
 
 # -- healthy sessions ---------------------------------------------------------------------------------

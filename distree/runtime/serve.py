@@ -71,6 +71,10 @@ def build_report(config, session: Session, model, plan, links, aggregator, runs,
             entry.update(reference.simulated(table, run, spec, aggregator.feature_dim, links, rate))
             entry["single_process_ms"] = {k: v for k, v in one.items() if k != "predictions"}
             entry["predictions_match_single_process"] = one["predictions"] == run.preds[:len(ref)]
+    base = policies.get("last-exit", {}).get("latency_ms_measured", {}).get("median")
+    for entry in policies.values():
+        median = entry["latency_ms_measured"]["median"]
+        entry["latency_saving_measured"] = 1 - median / base if base and median is not None else None
     return {
         "run": str(config.run), "devices": session.num_devices, "backend": session.backend,
         "window": config.window, "split": None if config.images else config.split, "images": config.images,
