@@ -149,7 +149,7 @@ def test_image_folder_inputs(tmp_path):
     Image.new("L", (40, 20), 128).save(tmp_path / "b.bmp")
     x, labels = load_folder(tmp_path, 1, torch.tensor([0.5]).view(1, 1, 1, 1), torch.tensor([0.25]).view(1, 1, 1, 1))
     assert x.shape == (2, 1, 32, 32) and labels.tolist() == [3, -1]
-    assert torch.allclose(x[1], torch.full((1, 32, 32), (128 / 255 - 0.5) / 0.25))
+    assert torch.allclose(x[1], torch.full((1, 32, 32), (128 / 255 - 0.5) / 0.25), atol=1e-6)
 
 
 # -- healthy sessions ---------------------------------------------------------------------------------
