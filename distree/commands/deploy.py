@@ -2,6 +2,7 @@
 from distree.errors import DistreeError
 from distree.runtime.config import add_serve_arguments, config_from_args
 from distree.runtime.deploy import deploy
+from distree.runtime.serve import check_options
 from distree.training.checkpoint import read_config
 
 
@@ -18,7 +19,9 @@ def run(args) -> int:
     devices = students if args.devices is None else args.devices
     if devices != students:
         raise DistreeError(f"the run has {students} students, so it needs --devices {students}, not {devices}")
-    outcome = deploy(config_from_args(args), devices, timeout_s=args.timeout_s)
+    config = config_from_args(args)
+    check_options(config, devices)
+    outcome = deploy(config, devices, timeout_s=args.timeout_s)
     for rank, code in enumerate(outcome.codes):
         role = "aggregator" if rank == 0 else f"device {rank - 1}"
         if rank in outcome.killed:

@@ -37,9 +37,7 @@ def serve(config: ServeConfig) -> int:
     if session.num_devices != n:
         raise DistreeError(f"the run has {n} students but {session.num_devices} device ranks were started; "
                            f"start {n + 1} processes")
-    plan = make_plan(config.policies, parse_thresholds(config.thresholds), config.run)
-    faults = [parse_fault(f, n) for f in config.faults]
-    links = link_models(config.link_delay_ms, config.link_mbps, config.link_jitter_ms, n)
+    plan, faults, links = check_options(config, n)
     input_shape = (read_config(config.run)["data_shape"]["in_channels"], SIZE, SIZE)
     if session.rank != AGGREGATOR_RANK:
         i = session.rank - 1
@@ -57,6 +55,16 @@ def serve(config: ServeConfig) -> int:
     path.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
     print_table(report, path)
     return 0
+
+
+def check_options(config: ServeConfig, n: int):
+    """The plan, faults and links config asks for, or a DistreeError before any process starts."""
+    plan = make_plan(config.policies, parse_thresholds(config.thresholds), config.run)
+    faults = [parse_fault(f, n) for f in config.faults]
+    links = link_models(config.link_delay_ms, config.link_mbps, config.link_jitter_ms, n)
+    if config.window < 1 or config.samples < 0 or config.deadline_ms < 0 or config.dead_after_s <= 0:
+        raise DistreeError("--window must be >= 1, --samples and --deadline-ms >= 0, --dead-after-s > 0")
+    return plan, faults, links
 
 
 def build_report(config, session: Session, model, plan, links, aggregator, runs, x) -> dict:
