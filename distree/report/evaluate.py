@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -204,6 +205,30 @@ def goal(entries: list[dict], last_accuracy: float, max_drop: float) -> dict:
     return {"policy": best and best["policy"], "flops_reduction": saved, "target": 0.3, "met": saved >= 0.3}
 
 
+@contextmanager
+def one_thread():
+    """Calibration's many small tensor ops run faster on one thread than through OpenMP's hand-offs,
+    above all on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def calibrate(policies, val_eval, test_eval, flops: FlopTable, config: EvaluateConfig):
+    """Every policy's settings chosen on val, and its calibration curve measured on test."""
+    settings, curves = [Setting("last-exit", "last exit", policies["last-exit"].default_thresholds())], {}
+    for name in policies:
+        if name == "last-exit":
+            continue
+        path = greedy_path(val_eval[name], config.calibration)
+        curves[name] = [curve_point(test_eval[name](o.thresholds)) for o in thin(path, config.curve_points)]
+        settings += calibrated_settings(name, path, config, flops.last_exit())
+    return settings + extra_settings(val_eval, settings, config), curves
+
+
 def evaluate_model(model, splits, config: EvaluateConfig = EvaluateConfig()) -> Evaluation:
     """Calibrates every policy on splits.val, measures on splits.test; returns the report's contents."""
     began = time.perf_counter()
@@ -214,16 +239,10 @@ def evaluate_model(model, splits, config: EvaluateConfig = EvaluateConfig()) -> 
     policies = build_policies(model, splits.train, config)
     val_eval = {n: PolicyEvaluator(p, val, flops, config.costs) for n, p in policies.items()}
     test_eval = {n: PolicyEvaluator(p, test, flops, config.costs) for n, p in policies.items()}
-    settings, curves = [Setting("last-exit", "last exit", policies["last-exit"].default_thresholds())], {}
-    for name in policies:
-        if name == "last-exit":
-            continue
-        path = greedy_path(val_eval[name], config.calibration)
-        curves[name] = [curve_point(test_eval[name](o.thresholds)) for o in thin(path, config.curve_points)]
-        settings += calibrated_settings(name, path, config, flops.last_exit())
-    settings += extra_settings(val_eval, settings, config)
-    entries = [entry(s, val_eval[s.policy](s.thresholds), test_eval[s.policy](s.thresholds), policies[s.policy])
-               for s in settings]
+    with one_thread():
+        settings, curves = calibrate(policies, val_eval, test_eval, flops, config)
+        entries = [entry(s, val_eval[s.policy](s.thresholds), test_eval[s.policy](s.thresholds), policies[s.policy])
+                   for s in settings]
     timing = measure(model, policies, timed_settings(settings), splits.test, test_eval, flops, config.timing)
     for e in entries:
         e.update(timing.get((e["policy"], e["setting"]), {}))
