@@ -93,9 +93,9 @@ def engine_predictions(run: str, name: str, thresholds: str) -> list[int]:
 
 def test_messages_round_trip():
     u = torch.randn(10)
-    msg = m.decode(m.encode(m.FEATURE, 7, 1, 3, u), (m.FEATURE,), num_policies=2, num_exits=7, payload_numel=10,
-                   num_samples=8)
-    assert (msg.kind, msg.seq, msg.policy, msg.exit) == (m.FEATURE, 7, 1, 3)
+    msg = m.decode(m.encode(m.FEATURE, 7, 1, 3, u, micros=1234), (m.FEATURE,), num_policies=2, num_exits=7,
+                   payload_numel=10, num_samples=8)
+    assert (msg.kind, msg.seq, msg.policy, msg.exit, msg.micros) == (m.FEATURE, 7, 1, 3, 1234)
     assert torch.equal(msg.payload, u)  # bit-exact: float32 travels as its bits
     assert m.decode(m.encode(m.STOP, 7, 1, 3), (m.CONTINUE, m.STOP), 2, 7, 0).kind == m.STOP
 
@@ -107,6 +107,7 @@ def test_messages_round_trip():
     (m.encode(m.FEATURE, -1, 0, 1, torch.zeros(10)), "sample id -1"),
     (m.encode(m.FEATURE, 0, 0, 1, torch.zeros(9)), "expected 10"),
     (m.encode(m.FEATURE, 0, 0, 1, torch.tensor([float("nan")] + [0.0] * 9)), "NaN"),
+    (m.encode(m.FEATURE, 0, 0, 1, torch.zeros(10), micros=-5), "negative compute time"),
     (m.encode(m.INPUT, 0, 0, 0, torch.zeros(10)), "unexpected kind INPUT"),
     (torch.zeros(15, dtype=torch.int32), "bad magic"),
     (torch.zeros(15, dtype=torch.float32), "1-D int32"),

@@ -63,7 +63,7 @@ class Aggregator:
         self.live, self.lost = set(range(self.n)), {}
         self.faults = {f.at: f for f in faults if f.target == AGGREGATOR}
         self.answered = 0  # over the whole session, for faults
-        self.open = {}  # (policy, seq[, exit]) -> {device: (exit, u (D,))}: what is still awaited
+        self.open = {}  # (policy, seq[, exit]) -> {device: (exit, u (D,), micros)}: what is still awaited
         self.runs: list[PolicyRun] = []
         self.num_samples = 0
 
@@ -102,20 +102,20 @@ class Aggregator:
             del self.open[(p, s)]
             if self.live <= got.keys():
                 run.round_s.append(time.perf_counter() - t_issue[s])
-            self._answer(run, int(labels[s]), got, t_issue.pop(s))
+            self._answer(run, int(labels[s]), got, t_issue.pop(s), slowest(got))
 
     def _per_exit(self, p: int, x, labels, run: PolicyRun) -> None:
         """One sample at a time; at each exit 2..7 every device sends, the aggregator decides for all."""
         spec = self.plan[p]
         for s in range(len(x)):
-            expected = set(self.live)
+            expected, compute = set(self.live), 0.0
             t0 = t_round = self._issue(p, s, x[s])
             for j in range(1, NUM_EXITS):
                 got = self.open[(p, s, j)] = {}
                 run.deadline_s = self.deadlines.of(run)
                 self._collect(lambda: expected & self.live <= got.keys(), t_round + run.deadline_s)
                 del self.open[(p, s, j)]
-                complete = self.live <= got.keys()
+                complete, compute = self.live <= got.keys(), compute + slowest(got)
                 if complete:
                     run.round_s.append(time.perf_counter() - t_round)
                 # a device late at this exit ends the sample: waiting another exit for it only adds latency
@@ -126,7 +126,7 @@ class Aggregator:
                     run.downlink_decisions += 1
                 t_round = time.perf_counter()
                 if stop:
-                    self._answer(run, int(labels[s]), got, t0)
+                    self._answer(run, int(labels[s]), got, t0, compute)
                     break
 
     def _issue(self, p: int, s: int, x: torch.Tensor, key=None) -> float:
@@ -175,7 +175,7 @@ class Aggregator:
         if got is None:
             run.stale += 1
         else:
-            got[i] = (msg.exit, msg.payload)
+            got[i] = (msg.exit, msg.payload, msg.micros)
 
     def _lose(self, i: int, reason: str) -> None:
         self.live.discard(i)
@@ -186,16 +186,21 @@ class Aggregator:
     def _logits(self, got: dict) -> torch.Tensor:
         """z (1, K) from the evidence in got; a missing device contributes zeros."""
         u_sel = torch.zeros(self.n, 1, self.feature_dim)  # (N, 1, D)
-        for i, (_, u) in got.items():
+        for i, (_, u, _) in got.items():
             u_sel[i, 0] = u
         with torch.no_grad():
             return self.model.aggregate(u_sel)  # (1, K)
 
-    def _answer(self, run: PolicyRun, label: int, got: dict, t0: float) -> None:
+    def _answer(self, run: PolicyRun, label: int, got: dict, t0: float, compute: float) -> None:
         pred = int(self._logits(got).argmax())
         exits = [got[i][0] if i in got else -1 for i in range(self.n)]
-        run.record(label, pred, exits, time.perf_counter() - t0)
+        run.record(label, pred, exits, time.perf_counter() - t0, compute)
         self.answered += 1
         fault = self.faults.get(self.answered)
         if fault is not None:
             strike(fault)
+
+
+def slowest(got: dict) -> float:
+    """Seconds the slowest device that answered computed for its message: what the round waited for."""
+    return max((micros for _, _, micros in got.values()), default=0) / 1e6

@@ -12,6 +12,7 @@ sockets close and the blocked receive raises.
 """
 import os
 import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -52,6 +53,7 @@ class Device:
         pending = self._post(self.input_numel)
         while True:
             msg = self._take(pending, (m.INPUT, m.END), self.input_numel)
+            began = time.perf_counter()
             if msg.kind == m.END:
                 self.link.drain(timeout=1.0)
                 return 0
@@ -62,16 +64,17 @@ class Device:
             if step.policy.local:
                 pending = self._post(self.input_numel)  # prefetch: the next input arrives while we compute
                 u, j = step.local(x, msg.seq)  # (K,)
-                self._send(m.encode(m.FEATURE, msg.seq, msg.policy, BAD_EXIT if corrupt else j, u))
+                self._send(m.encode(m.FEATURE, msg.seq, msg.policy, BAD_EXIT if corrupt else j, u, micros(began)))
             else:
-                self._per_exit(step, x, msg, corrupt)
+                self._per_exit(step, x, msg, corrupt, began)
                 pending = self._post(self.input_numel)
 
-    def _per_exit(self, step: DeviceStep, x: torch.Tensor, msg: m.Message, corrupt: bool) -> None:
+    def _per_exit(self, step: DeviceStep, x: torch.Tensor, msg: m.Message, corrupt: bool, began: float) -> None:
         for j, u in step.per_exit(x):
-            self._send(m.encode(m.FEATURE, msg.seq, msg.policy, BAD_EXIT if corrupt else j, u))
+            self._send(m.encode(m.FEATURE, msg.seq, msg.policy, BAD_EXIT if corrupt else j, u, micros(began)))
             corrupt = False
             decision = self._take(self._post(0), (m.CONTINUE, m.STOP), 0)
+            began = time.perf_counter()
             if (decision.seq, decision.exit) != (msg.seq, j):
                 raise AggregatorLost(f"got the decision for sample {decision.seq} exit {decision.exit + 1} "
                                      f"while waiting for sample {msg.seq} exit {j + 1}: protocol broken")
@@ -105,6 +108,10 @@ class Device:
         print(f"error: device {self.index}: no heartbeat from the aggregator for {seconds:.1f} s; stopping",
               file=sys.stderr, flush=True)
         os._exit(LOST)
+
+
+def micros(since: float) -> int:
+    return int((time.perf_counter() - since) * 1e6)
 
 
 def run_device(device: Device) -> int:

@@ -1,18 +1,20 @@
 """The wire format: every message is one flat int32 tensor, a fixed header then a payload.
 
-    header (5 x int32): MAGIC, kind, seq, policy, exit
+    header (6 x int32): MAGIC, kind, seq, policy, exit, micros
     payload: float32 values bit-cast into the int32 tail (none for decisions)
 
 | kind     | direction           | payload          | fields used                          |
 | -------- | ------------------- | ---------------- | ------------------------------------ |
 | INPUT    | aggregator -> device | image (C*H*W,)  | seq (sample id), policy (its index)  |
 | END      | aggregator -> device | zeros, INPUT size | none: the device stops              |
-| FEATURE  | device -> aggregator | evidence (K,)   | seq, policy, exit (0-based)          |
+| FEATURE  | device -> aggregator | evidence (K,)   | seq, policy, exit (0-based), micros  |
 | CONTINUE | aggregator -> device | none            | seq, exit: per-exit policies only    |
 | STOP     | aggregator -> device | none            | seq, exit: per-exit policies only    |
 
+`micros` is the device's compute time for the message (from its input, or from the previous
+decision, to the send), so the aggregator can split latency into compute and communication.
 One tensor per message, not a header tensor and a payload tensor, so a device's answer is one
-small transfer (20 + 4K bytes). The receiver allocates its buffer, so shape and dtype are fixed
+small transfer (24 + 4K bytes). The receiver allocates its buffer, so shape and dtype are fixed
 by the protocol; `decode` checks everything else (magic, kind, ranges, finite values) before
 any value is used, and raises BadMessage otherwise.
 """
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 MAGIC = 0x44453031  # "DE01": protocol version 1
-HEADER = 5
+HEADER = 6
 INPUT, END, FEATURE, CONTINUE, STOP = 1, 2, 3, 4, 5
 KIND_NAMES = {INPUT: "INPUT", END: "END", FEATURE: "FEATURE", CONTINUE: "CONTINUE", STOP: "STOP"}
 
@@ -36,14 +38,16 @@ class Message:
     seq: int
     policy: int
     exit: int
+    micros: int
     payload: torch.Tensor  # float32 (P,), empty for decisions
 
 
-def encode(kind: int, seq: int = 0, policy: int = 0, exit: int = 0, payload: torch.Tensor = None) -> torch.Tensor:
+def encode(kind: int, seq: int = 0, policy: int = 0, exit: int = 0, payload: torch.Tensor = None,
+           micros: int = 0) -> torch.Tensor:
     """The int32 tensor (HEADER + P,) carrying one message; payload is flattened to float32."""
     body = torch.empty(0, dtype=torch.float32) if payload is None else payload.detach().float().reshape(-1).cpu()
     msg = torch.empty(HEADER + body.numel(), dtype=torch.int32)
-    msg[:HEADER] = torch.tensor([MAGIC, kind, seq, policy, exit], dtype=torch.int32)
+    msg[:HEADER] = torch.tensor([MAGIC, kind, seq, policy, exit, min(micros, 2**31 - 1)], dtype=torch.int32)
     msg[HEADER:] = body.view(torch.int32)  # bit-cast, not a conversion
     return msg
 
@@ -62,21 +66,24 @@ def decode(msg: torch.Tensor, kinds: tuple, num_policies: int, num_exits: int, p
     """
     if msg.dtype != torch.int32 or msg.dim() != 1 or msg.numel() < HEADER:
         raise BadMessage(f"expected a 1-D int32 message, got {msg.dtype} of shape {tuple(msg.shape)}")
-    magic, kind, seq, policy, exit = msg[:HEADER].tolist()
+    magic, kind, seq, policy, exit, micros = msg[:HEADER].tolist()
     if magic != MAGIC:
         raise BadMessage(f"bad magic {magic:#x} (expected {MAGIC:#x}): not a distree message or another version")
     if kind not in kinds:
         name = KIND_NAMES.get(kind, str(kind))
         raise BadMessage(f"unexpected kind {name}; expected one of {[KIND_NAMES[k] for k in kinds]}")
     if msg.numel() != HEADER + payload_numel:
-        raise BadMessage(f"{KIND_NAMES[kind]} message has {msg.numel() - HEADER} payload values, expected {payload_numel}")
+        got = msg.numel() - HEADER
+        raise BadMessage(f"{KIND_NAMES[kind]} message has {got} payload values, expected {payload_numel}")
     if seq < 0 or (num_samples is not None and seq >= num_samples):
         raise BadMessage(f"sample id {seq} out of range [0, {num_samples})")
     if not 0 <= policy < num_policies:
         raise BadMessage(f"policy index {policy} out of range [0, {num_policies})")
     if not 0 <= exit < num_exits:
         raise BadMessage(f"exit index {exit} out of range [0, {num_exits})")
+    if micros < 0:
+        raise BadMessage(f"negative compute time {micros} us")
     payload = msg[HEADER:].view(torch.float32)
     if kind in (INPUT, FEATURE) and not torch.isfinite(payload).all():
         raise BadMessage(f"{KIND_NAMES[kind]} payload holds NaN or infinite values")
-    return Message(kind, seq, policy, exit, payload)
+    return Message(kind, seq, policy, exit, micros, payload)

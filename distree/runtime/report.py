@@ -22,6 +22,7 @@ class PolicyRun:
     degraded: list = field(default_factory=list)  # answered without some device's evidence
     exits: list = field(default_factory=list)  # per answer, per device: 0-based exit, -1 if missing
     latency_s: list = field(default_factory=list)
+    compute_s: list = field(default_factory=list)  # of the slowest device, summed over rounds
     round_s: list = field(default_factory=list)  # rounds every live device answered in time (for deadlines)
     started: float = 0.0
     finished: float = 0.0
@@ -32,12 +33,13 @@ class PolicyRun:
     stale: int = 0  # well-formed messages that came after their sample was answered
     deadline_s: float = 0.0  # the last deadline in force
 
-    def record(self, label: int, pred: int, exits: list, latency: float) -> None:
+    def record(self, label: int, pred: int, exits: list, latency: float, compute: float) -> None:
         self.labels.append(label)
         self.preds.append(pred)
         self.exits.append(exits)
         self.degraded.append(min(exits) < 0)
         self.latency_s.append(latency)
+        self.compute_s.append(compute)
 
 
 def percentiles_ms(seconds: list) -> dict:
@@ -68,6 +70,8 @@ def summarise(run: PolicyRun, warmup: int) -> dict:
         "accuracy_degraded": accuracy(preds[degraded], labels[degraded]),
         "degraded": int(degraded.sum()),
         "latency_ms_measured": percentiles_ms(run.latency_s[warmup:]),
+        "device_compute_ms": percentiles_ms(run.compute_s[warmup:]),
+        "overhead_ms": percentiles_ms(list(np.subtract(run.latency_s, run.compute_s)[warmup:])),  # messages, waits
         "throughput_per_s": len(preds) / (run.finished - run.started) if run.finished > run.started else None,
         "deadline_ms": run.deadline_s * 1e3,
         "mean_exit": [float(exits[exits[:, i] >= 0, i].mean() + 1) if (exits[:, i] >= 0).any() else None
