@@ -14,6 +14,7 @@ COMMANDS = [
     "deploy",
     "evaluate",
     "demo",
+    "levers",
 ]
 
 

@@ -75,13 +75,13 @@ def test_unchanged_answer_swaps_one_student_to_its_exit():
     u = torch.zeros(2, 7, 1, 3)
     u[:, 6, 0] = torch.tensor([[1.0, 0, 0], [1.0, 0, 0]])  # both last exits say class 0
     u[0, 2, 0] = torch.tensor([0, 5.0, 0])  # student 0's exit 3 would flip the answer
-    same = unchanged_answer(u, torch.zeros(3))  # (2, 7, 1)
+    same = unchanged_answer(u, lambda s: s.sum(0))  # (2, 7, 1)
     assert not same[0, 2, 0] and same[0, 6, 0] and same[1].all()
 
 
 def test_learned_gate_learns_which_exits_keep_the_answer():
     gate = train_learned_gate(EV)
-    targets = unchanged_answer(EV.u, EV.bias)  # (N, 7, B)
+    targets = unchanged_answer(EV.u, EV.aggregate)  # (N, 7, B)
     for i in range(N):
         for j in (4, 5):
             p = gate.score(EV.local_inputs(i, j))  # (B,)

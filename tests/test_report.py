@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from distree.cli import main
+from distree.errors import DistreeError
+from distree.levers import COMPARED, LEVERS, LeverConfig, lever_config, lever_table, run_levers
 from distree.inference.timing import TimingConfig
 from distree.report.evaluate import EvaluateConfig, auroc, evaluate_run, write_report
 from distree.report.plots import pareto
@@ -67,3 +69,16 @@ def test_auroc_and_pareto():
     assert auroc(torch.tensor([1.0, 1.0]), torch.tensor([True, False])) == 0.5
     assert auroc(torch.tensor([1.0]), torch.tensor([True])) is None
     assert pareto([(1.0, 0.9), (0.5, 0.8), (0.6, 0.7), (0.2, 0.85)]) == [(0.2, 0.85), (1.0, 0.9)]
+
+
+def test_lever_configs_change_one_thing_and_tabulate():
+    base = run_config("smoke")
+    config = lever_config(base, LEVERS["no mixed-exit term"], epochs=1)
+    assert config["students"]["loss"]["mixed_weight"] == 0.0 and config["students"]["optim"]["epochs"] == 1
+    assert base["students"]["loss"]["mixed_weight"] == 1.0  # the base config is left alone
+    policy = {"flops_reduction": 0.3, "accuracy_change": -0.004}
+    row = {"lever": "x", "last_exit_accuracy": 0.9, "oracle_flops_reduction": 0.8, "distree_auroc": [0.5, None],
+           **{p: policy for p in COMPARED}}
+    assert "| x | 90.00% | 30.0% (-0.40) |" in lever_table([row])
+    with pytest.raises(DistreeError, match="unknown lever"):
+        run_levers(".", "/nonexistent", LeverConfig(levers=["more coffee"]))

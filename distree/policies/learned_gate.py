@@ -30,15 +30,19 @@ def gate_features(x: LocalInputs) -> torch.Tensor:
     return torch.stack(cols, dim=-1)  # (B, 5)
 
 
-def unchanged_answer(u: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def unchanged_answer(u: torch.Tensor, aggregate) -> torch.Tensor:
     """Whether student i stopping at exit j, the others at exit 7, keeps the all-exit-7 answer.
 
-    u (N, 7, B, K) -> (N, 7, B) bool.
+    u (N, 7, B, K), aggregate: u_sel (N, B, K) -> logits (B, K); returns (N, 7, B) bool.
     """
     last = u[:, -1]  # (N, B, K)
-    full = last.sum(0) + bias  # (B, K)
-    swapped = full.unsqueeze(0).unsqueeze(0) - last.unsqueeze(1) + u  # (N, 7, B, K)
-    return swapped.argmax(-1) == full.argmax(-1)  # (N, 7, B)
+    answer = aggregate(last).argmax(-1)  # (B,)
+    out = torch.zeros(u.shape[:3], dtype=torch.bool)
+    for i in range(u.shape[0]):
+        for j in range(u.shape[1]):
+            swapped = torch.cat([last[:i], u[i, j:j + 1], last[i + 1:]])  # (N, B, K)
+            out[i, j] = aggregate(swapped).argmax(-1) == answer
+    return out
 
 
 class LearnedGatePolicy(LocalPolicy):
@@ -92,7 +96,7 @@ def train_learned_gate(evidence, config: GateConfig = GateConfig()) -> LearnedGa
     f_dim = len(GATE_FEATURES)
     weight, bias = torch.zeros(n, NUM_EXITS, f_dim), torch.zeros(n, NUM_EXITS)
     mean, std = torch.zeros(n, NUM_EXITS, f_dim), torch.ones(n, NUM_EXITS, f_dim)
-    targets = unchanged_answer(evidence.u, evidence.bias)  # (N, 7, B)
+    targets = unchanged_answer(evidence.u, evidence.aggregate)  # (N, 7, B)
     for i in range(n):
         for j in range(1, NUM_EXITS - 1):
             features = gate_features(evidence.local_inputs(i, j))  # (B, F)

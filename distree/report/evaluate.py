@@ -45,6 +45,7 @@ class EvaluateConfig:
     curve_points: int = 40  # points per policy on the accuracy-FLOPs curves
     seed: int = 0  # of the random policy
     timing: TimingConfig = field(default_factory=TimingConfig)
+    measure_time: bool = True  # time the engine (the lever study leaves it out)
     costs: CostConfig = field(default_factory=CostConfig)
 
 
@@ -181,7 +182,7 @@ def score_aurocs(policy: Policy, scores: torch.Tensor, ev: Evidence) -> list[flo
         logits = ev.exit_logits()  # (7, B, K)
         same = (logits.argmax(-1) == logits[-1].argmax(-1)).unsqueeze(0).expand(scores.shape[0], -1, -1)
     else:
-        same = unchanged_answer(ev.u, ev.bias)  # (N, 7, B)
+        same = unchanged_answer(ev.u, ev.aggregate)  # (N, 7, B)
     sign = 1.0 if policy.never > 0 else -1.0  # scores that stop when low are flipped
     return [auroc(sign * scores[:, j].flatten(), same[:, j + 1].flatten()) for j in range(scores.shape[1])]
 
@@ -243,9 +244,10 @@ def evaluate_model(model, splits, config: EvaluateConfig = EvaluateConfig()) -> 
         settings, curves = calibrate(policies, val_eval, test_eval, flops, config)
         entries = [entry(s, val_eval[s.policy](s.thresholds), test_eval[s.policy](s.thresholds), policies[s.policy])
                    for s in settings]
-    timing = measure(model, policies, timed_settings(settings), splits.test, test_eval, flops, config.timing)
-    for e in entries:
-        e.update(timing.get((e["policy"], e["setting"]), {}))
+    if config.measure_time:
+        timing = measure(model, policies, timed_settings(settings), splits.test, test_eval, flops, config.timing)
+        for e in entries:
+            e.update(timing.get((e["policy"], e["setting"]), {}))
     exit_logits = test.exit_logits()  # (7, B, K)
     exit_accuracy = (exit_logits.argmax(-1) == test.labels).float().mean(1).tolist()
     scores = {n: e.scores for n, e in test_eval.items() if n != "last-exit"}
