@@ -90,7 +90,20 @@ def build_report(config, session: Session, model, plan, links, aggregator, runs,
         "lost_devices": {str(i): reason for i, reason in aggregator.lost.items()},
         "reference_samples": len(ref), "flops_per_s_measured": rate if len(ref) else None,
         "policies": policies,
+        "targets": targets(policies),
     }
+
+
+def targets(policies: dict) -> dict:
+    """The issue's two ratios for DistrEE: latency over one student alone, latency saving over FLOPs saving."""
+    d = policies.get("distree", {})
+    median, one = d.get("latency_ms_measured", {}).get("median"), d.get("single_process_ms", {}).get("one_student_ms")
+    out = {}
+    if median is not None and one:
+        out["distree_latency_over_one_student"] = median / one  # target <= 1.3
+    if d.get("latency_saving_measured") is not None and d.get("flops_reduction"):
+        out["latency_saving_over_flops_saving"] = d["latency_saving_measured"] / d["flops_reduction"]  # target >= 0.8
+    return out
 
 
 def print_table(report: dict, path: Path) -> None:
