@@ -66,6 +66,7 @@ class Aggregator:
         self.open = {}  # (policy, seq[, exit]) -> {device: (exit, u (D,), micros)}: what is still awaited
         self.runs: list[PolicyRun] = []
         self.num_samples = 0
+        self.unanswered = [0] * self.n  # per device: inputs it has not yet answered with a message
 
     def run(self, x: torch.Tensor, labels: torch.Tensor) -> list[PolicyRun]:
         """Every policy of the plan over samples x (S, C, H, W) with labels (S,) (-1: unknown)."""
@@ -91,31 +92,32 @@ class Aggregator:
 
     def _stream_local(self, p: int, x, labels, run: PolicyRun) -> None:
         """Up to `window` samples in flight; each device answers each sample once."""
-        issued, t_issue = 0, {}
+        issued, pending = 0, {}  # sample -> (time it left, devices it went to)
         for s in range(len(x)):
             while issued < len(x) and issued - s < self.window:
-                t_issue[issued] = self._issue(p, issued, x[issued], key=(p, issued))
+                self.open[(p, issued)] = {}
+                pending[issued] = self._issue(p, issued, x[issued], self.window)
                 issued += 1
-            got, expected = self.open[(p, s)], set(self.live)
+            (t0, expected), got = pending.pop(s), self.open[(p, s)]
             run.deadline_s = self.deadlines.of(run)
-            self._collect(lambda: expected & self.live <= got.keys(), t_issue[s] + run.deadline_s)
+            self._collect(lambda: expected & self.live <= got.keys(), t0 + run.deadline_s)
             del self.open[(p, s)]
-            if self.live <= got.keys():
-                run.round_s.append(time.perf_counter() - t_issue[s])
-            self._answer(run, int(labels[s]), got, t_issue.pop(s), slowest(got))
+            if expected & self.live <= got.keys():
+                run.round_s.append(time.perf_counter() - t0)
+            self._answer(run, int(labels[s]), got, t0, slowest(got))
 
     def _per_exit(self, p: int, x, labels, run: PolicyRun) -> None:
         """One sample at a time; at each exit 2..7 every device sends, the aggregator decides for all."""
         spec = self.plan[p]
         for s in range(len(x)):
-            expected, compute = set(self.live), 0.0
-            t0 = t_round = self._issue(p, s, x[s])
+            t0, expected = self._issue(p, s, x[s], window=1)
+            t_round, compute = t0, 0.0
             for j in range(1, NUM_EXITS):
                 got = self.open[(p, s, j)] = {}
                 run.deadline_s = self.deadlines.of(run)
                 self._collect(lambda: expected & self.live <= got.keys(), t_round + run.deadline_s)
                 del self.open[(p, s, j)]
-                complete, compute = self.live <= got.keys(), compute + slowest(got)
+                complete, compute = expected & self.live <= got.keys(), compute + slowest(got)
                 if complete:
                     run.round_s.append(time.perf_counter() - t_round)
                 # a device late at this exit ends the sample: waiting another exit for it only adds latency
@@ -129,15 +131,22 @@ class Aggregator:
                     self._answer(run, int(labels[s]), got, t0, compute)
                     break
 
-    def _issue(self, p: int, s: int, x: torch.Tensor, key=None) -> float:
-        """Send sample s to every live device; the time it left."""
+    def _issue(self, p: int, s: int, x: torch.Tensor, window: int) -> tuple[float, set]:
+        """Send sample s to every live device with fewer than `window` inputs unanswered; (time it left, those devices).
+
+        A late device gets no new work until it has answered what it holds, so after a stall it
+        catches up at once instead of working through a backlog of samples already answered.
+        Any message counts as an answer, a malformed one too, so a bad message cannot leave a
+        device waiting for work forever; a per-exit sample takes one or more messages, hence the
+        clamp at 0.
+        """
         msg = m.encode(m.INPUT, s, p, 0, x)
-        if key is not None:
-            self.open[key] = {}
+        to = {i for i in self.live if self.unanswered[i] < window}
         t = time.perf_counter()
-        for i in self.live:
+        for i in to:
             self.links[i].send(msg)
-        return t
+            self.unanswered[i] = max(self.unanswered[i], 0) + 1
+        return t, to
 
     def _collect(self, done, deadline_at: float) -> None:
         """Take arrivals until done() or the deadline; checks heartbeats while it waits."""
@@ -161,6 +170,7 @@ class Aggregator:
         if arrival.error is not None:
             self._lose(i, arrival.error)
             return
+        self.unanswered[i] -= 1
         run = self.runs[-1]
         run.uplink_messages += 1
         run.uplink_bytes += arrival.msg.numel() * arrival.msg.element_size()
