@@ -6,8 +6,9 @@ policy, one exit under a per-exit policy), then answers from the evidence it has
 device contributes zeros, which is what student dropout trains for) and marks the answer
 degraded. A device whose link breaks (it died) or whose heartbeat stops for `dead_after`
 seconds (it froze) is declared lost: it is sent nothing more and waited for never again. A
-device that is merely late stays live; its late messages are recognised by their sample id and
-dropped, and it catches up by itself.
+device that is merely late stays live but gets no new sample until it has answered those it
+holds (and the stream does not wait for it meanwhile); its late messages are recognised by
+their sample id and dropped.
 """
 import queue
 import statistics
