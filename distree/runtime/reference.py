@@ -18,7 +18,7 @@ from distree.inference.evidence import bias_share
 from distree.policies import LastExitPolicy
 from distree.runtime.netem import LinkModel
 from distree.runtime.plan import PolicySpec
-from distree.runtime.report import PolicyRun
+from distree.runtime.report import PolicyRun, percentiles_ms
 from distree.runtime.step import DeviceStep
 
 
@@ -72,6 +72,6 @@ def simulated(table: FlopTable, run: PolicyRun, spec: PolicySpec, feature_dim: i
     config = CostConfig(devices=devices, aggregator=DeviceConfig(flops_per_s))
     latency = simulated_latency(table, exits, spec.policy, feature_dim, config)  # (B,)
     flops = flops_per_sample(table, exits, spec.policy)  # (B,)
-    return {"latency_ms_simulated": float(latency.median()) * 1e3,
+    return {"latency_ms_simulated": percentiles_ms(latency.tolist()),
             "flops_per_sample": float(flops.mean()),
             "flops_reduction": 1 - float(flops.mean()) / table.last_exit()}
