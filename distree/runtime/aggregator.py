@@ -66,21 +66,28 @@ class Aggregator:
         self.answered = 0  # over the whole session, for faults
         self.open = {}  # (policy, seq[, exit]) -> {device: (exit, u (D,), micros)}: what is still awaited
         self.runs: list[PolicyRun] = []
+        self.current = 0  # index of the policy streaming now
         self.num_samples = 0
         self.unanswered = [0] * self.n  # per device: inputs it has not yet answered with a message
 
-    def run(self, x: torch.Tensor, labels: torch.Tensor) -> list[PolicyRun]:
-        """Every policy of the plan over samples x (S, C, H, W) with labels (S,) (-1: unknown)."""
+    def run(self, x: torch.Tensor, labels: torch.Tensor, chunk: int, between=None) -> list[PolicyRun]:
+        """Every policy of the plan over samples x (S, C, H, W) with labels (S,) (-1: unknown).
+
+        The policies take turns, `chunk` samples each, so that all of them (and `between(lo, hi)`,
+        called after each turn of samples lo..hi-1) meet the same load on a shared machine and
+        their ratios hold within one run.
+        """
         self.num_samples = len(x)
-        for p, spec in enumerate(self.plan):
-            run = PolicyRun(spec.name, spec.policy.local, spec.thresholds.tolist(), self.n)
-            self.runs.append(run)
-            run.started = time.perf_counter()
-            if spec.policy.local:
-                self._stream_local(p, x, labels, run)
-            else:
-                self._per_exit(p, x, labels, run)
-            run.finished = time.perf_counter()
+        self.runs = [PolicyRun(s.name, s.policy.local, s.thresholds.tolist(), self.n) for s in self.plan]
+        for lo in range(0, len(x), chunk):
+            hi = min(lo + chunk, len(x))
+            for p, spec in enumerate(self.plan):
+                self.current, run = p, self.runs[p]
+                began = time.perf_counter()
+                (self._stream_local if spec.policy.local else self._per_exit)(p, x, labels, run, lo, hi)
+                run.busy_s += time.perf_counter() - began
+            if between is not None:
+                between(lo, hi)
         return self.runs
 
     def shutdown(self, input_numel: int, timeout: float = 2.0) -> None:
@@ -91,11 +98,11 @@ class Aggregator:
         for i in self.live:
             self.links[i].drain(timeout)
 
-    def _stream_local(self, p: int, x, labels, run: PolicyRun) -> None:
-        """Up to `window` samples in flight; each device answers each sample once."""
-        issued, pending = 0, {}  # sample -> (time it left, devices it went to)
-        for s in range(len(x)):
-            while issued < len(x) and issued - s < self.window:
+    def _stream_local(self, p: int, x, labels, run: PolicyRun, lo: int, hi: int) -> None:
+        """Samples lo..hi-1, up to `window` in flight; each device answers each sample once."""
+        issued, pending = lo, {}  # sample -> (time it left, devices it went to)
+        for s in range(lo, hi):
+            while issued < hi and issued - s < self.window:
                 self.open[(p, issued)] = {}
                 pending[issued] = self._issue(p, issued, x[issued], self.window)
                 issued += 1
@@ -107,10 +114,10 @@ class Aggregator:
                 run.round_s.append(time.perf_counter() - t0)
             self._answer(run, int(labels[s]), got, t0, slowest(got))
 
-    def _per_exit(self, p: int, x, labels, run: PolicyRun) -> None:
-        """One sample at a time; at each exit 2..7 every device sends, the aggregator decides for all."""
+    def _per_exit(self, p: int, x, labels, run: PolicyRun, lo: int, hi: int) -> None:
+        """Samples lo..hi-1 one at a time; at each exit 2..7 every device sends, the aggregator decides for all."""
         spec = self.plan[p]
-        for s in range(len(x)):
+        for s in range(lo, hi):
             t0, expected = self._issue(p, s, x[s], window=1)
             t_round, compute = t0, 0.0
             for j in range(1, NUM_EXITS):
@@ -172,7 +179,7 @@ class Aggregator:
             self._lose(i, arrival.error)
             return
         self.unanswered[i] -= 1
-        run = self.runs[-1]
+        run = self.runs[self.current]
         run.uplink_messages += 1
         run.uplink_bytes += arrival.msg.numel() * arrival.msg.element_size()
         try:

@@ -14,6 +14,7 @@ class ServeConfig:
     policies: list = field(default_factory=lambda: list(DEFAULT_POLICIES))
     thresholds: list = field(default_factory=list)  # POLICY=T or POLICY=T2,...,T6; else the run's calibration
     window: int = 2  # samples in flight under local policies (1: no pipelining)
+    chunk: int = 50  # samples per policy per turn: policies take turns, so they meet the same machine load
     deadline_ms: float = 0.0  # 0: deadline_factor x the recent median latency
     deadline_factor: float = 4.0
     dead_after_s: float = 5.0  # heartbeat silence that declares a rank lost
@@ -39,6 +40,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", dest="thresholds", action="append", default=[], metavar="POLICY=T[,...]",
                    help="thresholds for exits 2..6 (one value or five); default: the run's calibration")
     p.add_argument("--window", type=int, default=d.window, help="samples in flight (1: one at a time)")
+    p.add_argument("--chunk", type=int, default=d.chunk,
+                   help="samples per policy per turn; policies take turns so that they see the same load")
     p.add_argument("--deadline-ms", type=float, default=d.deadline_ms,
                    help="how long to wait for a device per sample (0: adaptive)")
     p.add_argument("--deadline-factor", type=float, default=d.deadline_factor,
@@ -63,6 +66,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     return ServeConfig(
         run=args.run, split=args.split, samples=args.samples, images=args.images,
         policies=[p for p in args.policies.split(",") if p], thresholds=args.thresholds, window=args.window,
+        chunk=args.chunk,
         deadline_ms=args.deadline_ms, deadline_factor=args.deadline_factor, dead_after_s=args.dead_after_s,
         link_delay_ms=args.link_delay_ms, link_mbps=args.link_mbps, link_jitter_ms=args.link_jitter_ms,
         faults=args.faults, reference_samples=args.reference_samples, warmup=args.warmup, threads=args.threads,

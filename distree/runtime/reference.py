@@ -1,8 +1,9 @@
 """What the distributed runtime is held against: the same policies in one process, and the model.
 
 * Single process: the inference engine's streaming mode (all N students one after another,
-  one sample at a time) and one student alone (what one device computes), timed per sample on
-  the aggregator's process, with the engine's predictions for an equality check.
+  one sample at a time) and one student alone (what one device computes), timed per sample in
+  the aggregator's process between the distributed turns, with the engine's predictions for an
+  equality check.
 * Simulated: the inference issue's latency model (`distree.costs.simulated_latency`) fed with
   the exits the runtime measured, the emulated links, and this machine's measured compute rate
   (one student's last-exit FLOPs over its measured time), so model and measurement line up.
@@ -22,31 +23,48 @@ from distree.runtime.report import PolicyRun, percentiles_ms
 from distree.runtime.step import DeviceStep
 
 
+class SingleProcess:
+    """The plan's policies in this process, timed per sample: the engine (all N students) and student 0 alone.
+
+    `time` is called between the distributed turns on the same samples (Aggregator.run), so
+    both sides of every ratio meet the same machine load.
+    """
+
+    def __init__(self, model, plan: list[PolicySpec]):
+        self.plan = plan
+        self.engines = [InferenceEngine(model, s.policy, s.thresholds) for s in plan]
+        self.alone = [DeviceStep(model.students[0], 0, s.policy, s.thresholds, bias_share(model)) for s in plan]
+        self.engine_s, self.alone_s = [[] for _ in plan], [[] for _ in plan]
+        self.preds = [[] for _ in plan]
+
+    def time(self, x: torch.Tensor, lo: int, hi: int) -> None:
+        """Time samples lo..hi-1 of x under every policy."""
+        for p, spec in enumerate(self.plan):
+            for s in range(lo, hi):
+                t = time.perf_counter()
+                logits = self.engines[p].run(x[s:s + 1], torch.tensor([s]), mode="streaming").logits  # (1, K)
+                self.engine_s[p].append(time.perf_counter() - t)
+                self.preds[p].append(int(logits.argmax()))
+                if spec.policy.local:
+                    t = time.perf_counter()
+                    self.alone[p].local(x[s], s)
+                    self.alone_s[p].append(time.perf_counter() - t)
+
+    def result(self, p: int) -> tuple[dict, list]:
+        """({engine_ms, one_student_ms}: medians per sample, the engine's predictions) of policy p."""
+        ms = {"engine_ms": statistics.median(self.engine_s[p]) * 1e3}
+        if self.alone_s[p]:
+            ms["one_student_ms"] = statistics.median(self.alone_s[p]) * 1e3
+        return ms, self.preds[p]
+
+
 def _median_ms(fn, count: int) -> float:
     times = []
     for s in range(count):
         t = time.perf_counter()
         fn(s)
         times.append(time.perf_counter() - t)
-    return statistics.median(times[1:] or times) * 1e3  # the first call pays one-time costs
-
-
-def single_process(model, plan: list[PolicySpec], x: torch.Tensor) -> dict:
-    """Per policy: median ms per sample of the engine and of student 0 alone, and the engine's predictions."""
-    out = {}
-    for spec in plan:
-        engine = InferenceEngine(model, spec.policy, spec.thresholds)
-        preds = {}
-
-        def engine_one(s):
-            preds[s] = int(engine.run(x[s:s + 1], torch.tensor([s]), mode="streaming").logits.argmax())
-
-        entry = {"engine_ms": _median_ms(engine_one, len(x)), "predictions": [preds[s] for s in range(len(x))]}
-        if spec.policy.local:
-            step = DeviceStep(model.students[0], 0, spec.policy, spec.thresholds, bias_share(model))
-            entry["one_student_ms"] = _median_ms(lambda s: step.local(x[s], s), len(x))
-        out[spec.name] = entry
-    return out
+    return statistics.median(times) * 1e3
 
 
 def compute_rate(model, table: FlopTable, x: torch.Tensor) -> float:

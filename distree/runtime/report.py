@@ -24,8 +24,7 @@ class PolicyRun:
     latency_s: list = field(default_factory=list)
     compute_s: list = field(default_factory=list)  # of the slowest device, summed over rounds
     round_s: list = field(default_factory=list)  # rounds every live device answered in time (for deadlines)
-    started: float = 0.0
-    finished: float = 0.0
+    busy_s: float = 0.0  # time spent streaming this policy
     uplink_messages: int = 0
     uplink_bytes: int = 0
     downlink_decisions: int = 0
@@ -72,7 +71,7 @@ def summarise(run: PolicyRun, warmup: int) -> dict:
         "latency_ms_measured": percentiles_ms(run.latency_s[warmup:]),
         "device_compute_ms": percentiles_ms(run.compute_s[warmup:]),
         "overhead_ms": percentiles_ms(list(np.subtract(run.latency_s, run.compute_s)[warmup:])),  # messages, waits
-        "throughput_per_s": len(preds) / (run.finished - run.started) if run.finished > run.started else None,
+        "throughput_per_s": len(preds) / run.busy_s if run.busy_s > 0 else None,
         "deadline_ms": run.deadline_s * 1e3,
         "mean_exit": [float(exits[exits[:, i] >= 0, i].mean() + 1) if (exits[:, i] >= 0).any() else None
                       for i in range(run.num_devices)],  # 1-based, over the answers the device made

@@ -48,9 +48,15 @@ def serve(config: ServeConfig) -> int:
                           dead_after_s=config.dead_after_s)
     aggregator = Aggregator(session, model, plan, deadlines, config.window, faults)
     x, labels = load_samples(config.run, config.split, config.samples, config.images)
-    runs = aggregator.run(x, labels)
+    single = reference.SingleProcess(model, plan) if config.reference_samples > 0 else None
+
+    def between(lo: int, hi: int) -> None:  # the same samples in one process, under the same load
+        if single is not None and lo < config.reference_samples:
+            single.time(x, lo, min(hi, config.reference_samples))
+
+    runs = aggregator.run(x, labels, config.chunk, between)
     aggregator.shutdown(torch.Size(input_shape).numel())
-    report = build_report(config, session, model, plan, links, aggregator, runs, x)
+    report = build_report(config, session, model, plan, links, aggregator, runs, x, single)
     path = Path(config.report or Path(config.run) / REPORT)
     path.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
     print_table(report, path)
@@ -62,23 +68,22 @@ def check_options(config: ServeConfig, n: int):
     plan = make_plan(config.policies, parse_thresholds(config.thresholds), config.run)
     faults = [parse_fault(f, n) for f in config.faults]
     links = link_models(config.link_delay_ms, config.link_mbps, config.link_jitter_ms, n)
-    if config.window < 1 or config.samples < 0 or config.deadline_ms < 0 or config.dead_after_s <= 0:
-        raise DistreeError("--window must be >= 1, --samples and --deadline-ms >= 0, --dead-after-s > 0")
+    if min(config.window, config.chunk) < 1 or min(config.samples, config.deadline_ms) < 0 or config.dead_after_s <= 0:
+        raise DistreeError("--window and --chunk must be >= 1, --samples and --deadline-ms >= 0, --dead-after-s > 0")
     return plan, faults, links
 
 
-def build_report(config, session: Session, model, plan, links, aggregator, runs, x) -> dict:
+def build_report(config, session: Session, model, plan, links, aggregator, runs, x, single) -> dict:
     policies = {run.name: summarise(run, config.warmup) for run in runs}
     ref = x[:config.reference_samples]
-    if len(ref):
+    if single is not None:
         table = reference.flop_table(model, ref)
         rate = reference.compute_rate(model, table, ref)
-        single = reference.single_process(model, plan, ref)
-        for spec, run in zip(plan, runs):
-            entry, one = policies[run.name], single[spec.name]
+        for p, (spec, run) in enumerate(zip(plan, runs)):
+            entry, (ms, preds) = policies[run.name], single.result(p)
             entry.update(reference.simulated(table, run, spec, aggregator.feature_dim, links, rate))
-            entry["single_process_ms"] = {k: v for k, v in one.items() if k != "predictions"}
-            entry["predictions_match_single_process"] = one["predictions"] == run.preds[:len(ref)]
+            entry["single_process_ms"] = ms
+            entry["predictions_match_single_process"] = preds == run.preds[:len(preds)]
     # a FLOPs saving is a mean over samples, so the time saving it is held against is one too
     base = policies.get("last-exit", {}).get("latency_ms_measured", {}).get("mean")
     for entry in policies.values():
@@ -89,7 +94,8 @@ def build_report(config, session: Session, model, plan, links, aggregator, runs,
         "window": config.window, "split": None if config.images else config.split, "images": config.images,
         "samples": len(x), "links": [vars(link) for link in links], "faults": config.faults,
         "lost_devices": {str(i): reason for i, reason in aggregator.lost.items()},
-        "reference_samples": len(ref), "flops_per_s_measured": rate if len(ref) else None,
+        "reference_samples": len(ref), "flops_per_s_measured": rate if single is not None else None,
+        "chunk": config.chunk,
         "policies": policies,
         "targets": targets(policies),
     }
