@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from distree.inference.engine import MODES, InferenceEngine
+from distree.inference.engine import MODES, InferenceEngine, select_rows
 from distree.inference.evidence import model_evidence, policy_scores
 from distree.policies import POLICIES, make_policy
 from distree.policies.learned_gate import train_learned_gate
@@ -61,3 +61,9 @@ def test_compacting_runs_each_stage_only_on_samples_still_running(name):
     for i in range(N):
         expected = [int((result.exits[i] >= j).sum()) for j in range(7)]
         assert seen[i] == expected
+
+
+def test_compaction_keeps_the_channels_last_layout():
+    h = torch.randn(5, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    kept = select_rows(h, torch.tensor([0, 3]))
+    assert kept.is_contiguous(memory_format=torch.channels_last) and torch.equal(kept, h[[0, 3]])

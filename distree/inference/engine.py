@@ -20,6 +20,14 @@ MODES = ("dense", "compacting", "streaming")
 LAST = NUM_EXITS - 1
 
 
+def select_rows(h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """h[keep] along the batch, keeping h's memory layout: index_select alone returns NCHW, and
+    the channels_last convolutions that follow would pay a conversion of every activation."""
+    if h.dim() == 4 and h.is_contiguous(memory_format=torch.channels_last):
+        return h.permute(0, 2, 3, 1).index_select(0, keep).permute(0, 3, 1, 2)  # (b', C, H, W) channels_last
+    return h.index_select(0, keep)
+
+
 @dataclass
 class Result:
     logits: torch.Tensor  # (B, K) aggregated
@@ -80,9 +88,11 @@ class InferenceEngine:
                 first = u if first is None else first
                 if j >= 1:
                     stop = self._decide(i, j, u, first, previous, score, index[ids])  # (b',)
-                    done, keep = stop.nonzero().squeeze(1), (~stop).nonzero().squeeze(1)
-                    sent[i, ids[done]], exits[i, ids[done]] = u[done], j
-                    h, ids, first, u = h.index_select(0, keep), ids[keep], first[keep], u[keep]
+                    done = stop.nonzero().squeeze(1)
+                    if done.numel():
+                        keep = (~stop).nonzero().squeeze(1)
+                        sent[i, ids[done]], exits[i, ids[done]] = u[done], j
+                        h, ids, first, u = select_rows(h, keep), ids[keep], first[keep], u[keep]
                     if ids.numel() == 0:
                         break
                 previous = u
@@ -105,9 +115,11 @@ class InferenceEngine:
                 logits[ids] = z
                 break
             stop = self.policy.passes(self.policy.score(z), self.thresholds[j - 1])  # (b',)
-            done, keep = stop.nonzero().squeeze(1), (~stop).nonzero().squeeze(1)
-            logits[ids[done]], exits[:, ids[done]] = z[done], j
-            hs, ids = [h.index_select(0, keep) for h in hs], ids[keep]
+            done = stop.nonzero().squeeze(1)
+            if done.numel():
+                keep = (~stop).nonzero().squeeze(1)
+                logits[ids[done]], exits[:, ids[done]] = z[done], j
+                hs, ids = [select_rows(h, keep) for h in hs], ids[keep]
             if ids.numel() == 0:
                 break
         return Result(logits, exits)
