@@ -20,7 +20,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, help="augment training images (teacher then runs per step)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction,
+                   help="augment training images (the teacher then runs at every step)")
     p.add_argument("--beta", type=float, help="weight of attention transfer")
     p.add_argument("--mixed-weight", type=float, help="weight of the mixed-exit term (0: off)")
     p.add_argument("--dropout", type=float, help="probability that a sample loses one student's feature")

@@ -17,7 +17,8 @@ from distree.models.distree_model import DistrEEModel
 from distree.models.student import Student, StudentConfig
 from distree.models.wrn import WideResNet, WRNConfig
 
-CONFIG, TEACHER, STUDENTS, PARTITION, METRICS = "config.json", "teacher.pt", "students.pt", "partition.json", "metrics.csv"
+CONFIG, TEACHER, STUDENTS = "config.json", "teacher.pt", "students.pt"
+PARTITION, METRICS = "partition.json", "metrics.csv"
 
 
 def save_atomic(obj, path) -> None:

@@ -5,7 +5,9 @@
 * demo: Fashion-MNIST sized so that teacher, partition and two students finish within about
   10 minutes on a 2-core CPU. The teacher is a WRN-10-2 (a WRN-16-4 manages a quarter of an
   epoch in the time), both networks train without augmentation (so the teacher's outputs are
-  computed once for the students) with warm-up then cosine learning rates.
+  computed once for the students) with warm-up then cosine learning rates. The students clip
+  the gradient norm at 20: early on it is about 35 (attention transfer dominates) and clipping
+  at 2 held a short probe at 52% instead of 75% at the last exit.
 * smoke: a tiny synthetic run of a few seconds, for tests.
 """
 from dataclasses import asdict, dataclass, field
@@ -39,7 +41,7 @@ PRESETS = {
     "paper": Preset(DataConfig("cifar10")),
     "demo": Preset(DataConfig("fashion-mnist"), WRNConfig(10, 2), cosine(2, 0.15, 0.3),
                    PartitionConfig(max_images=5000), 2, StudentConfig(),
-                   cosine(2, 0.05, 0.3, clip_grad=2.0)),
+                   cosine(2, 0.05, 0.3, clip_grad=20.0)),
     "smoke": Preset(DataConfig("synthetic", val_size=64), WRNConfig(10, 1), cosine(3, 0.1, 0.2, batch_size=32),
                     PartitionConfig(max_images=256, top_k=16, keep_edges=0.1), 2, StudentConfig(),
                     cosine(2, 0.05, 0.2, batch_size=32, clip_grad=2.0)),
