@@ -1,10 +1,13 @@
 """Threshold calibration on the validation split: per-exit vectors, and the paper's shared sweep.
 
-Candidate thresholds per exit are quantiles of the policy's score there. A greedy search starts
-from thresholds that stop nobody (last-exit) and repeatedly makes the one exit more permissive
-that saves the most FLOPs per accuracy point lost, until every exit stops everybody. The points
-it passes form the policy's accuracy-FLOPs curve; (a) picks the cheapest point within a given
-accuracy drop, (b) the most accurate point within a FLOPs or simulated-latency budget.
+Candidate thresholds per exit are quantiles of the policy's score there. For a trade-off weight
+lambda, coordinate ascent maximises accuracy - lambda * (FLOPs / last-exit FLOPs): one exit at
+a time takes its best candidate, the others held, until a pass changes nothing. Sweeping lambda
+from small (accuracy first) to large (FLOPs first), each ascent starting where the previous one
+ended, visits settings all along the trade-off; their Pareto front on val is the policy's
+calibration curve. (a) picks its cheapest point within a given accuracy drop, (b) its most
+accurate point within a FLOPs or simulated-latency budget. (A greedy search that loosened one
+exit at a time by its FLOPs saved per accuracy lost got stuck: 7% saved where this finds 40%.)
 """
 from dataclasses import dataclass
 
@@ -21,6 +24,10 @@ PAPER_SWEEP = (1.0, 1.08, 1.12, 1.16, 1.20, 1.24, 1.28)  # the paper's shared T 
 class CalibrationConfig:
     quantiles: int = 24  # candidate thresholds per exit, from the score's quantiles on val
     max_drop: float = 0.005  # (a): accuracy at most this far below last-exit (0.005 = 0.5 points)
+    lambdas: int = 16  # trade-off weights swept, log-spaced ...
+    lambda_min: float = 1e-4  # ... from this (accuracy points per FLOPs fraction: accuracy first) ...
+    lambda_max: float = 1.0  # ... to this (FLOPs first)
+    passes: int = 3  # coordinate-ascent passes over the exits per lambda, at most
 
 
 def candidates(policy: Policy, scores: torch.Tensor, count: int) -> list[torch.Tensor]:
@@ -38,31 +45,42 @@ def candidates(policy: Policy, scores: torch.Tensor, count: int) -> list[torch.T
     return out
 
 
-def greedy_path(evaluate: PolicyEvaluator, config: CalibrationConfig = CalibrationConfig()) -> list[Outcome]:
-    """The greedy search's points, from last-exit to everybody stopping at exit 2."""
+def calibration_front(evaluate: PolicyEvaluator, config: CalibrationConfig = CalibrationConfig()) -> list[Outcome]:
+    """The Pareto front (cheapest first) of every setting the lambda sweep visits on val."""
     grid = candidates(evaluate.policy, evaluate.scores, config.quantiles)
-    step = [0] * NUM_THRESHOLDS
-    current = evaluate(_pick(grid, step))
-    path = [current]
-    eps = 0.1 / evaluate.evidence.u.shape[2]  # a tenth of one sample's accuracy
-    while any(s + 1 < len(g) for s, g in zip(step, grid)):
-        moves = []
-        for j in range(NUM_THRESHOLDS):
-            if step[j] + 1 < len(grid[j]):
-                trial = step[:j] + [step[j] + 1] + step[j + 1:]
-                moves.append((trial, evaluate(_pick(grid, trial))))
-        step, current = max(moves, key=lambda m: _gain(current, m[1], eps))
-        path.append(current)
-    return path
+    step = [0] * NUM_THRESHOLDS  # indices into grid: start from last-exit
+    visited = [evaluate(_pick(grid, step))]
+    for lam in torch.logspace(torch.log10(torch.tensor(config.lambda_min)),
+                              torch.log10(torch.tensor(config.lambda_max)), config.lambdas).tolist():
+        for _ in range(config.passes):
+            before = list(step)
+            for j in range(NUM_THRESHOLDS):
+                step[j], tried = _best_at(evaluate, grid, step, j, lam)
+                visited += tried
+            if step == before:
+                break
+    return pareto_front(visited)
+
+
+def _best_at(evaluate: PolicyEvaluator, grid, step: list[int], j: int, lam: float) -> tuple[int, list[Outcome]]:
+    """The candidate of exit j maximising accuracy - lam * FLOPs fraction, the others held."""
+    tried = [evaluate(_pick(grid, step[:j] + [k] + step[j + 1:])) for k in range(len(grid[j]))]
+    gain = [o.accuracy - lam * (1 - o.flops_reduction) for o in tried]
+    return max(range(len(tried)), key=lambda k: (gain[k], -k)), tried
 
 
 def _pick(grid: list[torch.Tensor], step: list[int]) -> torch.Tensor:
     return torch.stack([g[s] for g, s in zip(grid, step)])  # (5,)
 
 
-def _gain(current: Outcome, new: Outcome, eps: float) -> float:
-    """FLOPs saved per accuracy lost by a move (a move that loses nothing is worth the most)."""
-    return (current.flops - new.flops) / max(current.accuracy - new.accuracy, eps)
+def pareto_front(outcomes: list[Outcome]) -> list[Outcome]:
+    """The outcomes no other beats on both FLOPs and accuracy, cheapest first."""
+    front, best = [], -1.0
+    for o in sorted(outcomes, key=lambda o: (o.flops, -o.accuracy)):
+        if o.accuracy > best:
+            front.append(o)
+            best = o.accuracy
+    return front
 
 
 def least_flops(path: list[Outcome], reference_accuracy: float, max_drop: float) -> Outcome:

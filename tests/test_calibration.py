@@ -1,9 +1,9 @@
-"""Threshold calibration: candidate order, the greedy path, goals (a) and (b), the shared sweep."""
+"""Threshold calibration: candidate order, the calibration front, goals (a) and (b), the shared sweep."""
 import pytest
 import torch
 
-from distree.calibration import (PAPER_SWEEP, CalibrationConfig, best_within, candidates, greedy_path,
-                                 least_flops, shared_sweep)
+from distree.calibration import (PAPER_SWEEP, CalibrationConfig, best_within, calibration_front, candidates,
+                                 least_flops, pareto_front, shared_sweep)
 from distree.errors import DistreeError
 from distree.inference.outcome import PolicyEvaluator
 from distree.policies import make_policy
@@ -11,7 +11,7 @@ from inference_cases import synthetic_evidence, synthetic_flops
 
 VAL, TEST = synthetic_evidence(b=1500, seed=1), synthetic_evidence(b=1500, seed=2)
 FLOPS = synthetic_flops()
-CONFIG = CalibrationConfig(quantiles=12)
+CONFIG = CalibrationConfig(quantiles=12, lambdas=8)
 
 
 def evaluator(name, ev=VAL):
@@ -28,27 +28,33 @@ def test_candidates_run_from_stopping_nobody_to_stopping_everybody(name):
 
 
 @pytest.mark.parametrize("name", ["distree", "local-confidence", "confidence"])
-def test_greedy_path_goes_from_last_exit_to_exit_2_ever_cheaper(name):
+def test_front_trades_accuracy_for_flops_from_last_exit_down(name):
     e = evaluator(name)
-    path = greedy_path(e, CONFIG)
-    last = e(make_policy("last-exit").default_thresholds())
-    assert path[0].accuracy == last.accuracy
-    assert (path[0].histogram[:, -1] == VAL.u.shape[2]).all()
-    assert (path[-1].histogram[:, 1] == VAL.u.shape[2]).all()
-    flops = [o.flops for o in path]
-    assert all(a >= b for a, b in zip(flops, flops[1:]))
+    front = calibration_front(e, CONFIG)
+    flops, accuracy = [o.flops for o in front], [o.accuracy for o in front]
+    assert flops == sorted(flops) and accuracy == sorted(accuracy)  # cheaper is never more accurate
+    assert front[-1].accuracy >= e(e.policy.never).accuracy  # last-exit's accuracy is on or under the front
+    assert front[0].flops < 0.5 * FLOPS.last_exit()  # and the sweep reaches far cheaper settings
+
+
+def test_pareto_front_keeps_the_undominated():
+    e = evaluator("distree")
+    outcomes = [e(t) for t in (1.0, 1.5, 3.0, float("inf"))]
+    front = pareto_front(outcomes + outcomes[:1])
+    assert all(not (o.flops <= f.flops and o.accuracy > f.accuracy) for f in front for o in outcomes)
 
 
 def test_goal_a_is_the_cheapest_setting_within_the_allowed_drop():
-    path = greedy_path(evaluator("confidence"), CONFIG)
-    chosen = least_flops(path, path[0].accuracy, 0.01)
-    assert chosen.accuracy >= path[0].accuracy - 0.01
-    assert all(o.flops >= chosen.flops for o in path if o.accuracy >= path[0].accuracy - 0.01)
-    assert chosen.flops_reduction > 0.05  # aggregated confidence finds some of the savings the synthetic set holds
+    e = evaluator("confidence")
+    front, last = calibration_front(e, CONFIG), e(e.policy.never)
+    chosen = least_flops(front, last.accuracy, 0.01)
+    assert chosen.accuracy >= last.accuracy - 0.01
+    assert all(o.flops >= chosen.flops for o in front if o.accuracy >= last.accuracy - 0.01)
+    assert chosen.flops_reduction > 0.2  # aggregated confidence finds the savings the synthetic set holds
 
 
 def test_goal_b_is_the_most_accurate_setting_within_a_budget():
-    path = greedy_path(evaluator("distree"), CONFIG)
+    path = calibration_front(evaluator("distree"), CONFIG)
     budget = 0.6 * FLOPS.last_exit()
     chosen = best_within(path, flops=budget)
     assert chosen.flops <= budget

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from distree.calibration import PAPER_SWEEP, CalibrationConfig, best_within, greedy_path, least_flops
+from distree.calibration import PAPER_SWEEP, CalibrationConfig, best_within, calibration_front, least_flops
 from distree.costs import CostConfig, FlopTable, count_flops, flops_per_sample
 from distree.data import dataset_shape, load_dataset
 from distree.errors import DistreeError
@@ -74,14 +74,14 @@ def build_policies(model, train_split, config: EvaluateConfig) -> dict[str, Poli
     return {name: made.get(name) or cls() for name, cls in POLICIES.items()}
 
 
-def calibrated_settings(name: str, path: list[Outcome], config: EvaluateConfig, last_flops: float) -> list[Setting]:
-    """Goal (a) and, when budgets are given, goal (b), from a policy's path on val."""
-    out = [Setting(name, MAIN, least_flops(path, path[0].accuracy, config.calibration.max_drop).thresholds)]
+def calibrated_settings(name: str, front: list[Outcome], last: Outcome, config: EvaluateConfig) -> list[Setting]:
+    """Goal (a) and, when budgets are given, goal (b), from a policy's calibration front on val."""
+    out = [Setting(name, MAIN, least_flops(front, last.accuracy, config.calibration.max_drop).thresholds)]
     if config.flops_budget is not None:
-        best = best_within(path, flops=config.flops_budget * last_flops)
+        best = best_within(front, flops=config.flops_budget * last.flops)
         out.append(Setting(name, f"FLOPs <= {config.flops_budget:.0%}", best.thresholds))
     if config.latency_budget_ms is not None:
-        best = best_within(path, latency_s=config.latency_budget_ms / 1e3)
+        best = best_within(front, latency_s=config.latency_budget_ms / 1e3)
         out.append(Setting(name, f"latency <= {config.latency_budget_ms:g} ms", best.thresholds))
     return out
 
@@ -98,12 +98,12 @@ def extra_settings(val_eval: dict[str, PolicyEvaluator], main: list[Setting], co
     return out
 
 
-def thin(path: list[Outcome], count: int) -> list[Outcome]:
-    """At most `count` points of a path, evenly spaced, ends included."""
-    if len(path) <= count:
-        return path
-    idx = torch.linspace(0, len(path) - 1, count).round().long().unique()
-    return [path[i] for i in idx.tolist()]
+def thin(front: list[Outcome], count: int) -> list[Outcome]:
+    """At most `count` points of a front, evenly spaced, ends included."""
+    if len(front) <= count:
+        return front
+    idx = torch.linspace(0, len(front) - 1, count).round().long().unique()
+    return [front[i] for i in idx.tolist()]
 
 
 def jsonable(t: torch.Tensor) -> list:
@@ -218,15 +218,16 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
-def calibrate(policies, val_eval, test_eval, flops: FlopTable, config: EvaluateConfig):
+def calibrate(policies, val_eval, test_eval, config: EvaluateConfig):
     """Every policy's settings chosen on val, and its calibration curve measured on test."""
     settings, curves = [Setting("last-exit", "last exit", policies["last-exit"].default_thresholds())], {}
+    last = val_eval["last-exit"](settings[0].thresholds)
     for name in policies:
         if name == "last-exit":
             continue
-        path = greedy_path(val_eval[name], config.calibration)
-        curves[name] = [curve_point(test_eval[name](o.thresholds)) for o in thin(path, config.curve_points)]
-        settings += calibrated_settings(name, path, config, flops.last_exit())
+        front = calibration_front(val_eval[name], config.calibration)
+        curves[name] = [curve_point(test_eval[name](o.thresholds)) for o in thin(front, config.curve_points)]
+        settings += calibrated_settings(name, front, last, config)
     return settings + extra_settings(val_eval, settings, config), curves
 
 
@@ -241,7 +242,7 @@ def evaluate_model(model, splits, config: EvaluateConfig = EvaluateConfig()) -> 
     val_eval = {n: PolicyEvaluator(p, val, flops, config.costs) for n, p in policies.items()}
     test_eval = {n: PolicyEvaluator(p, test, flops, config.costs) for n, p in policies.items()}
     with one_thread():
-        settings, curves = calibrate(policies, val_eval, test_eval, flops, config)
+        settings, curves = calibrate(policies, val_eval, test_eval, config)
         entries = [entry(s, val_eval[s.policy](s.thresholds), test_eval[s.policy](s.thresholds), policies[s.policy])
                    for s in settings]
     if config.measure_time:
