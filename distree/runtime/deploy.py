@@ -20,7 +20,6 @@ from distree.runtime.config import ServeConfig
 class Outcome:
     codes: list  # exit code per rank (negative: killed by that signal); rank 0 is the aggregator
     killed: list  # ranks deploy had to kill: still running after the grace period or the timeout
-    seconds: float
 
 
 def free_port() -> int:
@@ -39,10 +38,9 @@ def _rank_main(config: ServeConfig, env: dict) -> None:
     os._exit(code)
 
 
-def deploy(config: ServeConfig, devices: int, grace_s: float = None, timeout_s: float = 0.0) -> Outcome:
+def deploy(config: ServeConfig, devices: int, timeout_s: float = 0.0) -> Outcome:
     """Run a session of 1 + devices local processes; timeout_s > 0 bounds the whole session."""
-    start = time.monotonic()
-    grace_s = config.dead_after_s + 2.0 if grace_s is None else grace_s
+    grace_s = config.dead_after_s + 2.0  # a device stops by itself within dead_after_s of its aggregator
     port, ctx = free_port(), multiprocessing.get_context("spawn")
     procs = []
     for rank in range(devices + 1):
@@ -60,4 +58,4 @@ def deploy(config: ServeConfig, devices: int, grace_s: float = None, timeout_s: 
             proc.kill()
             proc.join()
             killed.append(rank)
-    return Outcome([p.exitcode for p in procs], killed, time.monotonic() - start)
+    return Outcome([p.exitcode for p in procs], killed)
