@@ -58,21 +58,16 @@ class SingleProcess:
         return ms, self.preds[p]
 
 
-def _median_ms(fn, count: int) -> float:
-    times = []
-    for s in range(count):
-        t = time.perf_counter()
-        fn(s)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
-
-
 def compute_rate(model, table: FlopTable, x: torch.Tensor) -> float:
     """FLOP/s of this process running student 0 to its last exit, one sample at a time."""
     policy = LastExitPolicy()
     step = DeviceStep(model.students[0], 0, policy, policy.default_thresholds(), bias_share(model))
-    flops = float(table.stage[0].sum() + table.head[0, -1])
-    return flops / (_median_ms(lambda s: step.local(x[s], s), len(x)) / 1e3)
+    times = []
+    for s in range(len(x)):
+        t = time.perf_counter()
+        step.local(x[s], s)
+        times.append(time.perf_counter() - t)
+    return float(table.stage[0].sum() + table.head[0, -1]) / statistics.median(times)
 
 
 def flop_table(model, x: torch.Tensor) -> FlopTable:
