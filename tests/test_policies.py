@@ -87,7 +87,8 @@ def test_learned_gate_learns_which_exits_keep_the_answer():
             p = gate.score(EV.local_inputs(i, j))  # (B,)
             assert ((p >= 0) & (p <= 1)).all()
             assert p[targets[i, j]].mean() > p[~targets[i, j]].mean() + 0.1
-    assert gate_features(EV.local_inputs(0, 2)).shape == (600, 5)
+    assert gate_features(EV.local_inputs(0, 2)).shape == (600, 5 + K)
+    assert gate_features(EV.local_inputs(0, 2), class_probabilities=False).shape == (600, 5)
     again = type(gate).from_state_dict(gate.state_dict())
     torch.testing.assert_close(again.score(EV.local_inputs(0, 2)), gate.score(EV.local_inputs(0, 2)))
 

@@ -1,7 +1,9 @@
 """Wall-clock cost of the engine: per-sample latency when streaming, throughput when compacting.
 
-The machine may be shared, so every policy is timed in alternation with last-exit and the
-fastest of a few repeats counts: noise only ever adds time.
+The machine may be shared, so timing is interleaved finely: every chunk of samples (one sample
+when streaming, one batch when compacting) is run by every engine in turn, and each engine's
+time for a chunk is the fastest of a few repeats. Load then hits all engines alike, and it can
+only ever add time.
 """
 import time
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ class TimingConfig:
     compacting_samples: int = 512  # samples timed in compacting mode
     batch_size: int = 128  # of compacting mode
     streaming_samples: int = 48  # samples timed one at a time
-    repeats: int = 2  # the fastest repeat counts
+    repeats: int = 3  # the fastest repeat of each chunk counts
 
 
 @dataclass
@@ -26,21 +28,27 @@ class Timing:
     samples_per_s: float  # compacting throughput
 
 
-def _seconds(engine: InferenceEngine, x: torch.Tensor, index: torch.Tensor, mode: str, batch_size: int) -> float:
-    began = time.perf_counter()
-    for xb, ib in zip(x.split(batch_size), index.split(batch_size)):
-        engine.run(xb, ib, mode)
-    return time.perf_counter() - began
+def _chunks(x: torch.Tensor, index: torch.Tensor, config: TimingConfig) -> dict[str, list]:
+    s, c = config.streaming_samples, config.compacting_samples
+    return {"streaming": list(zip(x[:s].split(1), index[:s].split(1))),
+            "compacting": list(zip(x[:c].split(config.batch_size), index[:c].split(config.batch_size)))}
 
 
-def time_engines(engines: dict[str, InferenceEngine], x: torch.Tensor, index: torch.Tensor,
-                 config: TimingConfig = TimingConfig()) -> dict[str, Timing]:
-    """Times each engine on inputs x (M, C, H, W) with sample ids index (M,), repeats interleaved."""
-    xs, xc = x[:config.streaming_samples], x[:config.compacting_samples]
-    best = {name: [float("inf"), float("inf")] for name in engines}
+def time_engines(engines: dict[object, InferenceEngine], x: torch.Tensor, index: torch.Tensor,
+                 config: TimingConfig = TimingConfig()) -> dict[object, Timing]:
+    """Times every engine on inputs x (M, C, H, W) with sample ids index (M,)."""
+    chunks = _chunks(x, index, config)
+    best = {(name, mode): [float("inf")] * len(parts) for name in engines for mode, parts in chunks.items()}
     for _ in range(config.repeats):
-        for name, engine in engines.items():
-            stream = _seconds(engine, xs, index[:len(xs)], "streaming", config.batch_size)
-            compact = _seconds(engine, xc, index[:len(xc)], "compacting", config.batch_size)
-            best[name] = [min(best[name][0], stream), min(best[name][1], compact)]
-    return {name: Timing(1e3 * s / len(xs), 1e3 * c / len(xc), len(xc) / c) for name, (s, c) in best.items()}
+        for mode, parts in chunks.items():
+            for c, (xb, ib) in enumerate(parts):
+                for name, engine in engines.items():
+                    began = time.perf_counter()
+                    engine.run(xb, ib, mode)
+                    best[name, mode][c] = min(best[name, mode][c], time.perf_counter() - began)
+    out = {}
+    for name in engines:
+        stream, compact = sum(best[name, "streaming"]), sum(best[name, "compacting"])
+        n_stream, n_compact = min(config.streaming_samples, len(x)), min(config.compacting_samples, len(x))
+        out[name] = Timing(1e3 * stream / n_stream, 1e3 * compact / n_compact, n_compact / compact)
+    return out

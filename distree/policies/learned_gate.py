@@ -3,7 +3,9 @@
 Per student and exit a logistic regression on what the device already has predicts whether
 stopping there leaves the aggregated answer unchanged against exit 7 (with the other students
 at exit 7). The DistrEE score enters as cos(u_j, u_1), its bounded, sign-keeping form; the exit
-index enters by having one model per exit.
+index enters by having one model per exit. By default the gate also sees the class
+probabilities themselves, so it can learn which classes the exit confuses: on the demo this
+took the FLOPs saved within 0.5 points of last-exit from about 24% to about 30%.
 """
 from dataclasses import dataclass
 
@@ -12,7 +14,7 @@ import torch
 from distree.policies.base import NUM_EXITS, LocalInputs, LocalPolicy
 from distree.policies.features import cosine, softmax_stats
 
-GATE_FEATURES = ("max_prob", "margin", "entropy", "cos_first", "cos_previous")
+GATE_FEATURES = ("max_prob", "margin", "entropy", "cos_first", "cos_previous")  # then, optionally, the K probabilities
 
 
 @dataclass
@@ -21,13 +23,15 @@ class GateConfig:
 
     steps: int = 50
     l2: float = 1e-3
+    class_probabilities: bool = True  # also feed softmax(u_j + b/N) itself, not only its summaries
 
 
-def gate_features(x: LocalInputs) -> torch.Tensor:
-    """The device's local features at one exit: (B, 5) in GATE_FEATURES order."""
-    max_prob, margin, entropy = softmax_stats(x.u + x.bias_share)
-    cols = [max_prob, margin, entropy, cosine(x.u, x.first), cosine(x.u, x.previous)]
-    return torch.stack(cols, dim=-1)  # (B, 5)
+def gate_features(x: LocalInputs, class_probabilities: bool = True) -> torch.Tensor:
+    """The device's local features at one exit: (B, 5) in GATE_FEATURES order, then (B, K) probabilities."""
+    logits = x.u + x.bias_share  # (B, K)
+    max_prob, margin, entropy = softmax_stats(logits)
+    summary = torch.stack([max_prob, margin, entropy, cosine(x.u, x.first), cosine(x.u, x.previous)], dim=-1)
+    return torch.cat([summary, logits.float().softmax(-1)], -1) if class_probabilities else summary  # (B, F)
 
 
 def unchanged_answer(u: torch.Tensor, aggregate) -> torch.Tensor:
@@ -56,10 +60,11 @@ class LearnedGatePolicy(LocalPolicy):
         self.bias = bias  # (N, 7)
         self.mean = mean  # (N, 7, F)
         self.std = std  # (N, 7, F)
+        self.class_probabilities = weight.shape[-1] > len(GATE_FEATURES)
 
     def score(self, x: LocalInputs):
         i, j = x.student, x.exit
-        f = (gate_features(x) - self.mean[i, j]) / self.std[i, j]  # (B, F)
+        f = (gate_features(x, self.class_probabilities) - self.mean[i, j]) / self.std[i, j]  # (B, F)
         return torch.sigmoid(f @ self.weight[i, j] + self.bias[i, j])  # (B,)
 
     def state_dict(self) -> dict:
@@ -92,13 +97,13 @@ def fit_logistic(features: torch.Tensor, targets: torch.Tensor, config: GateConf
 
 def train_learned_gate(evidence, config: GateConfig = GateConfig()) -> LearnedGatePolicy:
     """Fit one gate per student and exit 2..6 from an `Evidence` of the training split."""
-    n = evidence.u.shape[0]
-    f_dim = len(GATE_FEATURES)
+    n, k = evidence.u.shape[0], evidence.u.shape[-1]
+    f_dim = len(GATE_FEATURES) + (k if config.class_probabilities else 0)
     weight, bias = torch.zeros(n, NUM_EXITS, f_dim), torch.zeros(n, NUM_EXITS)
     mean, std = torch.zeros(n, NUM_EXITS, f_dim), torch.ones(n, NUM_EXITS, f_dim)
     targets = unchanged_answer(evidence.u, evidence.aggregate)  # (N, 7, B)
     for i in range(n):
         for j in range(1, NUM_EXITS - 1):
-            features = gate_features(evidence.local_inputs(i, j))  # (B, F)
+            features = gate_features(evidence.local_inputs(i, j), config.class_probabilities)  # (B, F)
             weight[i, j], bias[i, j], mean[i, j], std[i, j] = fit_logistic(features, targets[i, j], config)
     return LearnedGatePolicy(weight, bias, mean, std)

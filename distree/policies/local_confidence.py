@@ -6,8 +6,8 @@ from distree.policies.features import softmax_stats
 class LocalConfidencePolicy(LocalPolicy):
     """Stop at the first j >= 2 where softmax(u_j + b / N) has max >= q_j.
 
-    Adding the student's share of the aggregator bias makes u_j + b / N the logits the
-    aggregator would output if every student sent this same evidence.
+    u_j + b / N is (N u_j + b) / N: the aggregator's logits if every student sent this same
+    evidence, at temperature N.
     """
 
     name = "local-confidence"
