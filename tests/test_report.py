@@ -8,7 +8,8 @@ from distree.cli import main
 from distree.errors import DistreeError
 from distree.levers import COMPARED, LEVERS, LeverConfig, lever_config, lever_table, run_levers
 from distree.inference.timing import TimingConfig
-from distree.report.evaluate import EvaluateConfig, auroc, evaluate_run, write_report
+from distree.report.diagnostics import auroc
+from distree.report.evaluate import EvaluateConfig, evaluate_run, write_report
 from distree.report.plots import pareto
 from distree.training.checkpoint import STUDENTS, build_students, save_atomic, write_config
 from distree.training.presets import run_config

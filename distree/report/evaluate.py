@@ -15,17 +15,18 @@ from pathlib import Path
 import torch
 
 from distree.calibration import PAPER_SWEEP, CalibrationConfig, best_within, calibration_front, least_flops
-from distree.costs import CostConfig, FlopTable, count_flops, flops_per_sample
+from distree.costs import CostConfig, FlopTable, count_flops
 from distree.data import dataset_shape, load_dataset
 from distree.errors import DistreeError
 from distree.inference.engine import InferenceEngine
-from distree.inference.evidence import Evidence, collect_evidence
+from distree.inference.evidence import collect_evidence
 from distree.inference.outcome import Outcome, PolicyEvaluator
 from distree.inference.timing import TimingConfig, time_engines
-from distree.policies import POLICIES, PerExitPolicy, Policy, check_thresholds
-from distree.policies.learned_gate import GateConfig, LearnedGatePolicy, train_learned_gate, unchanged_answer
+from distree.policies import POLICIES, Policy, check_thresholds
+from distree.policies.learned_gate import GateConfig, LearnedGatePolicy, train_learned_gate
 from distree.policies.random_exit import RandomPolicy, matching_thresholds, uniform_thresholds
 from distree.report import MAIN
+from distree.report.diagnostics import flops_saved, oracle, score_aurocs
 from distree.report.markdown import render
 from distree.report.plots import write_plots
 from distree.training.checkpoint import METRICS, data_config, load_student_model, read_config, save_atomic
@@ -147,54 +148,10 @@ def measure(model, policies, settings: list[Setting], split, test_eval: dict, fl
             "throughput_per_s": t.samples_per_s,
             "time_saved_streaming": 1 - t.streaming_ms / base.streaming_ms,
             "time_saved_compacting": 1 - t.compacting_ms / base.compacting_ms,
-            "flops_saved_streaming": _flops_saved(flops, exits[:, :config.streaming_samples], policies[s.policy]),
-            "flops_saved_compacting": _flops_saved(flops, exits[:, :config.compacting_samples], policies[s.policy]),
+            "flops_saved_streaming": flops_saved(flops, exits[:, :config.streaming_samples], policies[s.policy]),
+            "flops_saved_compacting": flops_saved(flops, exits[:, :config.compacting_samples], policies[s.policy]),
         }
     return out
-
-
-def _flops_saved(flops: FlopTable, exits: torch.Tensor, policy: Policy) -> float:
-    return 1 - flops_per_sample(flops, exits, policy).mean().item() / flops.last_exit()
-
-
-def auroc(score: torch.Tensor, positive: torch.Tensor) -> float | None:
-    """P(a positive scores above a negative), ties counting half; NaN scores are left out.
-
-    None when one class is empty (the question has no answer)."""
-    keep = ~score.isnan()
-    s, y = score[keep].double(), positive[keep]
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    _, inverse, counts = s.unique(return_inverse=True, return_counts=True)
-    mid_rank = counts.cumsum(0) - (counts - 1) / 2  # average rank of each distinct value
-    ranks = mid_rank[inverse]
-    return ((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).item()
-
-
-def score_aurocs(policy: Policy, scores: torch.Tensor, ev: Evidence) -> list[float]:
-    """Per exit 2..6: how well the score tells exits that keep exit 7's answer from those that don't.
-
-    Local policies: student i alone at exit j (others at 7), pooled over students; per-exit
-    policies: all students at j. Oriented so that 0.5 is chance and 1 is perfect.
-    """
-    if isinstance(policy, PerExitPolicy):
-        logits = ev.exit_logits()  # (7, B, K)
-        same = (logits.argmax(-1) == logits[-1].argmax(-1)).unsqueeze(0).expand(scores.shape[0], -1, -1)
-    else:
-        same = unchanged_answer(ev.u, ev.aggregate)  # (N, 7, B)
-    sign = 1.0 if policy.never > 0 else -1.0  # scores that stop when low are flipped
-    return [auroc(sign * scores[:, j].flatten(), same[:, j + 1].flatten()) for j in range(scores.shape[1])]
-
-
-def oracle(ev: Evidence, flops: FlopTable) -> dict:
-    """The first exit j >= 2 where all students at j give exit 7's answer: the savings that exist."""
-    logits = ev.exit_logits()  # (7, B, K)
-    same = logits.argmax(-1) == logits[-1].argmax(-1)  # (7, B)
-    exits = same[1:].int().argmax(0) + 1  # (B,): exit 7 always agrees with itself
-    exits = exits.expand(ev.u.shape[0], -1)  # (N, B)
-    right = ev.logits_at(exits).argmax(-1) == ev.labels
-    return {"accuracy": right.float().mean().item(), "flops_reduction": _flops_saved(flops, exits, POLICIES["distree"]())}
 
 
 def goal(entries: list[dict], last_accuracy: float, max_drop: float) -> dict:
