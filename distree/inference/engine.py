@@ -41,7 +41,7 @@ class InferenceEngine:
         self.model, self.policy = model, policy
         t = policy.default_thresholds() if thresholds is None else thresholds
         self.thresholds = check_thresholds(t)  # (5,)
-        self.bias_share = bias_share(model)  # (K,)
+        self.bias_share = bias_share(model)  # (K,) on the model's device
         self.aggregate = torch.no_grad()(model.aggregate)
 
     def run(self, x: torch.Tensor, index: torch.Tensor, mode: str = "compacting") -> Result:
@@ -72,9 +72,9 @@ class InferenceEngine:
     def _compacting_local(self, x, index):
         """Each student runs alone; after each exit its finished samples leave the batch."""
         n, b = len(self.model.students), x.shape[0]
-        sent, exits = None, torch.full((n, b), LAST, dtype=torch.long)
+        sent, exits = None, torch.full((n, b), LAST, dtype=torch.long, device=x.device)
         for i, student in enumerate(self.model.students):
-            h, ids, first, previous = x, torch.arange(b), None, None
+            h, ids, first, previous = x, torch.arange(b, device=x.device), None, None
             for j, (stage, head) in enumerate(zip(student.stages, student.heads)):
                 h = stage(h)  # (b', C_j, H_j, W_j)
                 if j < LAST and not self.policy.exits_early:
@@ -102,8 +102,8 @@ class InferenceEngine:
         """All students advance stage by stage; the aggregator decides for all of them at once."""
         students = self.model.students
         n, b = len(students), x.shape[0]
-        hs, ids = [x] * n, torch.arange(b)
-        logits, exits = None, torch.full((n, b), LAST, dtype=torch.long)
+        hs, ids = [x] * n, torch.arange(b, device=x.device)
+        logits, exits = None, torch.full((n, b), LAST, dtype=torch.long, device=x.device)
         for j in range(NUM_EXITS):
             hs = [s.stages[j](h) for s, h in zip(students, hs)]  # N x (b', C_j, H_j, W_j)
             if j == 0:
@@ -133,7 +133,7 @@ class InferenceEngine:
             u, j = self._stream_student(i, student, x, index)
             sent.append(u)
             exits.append(j)
-        return Result(self.aggregate(torch.stack(sent)), torch.tensor(exits).view(-1, 1))
+        return Result(self.aggregate(torch.stack(sent)), torch.tensor(exits, device=x.device).view(-1, 1))
 
     def _stream_student(self, i, student, x, index):
         """Student i on one sample: (u (1, K) it sends, its 0-based exit)."""

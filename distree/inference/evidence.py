@@ -65,7 +65,7 @@ def bias_share(model) -> torch.Tensor:
     """The aggregator bias each student adds to its own evidence; zero when a projection follows."""
     n = len(model.students)
     if getattr(model, "proj", None) is not None:
-        return torch.zeros(model.students[0].heads[0].weight.shape[0])  # (D,)
+        return model.bias.new_zeros(model.students[0].heads[0].weight.shape[0]).detach()  # (D,)
     return model.bias.detach() / n  # (K,)
 
 
