@@ -83,25 +83,21 @@ def pareto_front(outcomes: list[Outcome]) -> list[Outcome]:
     return front
 
 
-def least_flops(path: list[Outcome], reference_accuracy: float, max_drop: float) -> Outcome:
+def least_flops(front: list[Outcome], reference_accuracy: float, max_drop: float) -> Outcome:
     """(a) The cheapest point whose accuracy is at most max_drop below the reference."""
-    ok = [o for o in path if o.accuracy >= reference_accuracy - max_drop - 1e-12]
+    ok = [o for o in front if o.accuracy >= reference_accuracy - max_drop - 1e-12]
     if not ok:
         raise DistreeError(f"no setting reaches accuracy {reference_accuracy - max_drop:.4f} on validation")
     return min(ok, key=lambda o: (o.flops, -o.accuracy))
 
 
-def best_within(path: list[Outcome], flops: float | None = None, latency_s: float | None = None) -> Outcome:
-    """(b) The most accurate point within a FLOPs budget (mean per sample) and/or a latency budget."""
-    ok = [o for o in path if (flops is None or o.flops <= flops) and (latency_s is None or o.latency_s <= latency_s)]
+def best_within(front: list[Outcome], flops: float | None = None, latency_s: float | None = None) -> Outcome:
+    """(b) The most accurate point within a FLOPs budget (mean per sample) and/or a simulated-latency
+    budget, among the points of the accuracy-FLOPs front."""
+    ok = [o for o in front if (flops is None or o.flops <= flops) and (latency_s is None or o.latency_s <= latency_s)]
     if not ok:
-        cheapest = min(path, key=lambda o: o.flops)
+        cheapest = min(front, key=lambda o: o.flops)
         raise DistreeError(
             f"no setting meets the budget (FLOPs <= {flops}, latency <= {latency_s} s); the cheapest setting needs "
             f"{cheapest.flops:.4g} FLOPs and {cheapest.latency_s * 1e3:.2f} ms")
     return max(ok, key=lambda o: (o.accuracy, -o.flops))
-
-
-def shared_sweep(evaluate: PolicyEvaluator, values=PAPER_SWEEP) -> list[Outcome]:
-    """One shared threshold for every exit, at each of `values`."""
-    return [evaluate(torch.full((NUM_THRESHOLDS,), float(v))) for v in values]
