@@ -3,7 +3,8 @@
 The machine may be shared, so timing is interleaved finely: every chunk of samples (one sample
 when streaming, one batch when compacting) is run by every engine in turn, and each engine's
 time for a chunk is the fastest of a few repeats. Load then hits all engines alike, and it can
-only ever add time.
+only ever add time. Timing runs on one thread by default: an edge device's one core, and on a
+shared CPU two processes' OpenMP threads spin against each other by an order of magnitude.
 """
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ class TimingConfig:
     batch_size: int = 128  # of compacting mode
     streaming_samples: int = 48  # samples timed one at a time
     repeats: int = 3  # the fastest repeat of each chunk counts
+    threads: int = 1  # torch threads while timing
 
 
 @dataclass
@@ -39,13 +41,18 @@ def time_engines(engines: dict[object, InferenceEngine], x: torch.Tensor, index:
     """Times every engine on inputs x (M, C, H, W) with sample ids index (M,)."""
     chunks = _chunks(x, index, config)
     best = {(name, mode): [float("inf")] * len(parts) for name in engines for mode, parts in chunks.items()}
-    for _ in range(config.repeats):
-        for mode, parts in chunks.items():
-            for c, (xb, ib) in enumerate(parts):
-                for name, engine in engines.items():
-                    began = time.perf_counter()
-                    engine.run(xb, ib, mode)
-                    best[name, mode][c] = min(best[name, mode][c], time.perf_counter() - began)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        for _ in range(config.repeats):
+            for mode, parts in chunks.items():
+                for c, (xb, ib) in enumerate(parts):
+                    for name, engine in engines.items():
+                        began = time.perf_counter()
+                        engine.run(xb, ib, mode)
+                        best[name, mode][c] = min(best[name, mode][c], time.perf_counter() - began)
+    finally:
+        torch.set_num_threads(threads)
     out = {}
     for name in engines:
         stream, compact = sum(best[name, "streaming"]), sum(best[name, "compacting"])
