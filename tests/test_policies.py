@@ -5,7 +5,7 @@ import torch
 from distree.errors import DistreeError
 from distree.inference.evidence import policy_exits, policy_scores
 from distree.policies import NUM_EXITS, POLICIES, check_thresholds, make_policy
-from distree.policies.features import cosine, softmax_stats
+from distree.policies.features import cosine, entropy, max_probability
 from distree.policies.learned_gate import gate_features, train_learned_gate, unchanged_answer
 from distree.policies.random_exit import RandomPolicy, matching_thresholds, uniform_thresholds
 from distree_kernels.reference import inverse_cosine
@@ -55,8 +55,8 @@ def test_local_scores_follow_their_definitions():
 def test_features_follow_the_op_rules_on_zero_vectors():
     u = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
     assert cosine(u, torch.tensor([[1.0, 2.0], [0.0, 1.0]])).tolist() == [1.0, 0.0]
-    max_prob, margin, entropy = softmax_stats(torch.zeros(1, 4))
-    assert max_prob.item() == 0.25 and margin.item() == 0 and entropy.item() == pytest.approx(torch.log(torch.tensor(4.0)).item())
+    assert max_probability(torch.zeros(1, 4)).item() == 0.25
+    assert entropy(torch.zeros(1, 4)).item() == pytest.approx(torch.log(torch.tensor(4.0)).item())
 
 
 def test_random_is_seeded_uniform_and_can_match_a_histogram():

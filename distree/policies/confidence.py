@@ -1,6 +1,6 @@
 """Aggregated confidence (SDN): the aggregator classifies at every exit."""
 from distree.policies.base import PerExitPolicy
-from distree.policies.features import softmax_stats
+from distree.policies.features import max_probability
 
 
 class ConfidencePolicy(PerExitPolicy):
@@ -10,5 +10,4 @@ class ConfidencePolicy(PerExitPolicy):
     stop_when = ">="
 
     def score(self, logits):
-        max_prob, _, _ = softmax_stats(logits)
-        return max_prob  # (B,)
+        return max_probability(logits)  # (B,)

@@ -1,6 +1,6 @@
 """Aggregated entropy (BranchyNet): the aggregator classifies at every exit."""
 from distree.policies.base import PerExitPolicy
-from distree.policies.features import softmax_stats
+from distree.policies.features import entropy
 
 
 class EntropyPolicy(PerExitPolicy):
@@ -10,5 +10,4 @@ class EntropyPolicy(PerExitPolicy):
     stop_when = "<="
 
     def score(self, logits):
-        _, _, entropy = softmax_stats(logits)
-        return entropy  # (B,)
+        return entropy(logits)  # (B,)

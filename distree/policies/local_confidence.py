@@ -1,6 +1,6 @@
 """Local confidence: each device's own class evidence, read as a classifier."""
 from distree.policies.base import LocalInputs, LocalPolicy
-from distree.policies.features import softmax_stats
+from distree.policies.features import max_probability
 
 
 class LocalConfidencePolicy(LocalPolicy):
@@ -14,5 +14,4 @@ class LocalConfidencePolicy(LocalPolicy):
     stop_when = ">="
 
     def score(self, x: LocalInputs):
-        max_prob, _, _ = softmax_stats(x.u + x.bias_share)
-        return max_prob  # (B,)
+        return max_probability(x.u + x.bias_share)  # (B,)
