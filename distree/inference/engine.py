@@ -46,7 +46,7 @@ class InferenceEngine:
 
     def run(self, x: torch.Tensor, index: torch.Tensor, mode: str = "compacting") -> Result:
         """x (B, C, H, W) with sample ids index (B,) -> logits and exits, in `mode`."""
-        with torch.no_grad():
+        with torch.inference_mode():  # cheaper per op than no_grad, which matters one sample at a time
             return getattr(self, mode)(x, index)
 
     def dense(self, x: torch.Tensor, index: torch.Tensor) -> Result:
