@@ -97,7 +97,8 @@ def best_within(front: list[Outcome], flops: float | None = None, latency_s: flo
     ok = [o for o in front if (flops is None or o.flops <= flops) and (latency_s is None or o.latency_s <= latency_s)]
     if not ok:
         cheapest = min(front, key=lambda o: o.flops)
-        budget = [f"{flops / 1e6:.3g} MFLOPs"] * (flops is not None) + [f"{latency_s * 1e3:.3g} ms"] * (latency_s is not None)
+        budget = ([] if flops is None else [f"{flops / 1e6:.3g} MFLOPs"]) + \
+            ([] if latency_s is None else [f"{latency_s * 1e3:.3g} ms"])
         raise DistreeError(f"no setting meets the budget of {' and '.join(budget)} per sample; the cheapest needs "
                            f"{cheapest.flops / 1e6:.3g} MFLOPs and {cheapest.latency_s * 1e3:.3g} ms")
     return max(ok, key=lambda o: (o.accuracy, -o.flops))
