@@ -63,7 +63,7 @@ def joint_loss(u, maps, aggregate, y, z_t, q_t, exits, cfg: LossConfig) -> torch
     """
     loss = 0
     for j, w in enumerate(cfg.exit_weights):
-        attention = sum(at_loss(maps_i[j], q_t[i]) for i, maps_i in enumerate(maps))
+        attention = sum(at_loss(maps_i[j], q_t[i]) for i, maps_i in enumerate(maps)) if cfg.beta else 0
         loss = loss + w * (kd(aggregate(u[:, j]), y, z_t, cfg.tau, cfg.alpha) + cfg.beta * attention)
     if cfg.mixed_weight:
         z = aggregate(mixed_exit_features(u, exits))  # (B, K)
