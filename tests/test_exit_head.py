@@ -15,6 +15,8 @@ SHAPES = [
     (2, 6, 3, 9, None, False, True),
     (4, 3, 1, 1, 5, True, False),
     (2, 17, 6, 5, 10, True, True),
+    (9, 5, 3, 4, 6, True, True),  # a batch: the C++ kernel projects with a transposed weight
+    (1, 8, 64, 65, 7, True, True),  # one large sample: its planes are pooled in parallel
 ]
 LAYOUTS = ["contiguous", "channels_last", "sliced"]
 
