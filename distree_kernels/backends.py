@@ -3,6 +3,7 @@
 `auto` picks, per device, the fastest backend measured in benches/: the C++ kernel on the CPU;
 on CUDA the CUDA kernel, then Triton (their GPU ranking is unmeasured until gpu_check.sh runs).
 """
+import functools
 import os
 
 import torch
@@ -48,6 +49,7 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     return [b for b in BACKENDS if unavailable_reason(b, device) is None]
 
 
+@functools.lru_cache(maxsize=None)  # on the hot path of every call; the answers never change
 def resolve(backend: str, device: torch.device) -> str:
     """The backend to run: `backend` itself if it can run on `device`, or auto's choice."""
     if backend == "auto":
