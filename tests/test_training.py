@@ -15,6 +15,7 @@ import torch
 from distree.cli import main
 from distree.errors import DistreeError
 from distree.models.distree_model import DistrEEModel
+from distree.training import loop
 from distree.training.checkpoint import load_checkpoint, load_student_model, save_atomic
 from distree.training.loop import OptimConfig, lr_factor
 from distree.training.overhead import exit_params_and_flops, exit_step_time
@@ -51,9 +52,17 @@ def cli(*args) -> int:
 @pytest.fixture(scope="module")
 def partitioned(tmp_path_factory) -> Path:
     """A smoke run with a trained teacher and a 2-student partition."""
-    run = tmp_path_factory.mktemp("runs") / "smoke"
+    run = tmp_path_factory.mktemp("runs") / "partitioned"
     assert cli("train-teacher", "--out", run, "--preset", "smoke") == 0
     assert cli("partition", "--run", run) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def trained(partitioned, tmp_path_factory) -> Path:
+    """The same run with its students trained, uninterrupted."""
+    run = copy_run(partitioned, tmp_path_factory.mktemp("runs") / "trained")
+    assert cli("train-students", "--run", run) == 0
     return run
 
 
@@ -62,22 +71,72 @@ def copy_run(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_pipeline(partitioned, tmp_path, capsys):
-    run = copy_run(partitioned, tmp_path / "run")
-    config = json.loads((run / "config.json").read_text())
+def test_pipeline(trained, capsys):
+    config = json.loads((trained / "config.json").read_text())
     assert config["preset"] == "smoke" and config["data"]["name"] == "synthetic"
-    partition = json.loads((run / "partition.json").read_text())
+    partition = json.loads((trained / "partition.json").read_text())
     assert partition["num_students"] == 2 and sum(partition["sizes"]) == 64
-    assert load_checkpoint(run / "teacher.pt")["history"][-1]["test_acc"] > 0.5
-    assert cli("train-students", "--run", run, "--epochs", 1) == 0
-    assert "test accuracy at exits 1..7" in capsys.readouterr().out
-    model = load_student_model(run)
+    assert load_checkpoint(trained / "teacher.pt")["history"][-1]["test_acc"] > 0.5
+    model = load_student_model(trained)
     assert isinstance(model, DistrEEModel) and not model.training and len(model.students) == 2
-    rows = (run / "metrics.csv").read_text().splitlines()
+    rows = (trained / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("phase,epoch") and sum(r.startswith("teacher,") for r in rows) == 3
-    assert sum(r.startswith("students,") for r in rows) == 1
-    assert cli("train-students", "--run", run, "--epochs", 2, "--resume") == 2  # options with --resume
-    assert cli("train-students", "--run", run, "--resume") == 0  # already done: nothing to do
+    assert sum(r.startswith("students,") for r in rows) == 2 and "test_acc_exit7" in rows[0]
+    assert load_checkpoint(trained / "students.pt")["history"][-1]["test_acc_exit7"] > 0.5  # chance is 0.1
+    assert cli("train-students", "--run", trained, "--resume") == 0  # already done: nothing to do
+    assert "test accuracy at exits 1..7" in capsys.readouterr().out
+
+
+def same_training(a: Path, b: Path, name: str) -> None:
+    """Two runs ended with equal weights and equal accuracies in every epoch."""
+    ckpt_a, ckpt_b = load_checkpoint(a / name), load_checkpoint(b / name)
+    assert ckpt_a["epoch"] == ckpt_b["epoch"]
+    for key in ckpt_a["model"]:
+        assert torch.equal(ckpt_a["model"][key], ckpt_b["model"][key]), key
+    accuracy = lambda ckpt: [{k: v for k, v in row.items() if "acc" in k} for row in ckpt["history"]]  # noqa: E731
+    assert accuracy(ckpt_a) == accuracy(ckpt_b)
+
+
+def test_students_resume_exactly(partitioned, trained, tmp_path, monkeypatch):
+    """Stop the students after their first checkpoint; --resume ends where the uninterrupted run ended."""
+    run = copy_run(partitioned, tmp_path / "run")
+    save = loop.save_atomic
+
+    class Interrupted(Exception):
+        pass
+
+    def save_then_stop(obj, path):
+        save(obj, path)
+        raise Interrupted
+
+    monkeypatch.setattr(loop, "save_atomic", save_then_stop)
+    with pytest.raises(Interrupted):
+        cli("train-students", "--run", run)
+    monkeypatch.undo()
+    assert load_checkpoint(run / "students.pt")["epoch"] == 1
+    assert cli("train-students", "--run", run, "--epochs", 3, "--resume") == 2  # options with --resume
+    assert cli("train-students", "--run", run, "--resume") == 0
+    same_training(run, trained, "students.pt")
+
+
+def train_teacher_process(run: Path, *args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "distree.cli", "train-teacher", "--out", str(run), *args],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_sigkill_then_resume_gives_the_same_result(tmp_path):
+    """Kill a real training process after its first checkpoint; --resume must end where an uninterrupted run ends."""
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert train_teacher_process(whole, "--preset", "smoke").wait(timeout=300) == 0
+    proc = train_teacher_process(killed, "--preset", "smoke")
+    deadline = time.monotonic() + 300
+    while not (killed / "teacher.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 1 <= load_checkpoint(killed / "teacher.pt")["epoch"] < 3, "the kill came too late to test a resume"
+    assert train_teacher_process(killed, "--resume").wait(timeout=300) == 0
+    same_training(whole, killed, "teacher.pt")
 
 
 def error_of(capsys, *args) -> str:
@@ -105,34 +164,6 @@ def test_bad_input_is_one_line_and_exit_2(partitioned, tmp_path, capsys):
     assert "corrupt checkpoint" in error_of(capsys, "partition", "--run", run)
     (run / "teacher.pt").unlink()
     assert "no teacher" in error_of(capsys, "partition", "--run", run)
-
-
-def train_students_process(run: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "distree.cli", "train-students", "--run", str(run), "--resume"],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def test_sigkill_then_resume_gives_the_same_result(partitioned, tmp_path):
-    """Kill a real training process after its first checkpoint; --resume must end where an uninterrupted run ends."""
-    whole, killed = copy_run(partitioned, tmp_path / "whole"), copy_run(partitioned, tmp_path / "killed")
-    assert train_students_process(whole).wait(timeout=300) == 0
-
-    proc = train_students_process(killed)
-    deadline = time.monotonic() + 300
-    while not (killed / "students.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done = load_checkpoint(killed / "students.pt")["epoch"]
-    assert done == 1, "the kill came too late to test a resume"
-    assert train_students_process(killed).wait(timeout=300) == 0
-
-    a, b = load_checkpoint(whole / "students.pt"), load_checkpoint(killed / "students.pt")
-    assert a["epoch"] == b["epoch"] == 2
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-    accuracy = lambda ckpt: [{k: v for k, v in row.items() if "acc" in k} for row in ckpt["history"]]  # noqa: E731
-    assert accuracy(a) == accuracy(b)
 
 
 def test_exit_overhead():

@@ -44,7 +44,7 @@ PRESETS = {
                    cosine(2, 0.05, 0.3, clip_grad=20.0)),
     "smoke": Preset(DataConfig("synthetic", val_size=64), WRNConfig(10, 1), cosine(3, 0.1, 0.2, batch_size=32),
                     PartitionConfig(max_images=256, top_k=16, keep_edges=0.1), 2, StudentConfig(),
-                    cosine(2, 0.05, 0.2, batch_size=32, clip_grad=2.0)),
+                    cosine(2, 0.05, 0.2, batch_size=32, clip_grad=20.0)),
 }
 
 
