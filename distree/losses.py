@@ -40,7 +40,7 @@ def at_loss(a: torch.Tensor, q_t: torch.Tensor) -> torch.Tensor:
 
 def mixed_exit_features(u: torch.Tensor, exits: torch.Tensor) -> torch.Tensor:
     """u_(i, e_i) (N, B, K) from u (N, 7, B, K): student i's feature at its own exit e_i."""
-    return u[torch.arange(u.shape[0]), exits]
+    return u[torch.arange(u.shape[0], device=u.device), exits.to(u.device)]
 
 
 def drop_students(u: torch.Tensor, p: float, generator: torch.Generator = None) -> torch.Tensor:
@@ -50,8 +50,8 @@ def drop_students(u: torch.Tensor, p: float, generator: torch.Generator = None) 
         return u
     hit = torch.rand(B, generator=generator) < p  # (B,)
     who = torch.randint(0, N, (B,), generator=generator)  # (B,)
-    keep = ~(hit & (who == torch.arange(N)[:, None]))  # (N, B)
-    return u * keep[:, None, :, None]  # (N, 7, B, K)
+    keep = ~(hit & (who == torch.arange(N)[:, None]))  # (N, B), drawn on the CPU like every training draw
+    return u * keep.to(u.device)[:, None, :, None]  # (N, 7, B, K)
 
 
 def joint_loss(u, maps, aggregate, y, z_t, q_t, exits, cfg: LossConfig) -> torch.Tensor:
