@@ -50,6 +50,7 @@ def config_from_dict(cls, d: dict):
 
 
 def read_config(run_dir) -> dict:
+    """The run's config.json: data, teacher, partition and students sections."""
     path = Path(run_dir) / CONFIG
     try:
         return json.loads(path.read_text())
@@ -61,6 +62,7 @@ def read_config(run_dir) -> dict:
 
 
 def write_config(run_dir, config: dict) -> None:
+    """Writes config.json atomically (a temporary file, then a rename)."""
     path = Path(run_dir) / CONFIG
     tmp = Path(f"{path}.tmp")
     tmp.write_text(json.dumps(config, indent=2) + "\n")
@@ -68,6 +70,7 @@ def write_config(run_dir, config: dict) -> None:
 
 
 def load_state(model: torch.nn.Module, state: dict, path) -> None:
+    """load_state_dict, with a one-line error when the weights do not fit the model."""
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as err:
@@ -121,4 +124,5 @@ def load_student_model(run_dir) -> DistrEEModel:
 
 
 def data_config(config: dict) -> DataConfig:
+    """The run's dataset, as load_dataset's arguments."""
     return config_from_dict(DataConfig, config["data"])

@@ -154,8 +154,8 @@ def write_metrics(run_dir, name: str, history: list[dict]) -> None:
 
 
 @torch.no_grad()
-def predict(forward, dataset, batch_size: int, device) -> list:
-    """forward(x) over a whole split in order, batched; returns the outputs and the labels."""
+def predict(forward, dataset, batch_size: int, device) -> tuple[list, torch.Tensor]:
+    """forward(x) over a whole split in order, batched: the list of its outputs, and the labels (M,)."""
     outs, labels = [], []
     for idx in torch.arange(len(dataset)).split(batch_size):
         x, y = dataset.batch(idx)
