@@ -4,7 +4,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from distree.costs import CostConfig, DeviceConfig, FlopTable, count_flops, flops_per_sample, simulated_latency
 from distree.inference.engine import InferenceEngine
-from distree.inference.timing import TimingConfig, time_engines
+from distree.inference.timing import TimingConfig, stage_seconds, time_engines
 from distree.policies import make_policy
 from inference_cases import K, N, tiny_batch, tiny_model
 
@@ -52,3 +52,10 @@ def test_timing_measures_both_modes():
                                                            streaming_samples=2, repeats=1))
     for t in timings.values():
         assert t.streaming_ms > 0 and t.compacting_ms > 0 and t.samples_per_s > 0
+
+
+def test_stage_seconds_price_every_stage_and_head_per_sample():
+    seconds = stage_seconds(MODEL, X, batch_size=2, config=TimingConfig(repeats=1))
+    assert seconds.stage.shape == (N, 7) and (seconds.stage > 0).all() and (seconds.head > 0).all()
+    exits = torch.full((N, 1), 6)
+    assert flops_per_sample(seconds, exits, make_policy("last-exit")).item() == seconds.last_exit()

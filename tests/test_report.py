@@ -44,6 +44,8 @@ def test_evaluate_writes_the_report_with_its_keys(run_dir):
         assert torch.tensor(e["exit_histogram"]).sum(1).tolist() == [128, 128]  # the test split, per student
     timed = [e for e in report["policies"] if e["latency_ms_measured"] is not None]
     assert {e["policy"] for e in timed} >= {"last-exit", "distree"}
+    assert all(f"{k}_saved_{m}" in e for e in timed for k in ("time", "flops", "stage_time")
+               for m in ("streaming", "compacting"))
     for name in ("report.md", "accuracy_vs_flops.png", "accuracy_vs_latency.png", "exit_histograms.png",
                  "exit_accuracy.png", "threshold_sweep.png", "score_distributions.png"):
         assert (run_dir / name).stat().st_size > 0

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
+from distree.costs import FlopTable
 from distree.inference.engine import InferenceEngine
+from distree.policies import NUM_EXITS
 
 
 @dataclass
@@ -59,3 +61,45 @@ def time_engines(engines: dict[object, InferenceEngine], x: torch.Tensor, index:
         n_stream, n_compact = min(config.streaming_samples, len(x)), min(config.compacting_samples, len(x))
         out[name] = Timing(1e3 * stream / n_stream, 1e3 * compact / n_compact, n_compact / compact)
     return out
+
+
+def stage_seconds(model, x: torch.Tensor, batch_size: int, config: TimingConfig = TimingConfig()):
+    """Wall-clock seconds per sample of every stage and head, as a FlopTable of seconds.
+
+    FLOPs misjudge time on a CPU: the first stages, wide in space and narrow in channels, are
+    memory-bound and take a larger share of the time than of the FLOPs. Priced in seconds, the
+    same cost arithmetic predicts the time an exit choice should save, so that what the exit
+    machinery itself costs can be told apart.
+    """
+    n = len(model.students)
+    stage, head = torch.zeros(n, NUM_EXITS, dtype=torch.float64), torch.zeros(n, NUM_EXITS, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        with torch.inference_mode():
+            for i, student in enumerate(model.students):
+                for xb in x.split(batch_size):
+                    stage_s, head_s = _fastest_parts(student, xb, config.repeats)  # (7,), (7,)
+                    stage[i] += stage_s
+                    head[i] += head_s
+    finally:
+        torch.set_num_threads(threads)
+    return FlopTable(stage / len(x), head / len(x), 0.0)
+
+
+def _fastest_parts(student, x: torch.Tensor, repeats: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seconds (7,) of each stage and of each head on batch x, fastest of `repeats`."""
+    best_stage = torch.full((NUM_EXITS,), float("inf"), dtype=torch.float64)
+    best_head = best_stage.clone()
+    for _ in range(repeats):
+        h, first = x, None
+        for j, (stage, head) in enumerate(zip(student.stages, student.heads)):
+            began = time.perf_counter()
+            h = stage(h)
+            mid = time.perf_counter()
+            u, _, _ = head(h, first)
+            end = time.perf_counter()
+            first = u if first is None else first
+            best_stage[j] = min(best_stage[j], mid - began)
+            best_head[j] = min(best_head[j], end - mid)
+    return best_stage, best_head

@@ -12,12 +12,12 @@ def _num(x, fmt=".1f") -> str:
     return "-" if x is None else format(x, fmt)
 
 
-def _realised(e: dict, mode: str) -> str:
-    """Measured time saved as a share of the FLOPs saved on the same samples."""
-    saved, flops = e.get(f"time_saved_{mode}"), e.get(f"flops_saved_{mode}")
-    if saved is None or flops is None or flops < 0.02:
+def _saved(e: dict, mode: str) -> str:
+    """Time saved in a mode: measured / predicted by FLOPs / predicted by per-stage wall-clock."""
+    keys = (f"time_saved_{mode}", f"flops_saved_{mode}", f"stage_time_saved_{mode}")
+    if e.get(keys[0]) is None:
         return "-"
-    return f"{saved / flops:.2f}"
+    return " / ".join(f"{100 * e[k]:.0f}%" for k in keys)
 
 
 def _row(cells) -> str:
@@ -28,15 +28,15 @@ def policy_table(report: dict) -> str:
     """One row per policy and setting (the shared-T sweep excluded), test split."""
     last = report["last_exit_accuracy"]
     lines = [_row(["policy", "setting", "accuracy", "vs last exit (pt)", "FLOPs saved", "sim. latency (ms)",
-                   "measured latency (ms)", "throughput (/s)", "realised (stream, compact)"]),
-             _row(["---"] * 9)]
+                   "measured latency (ms)", "throughput (/s)", "time saved, streaming", "time saved, compacting"]),
+             _row(["---"] * 10)]
     for e in report["policies"]:
         if e["setting"].startswith("shared T="):
             continue
-        realised = f"{_realised(e, 'streaming')}, {_realised(e, 'compacting')}"
         lines.append(_row([e["policy"], e["setting"], _pct(e["accuracy"]), f"{100 * (e['accuracy'] - last):+.2f}",
                            _pct(e["flops_reduction"]), _num(e["latency_ms_simulated"]),
-                           _num(e["latency_ms_measured"], ".2f"), _num(e.get("throughput_per_s"), ".0f"), realised]))
+                           _num(e["latency_ms_measured"], ".2f"), _num(e.get("throughput_per_s"), ".0f"),
+                           _saved(e, "streaming"), _saved(e, "compacting")]))
     return "\n".join(lines)
 
 
@@ -85,8 +85,11 @@ def render(report: dict, figures: list[str]) -> str:
             f"per sample; {_elapsed(report)}.", "", summary(report), "",
             f"Thresholds are chosen on the validation split (`{MAIN}`: least FLOPs within "
             f"{100 * report['max_drop']:.1f} points of last exit there); every number below is on the test split. "
-            "Measured latency is wall-clock per sample in streaming mode; 'realised' is the measured time saved "
-            "as a share of the FLOPs saved on the same samples (target >= 0.8)."]
+            "Measured latency is wall-clock per sample in streaming mode (one thread). 'Time saved' against "
+            "last exit, on the timed samples: measured / predicted by FLOPs / predicted by each stage's and "
+            "head's own measured time; the target is measured >= 80% of the FLOPs prediction. The gap between "
+            "the two predictions is the model's (early stages are memory-bound), the gap between the last "
+            "prediction and the measurement is the exit machinery's."]
     sections = [("Policies", policy_table(report)), ("DistrEE rule, the paper's shared-T sweep", sweep_table(report)),
                 ("Accuracy with every student at exit j", exit_table(report)),
                 ("Can a score tell exits that keep exit 7's answer from those that change it? (AUROC)",
