@@ -93,10 +93,10 @@ def threshold_sweep(report: dict, path: Path) -> None:
     t = [float(e["setting"].split("=")[1]) for e in sweep]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(t, [e["accuracy"] for e in sweep], marker="o", color="C0", label="accuracy")
-    ax.set(xlabel="shared threshold T", ylabel="test accuracy", title="DistrEE rule, shared T")
+    ax.set(xlabel="shared threshold T", ylabel="test accuracy", title="DistrEE rule, shared T", ylim=(0, 1))
     twin = ax.twinx()
     twin.plot(t, [e["flops_reduction"] for e in sweep], marker="s", color="C1", label="FLOPs saved")
-    twin.set_ylabel("FLOPs saved vs last exit")
+    twin.set(ylabel="FLOPs saved vs last exit", ylim=(0, 1))
     fig.legend(loc="lower right", fontsize=8)
     _save(fig, path)
 
