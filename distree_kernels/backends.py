@@ -3,7 +3,6 @@
 `auto` picks, per device, the fastest backend measured in benches/: the C++ kernel on the CPU;
 on CUDA the CUDA kernel, then Triton (their GPU ranking is unmeasured until gpu_check.sh runs).
 """
-import functools
 import os
 
 import torch
@@ -49,9 +48,20 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     return [b for b in BACKENDS if unavailable_reason(b, device) is None]
 
 
-@functools.lru_cache(maxsize=None)  # on the hot path of every call; the answers never change
+# resolve() is on the hot path of every call and its answers never change. (A dict rather than
+# functools.lru_cache, which torch.compile warns about when it traces a call.)
+_RESOLVED: dict[tuple[str, torch.device], str] = {}
+
+
 def resolve(backend: str, device: torch.device) -> str:
     """The backend to run: `backend` itself if it can run on `device`, or auto's choice."""
+    key = (backend, device)
+    if key not in _RESOLVED:
+        _RESOLVED[key] = _resolve(backend, device)
+    return _RESOLVED[key]
+
+
+def _resolve(backend: str, device: torch.device) -> str:
     if backend == "auto":
         for name in _AUTO_ORDER.get(device.type, ("reference",)):
             if unavailable_reason(name, device) is None:
