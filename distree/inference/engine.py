@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from distree.inference.evidence import bias_share, model_evidence, policy_exits
-from distree.policies import NUM_EXITS, LocalInputs, Policy, check_thresholds
+from distree.inference.step import DeviceStep
+from distree.policies import NUM_EXITS, Policy, check_thresholds
 
 MODES = ("dense", "compacting", "streaming")
 LAST = NUM_EXITS - 1
@@ -43,6 +44,8 @@ class InferenceEngine:
         self.thresholds = check_thresholds(t)  # (5,)
         self.bias_share = bias_share(model)  # (K,) on the model's device
         self.aggregate = torch.no_grad()(model.aggregate)
+        self.steps = [DeviceStep(s, i, policy, self.thresholds, self.bias_share)
+                      for i, s in enumerate(model.students)]
 
     def run(self, x: torch.Tensor, index: torch.Tensor, mode: str = "compacting") -> Result:
         """x (B, C, H, W) with sample ids index (B,) -> logits and exits, in `mode`."""
@@ -64,11 +67,6 @@ class InferenceEngine:
         results = [self._stream_one(x[b:b + 1], index[b:b + 1]) for b in range(x.shape[0])]
         return Result(torch.cat([r.logits for r in results]), torch.cat([r.exits for r in results], dim=1))
 
-    def _decide(self, student: int, exit: int, u, first, previous, score, index) -> torch.Tensor:
-        """A local policy's stop mask (b,) at a decision exit (0-based 1..5)."""
-        x = LocalInputs(u, first, previous, score, self.bias_share, index, student, exit)
-        return self.policy.passes(self.policy.score(x), self.thresholds[exit - 1])
-
     def _compacting_local(self, x, index):
         """Each student runs alone; after each exit its finished samples leave the batch."""
         n, b = len(self.model.students), x.shape[0]
@@ -87,7 +85,7 @@ class InferenceEngine:
                     break
                 first = u if first is None else first
                 if j >= 1:
-                    stop = self._decide(i, j, u, first, previous, score, index[ids])  # (b',)
+                    stop = self.steps[i].stops(j, u, first, previous, score, index[ids])  # (b',)
                     done = stop.nonzero().squeeze(1)
                     if done.numel():
                         keep = (~stop).nonzero().squeeze(1)
@@ -129,21 +127,8 @@ class InferenceEngine:
         if not self.policy.local:
             return self._compacting_per_exit(x)
         sent, exits = [], []
-        for i, student in enumerate(self.model.students):
-            u, j = self._stream_student(i, student, x, index)
+        for step in self.steps:
+            u, j = step.run_to_exit(x, index)
             sent.append(u)
             exits.append(j)
         return Result(self.aggregate(torch.stack(sent)), torch.tensor(exits, device=x.device).view(-1, 1))
-
-    def _stream_student(self, i, student, x, index):
-        """Student i on one sample: (u (1, K) it sends, its 0-based exit)."""
-        first = previous = None
-        for j, (stage, head) in enumerate(zip(student.stages, student.heads)):
-            x = stage(x)  # (1, C_j, H_j, W_j)
-            if j < LAST and not self.policy.exits_early:
-                continue
-            u, score, _ = head(x, first)  # (1, K), (1,)
-            first = u if first is None else first
-            if j == LAST or (j >= 1 and bool(self._decide(i, j, u, first, previous, score, index))):
-                return u, j
-            previous = u

@@ -24,7 +24,7 @@ from distree.runtime.group import AGGREGATOR_RANK, Session
 from distree.runtime.heartbeat import Heartbeat
 from distree.runtime.links import Link, first_line
 from distree.runtime.netem import LinkModel
-from distree.runtime.step import DeviceStep
+from distree.inference.step import DeviceStep
 
 BAD_EXIT = 99  # what a `corrupt` fault writes in the exit field
 LOST = 3  # exit code of a device whose aggregator is gone

@@ -20,7 +20,7 @@ from distree.policies import LastExitPolicy
 from distree.runtime.netem import LinkModel
 from distree.runtime.plan import PolicySpec
 from distree.runtime.report import PolicyRun, percentiles_ms
-from distree.runtime.step import DeviceStep
+from distree.inference.step import DeviceStep
 
 
 class SingleProcess:

@@ -22,7 +22,7 @@ from distree.runtime.inputs import load_samples
 from distree.runtime.netem import link_models
 from distree.runtime.plan import make_plan, parse_thresholds
 from distree.runtime.report import summarise
-from distree.runtime.step import DeviceStep
+from distree.inference.step import DeviceStep
 from distree.training.checkpoint import load_student_model, read_config
 
 REPORT = "distributed.json"

@@ -1,8 +1,7 @@
 """What one device computes for one sample: its student's stages, up to the exit it chooses.
 
-This is the per-device step the runtime is built around. It mirrors the inference engine's
-streaming mode sample by sample (same stages, same heads, the same policy calls on a batch of
-one), so the distributed predictions equal the single-process ones bit for bit.
+The inference engine's streaming mode and the distributed runtime's devices both run this one
+step, so the distributed predictions equal the single-process ones bit for bit.
 """
 from collections.abc import Iterator
 
@@ -24,17 +23,20 @@ class DeviceStep:
     @torch.no_grad()
     def local(self, x: torch.Tensor, sample: int) -> tuple[torch.Tensor, int]:
         """x (C, H, W) -> (u (K,) float32 to send, 0-based exit), decided by this device alone."""
-        index = torch.tensor([sample], device=self.device)
+        u, j = self.run_to_exit(x.unsqueeze(0), torch.tensor([sample], device=self.device))
+        return u[0].float().cpu(), j
+
+    def run_to_exit(self, h: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """h (1, C, H, W) with its sample id index (1,) -> (u (1, K) at the exit, 0-based exit)."""
         first = previous = None
-        h = x.unsqueeze(0)  # (1, C, H, W)
         for j, (stage, head) in enumerate(zip(self.student.stages, self.student.heads)):
             h = stage(h)  # (1, C_j, H_j, W_j)
             if j < LAST and not self.policy.exits_early:
                 continue  # last-exit skips the heads it would never use
             u, score, _ = head(h, first)  # (1, K), (1,)
             first = u if first is None else first
-            if j == LAST or (j >= 1 and bool(self._stops(j, u, first, previous, score, index))):
-                return u[0].float().cpu(), j
+            if j == LAST or (j >= 1 and bool(self.stops(j, u, first, previous, score, index))):
+                return u, j
             previous = u
 
     @torch.no_grad()
@@ -50,6 +52,7 @@ class DeviceStep:
             if j >= 1:
                 yield j, head(h)[0][0].float().cpu()  # (K,)
 
-    def _stops(self, j, u, first, previous, score, index) -> torch.Tensor:
+    def stops(self, j, u, first, previous, score, index) -> torch.Tensor:
+        """The policy's stop mask (b,) at decision exit j (0-based 1..5) for a batch of b samples."""
         x = LocalInputs(u, first, previous, score, self.bias_share, index, self.index, j)
         return self.policy.passes(self.policy.score(x), self.thresholds[j - 1])  # (1,)
