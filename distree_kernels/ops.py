@@ -7,6 +7,7 @@ does best (shape inference and the backward's small matmuls).
 import torch
 
 from .checks import check_exit_head_args
+from .dtypes import accumulation_dtype
 
 try:
     from . import _C  # noqa: F401  loading the library registers torch.ops.distree.*
@@ -20,11 +21,6 @@ try:
 except ImportError as err:
     triton_exit_head = None
     TRITON_ERROR = f"{type(err).__name__}: {err}"
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype kernels accumulate in: float64 for float64 inputs, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _fake_forward(x, weight, bias, ref, threshold):

@@ -6,6 +6,7 @@ differentiates it like any other PyTorch code.
 import torch
 
 from .checks import check_exit_head_args
+from .dtypes import accumulation_dtype
 
 
 def inverse_cosine(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -25,7 +26,7 @@ def exit_head_reference(x, weight=None, bias=None, ref=None, threshold=None):
     if threshold is None or isinstance(threshold, (int, float)):
         threshold = torch.tensor(1.0 if threshold is None else float(threshold), device=x.device)
     check_exit_head_args(x, weight, bias, ref, threshold)
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(x.dtype)
     xf = x.to(acc)
     p = xf.relu().mean((2, 3))  # (B, C); relu keeps NaN, and its gradient is (x > 0)
     f = p if weight is None else p @ weight.to(acc).T  # (B, D)

@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .dtypes import accumulation_dtype
+
 # Upper bound on the elements of one register tile: x tiles are (BLOCK_C, BLOCK_HW), weight
 # tiles (BLOCK_D, BLOCK_C). 4096 float32 values are 32 registers per thread at 4 warps.
 _TILE = 4096
@@ -168,8 +170,9 @@ def _exit_head_backward_kernel(
 
 
 def _acc_dtype(dtype):
-    """Accumulator dtype: float64 for float64 inputs (gradcheck), float32 otherwise."""
-    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
+    """The accumulation dtype (distree_kernels.dtypes) as (torch dtype, Triton dtype)."""
+    acc = accumulation_dtype(dtype)
+    return acc, (tl.float64 if acc == torch.float64 else tl.float32)
 
 
 def _hw_stride(t):
