@@ -74,11 +74,11 @@ def count_flops(model, sample: torch.Tensor) -> FlopTable:
     stage, head = torch.zeros(n, NUM_EXITS), torch.zeros(n, NUM_EXITS)
     sent = []
     for i, student in enumerate(model.students):
-        x, first = sample, None
-        for j, (s, h) in enumerate(zip(student.stages, student.heads)):
-            stage[i, j], x = _count(s, x)
-            head[i, j], (u, _, _) = _count(h, x, first)
-            first = u if first is None else first
+        walk = student.walk(sample)
+        stages = iter(walk)
+        for j in range(NUM_EXITS):
+            stage[i, j], _ = _count(next, stages)
+            head[i, j], (u, _, _) = _count(walk.head)
         sent.append(u)
     agg, _ = _count(model.aggregate, torch.stack(sent))
     return FlopTable(stage.double(), head.double(), float(agg))

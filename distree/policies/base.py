@@ -16,8 +16,7 @@ from typing import ClassVar
 import torch
 
 from distree.errors import DistreeError
-
-NUM_EXITS = 7
+from distree.models.student import NUM_EXITS
 NUM_THRESHOLDS = 5  # exits 2..6 decide; exit 1 never stops a sample, exit 7 always does
 
 _COMPARE = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
@@ -49,7 +48,16 @@ class Policy:
     stop_when: ClassVar[str] = ">"
     exits_early: ClassVar[bool] = True  # False only for last-exit, which skips exits 1..6
 
-    def passes(self, score: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    def stops(self, inputs, thresholds: torch.Tensor, exit: int) -> torch.Tensor:
+        """The stop mask (B,) at decision exit `exit` (0-based, 1..5) with thresholds (5,).
+
+        inputs: LocalInputs for a local policy, aggregated logits (B, K) for a per-exit one.
+        Every caller that decides one exit at a time (engine, devices, aggregator) goes through
+        here; `exits` does the same comparison for scores precomputed over a split.
+        """
+        return self._passes(self.score(inputs), thresholds[exit - 1])
+
+    def _passes(self, score: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
         return _COMPARE[self.stop_when](score, threshold)
 
     @property
@@ -67,7 +75,7 @@ class Policy:
     def exits(self, scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
         """Exit index (0-based) per student and sample from scores (N, 5, B) at exits 2..6."""
         thresholds = check_thresholds(thresholds).to(scores.device)
-        passed = self.passes(scores, thresholds.view(1, -1, 1))  # (N, 5, B)
+        passed = self._passes(scores, thresholds.view(1, -1, 1))  # (N, 5, B)
         last = torch.ones_like(passed[:, :1])  # (N, 1, B): exit 7 always stops
         stop = torch.cat([passed, last], dim=1)  # (N, 6, B) over exits 2..7
         rank = torch.arange(stop.shape[1], 0, -1, device=stop.device).view(1, -1, 1)  # 6..1: earlier ranks higher

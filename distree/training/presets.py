@@ -17,7 +17,7 @@ from distree.errors import DistreeError
 from distree.losses import LossConfig
 from distree.models.student import StudentConfig
 from distree.models.wrn import WRNConfig
-from distree.partition import PartitionConfig
+from distree.training.partition import PartitionConfig
 from distree.training.loop import OptimConfig
 
 

@@ -19,7 +19,7 @@ from distree.inference.evidence import bias_share
 from distree.policies import LastExitPolicy
 from distree.runtime.netem import LinkModel
 from distree.runtime.plan import PolicySpec
-from distree.runtime.report import PolicyRun, percentiles_ms
+from distree.runtime.summary import PolicyRun, percentiles_ms
 from distree.inference.step import DeviceStep
 
 
@@ -47,7 +47,7 @@ class SingleProcess:
                 self.preds[p].append(int(logits.argmax()))
                 if spec.policy.local:
                     t = time.perf_counter()
-                    self.alone[p].local(x[s], s)
+                    self.alone[p].run_one(x[s], s)
                     self.alone_s[p].append(time.perf_counter() - t)
 
     def result(self, p: int) -> tuple[dict, list]:
@@ -65,7 +65,7 @@ def compute_rate(model, table: FlopTable, x: torch.Tensor) -> float:
     times = []
     for s in range(len(x)):
         t = time.perf_counter()
-        step.local(x[s], s)
+        step.run_one(x[s], s)
         times.append(time.perf_counter() - t)
     return float(table.stage[0].sum() + table.head[0, -1]) / statistics.median(times)
 
