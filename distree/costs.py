@@ -2,7 +2,7 @@
 
 FLOPs are counted once per model on one sample, per student and stage, per head and for the
 aggregator; a policy's cost per sample then follows from its exits alone. Simulated latency
-follows spec section 5: a local policy pays each device's compute to its exit plus one message,
+follows docs/method.md ("Costs"): a local policy pays each device's compute to its exit plus one message,
 and waits for the slowest device; a per-exit policy pays, at every decision stage, the slowest
 device's compute since the last decision plus one message from every device.
 """

@@ -4,7 +4,7 @@
   one sample at a time) and one student alone (what one device computes), timed per sample in
   the aggregator's process between the distributed turns, with the engine's predictions for an
   equality check.
-* Simulated: the inference issue's latency model (`distree.costs.simulated_latency`) fed with
+* Simulated: the latency model of docs/method.md (`distree.costs.simulated_latency`) fed with
   the exits the runtime measured, the emulated links, and this machine's measured compute rate
   (one student's last-exit FLOPs over its measured time), so model and measurement line up.
 """
