@@ -55,9 +55,9 @@ class Policy:
         Every caller that decides one exit at a time (engine, devices, aggregator) goes through
         here; `exits` does the same comparison for scores precomputed over a split.
         """
-        return self._passes(self.score(inputs), thresholds[exit - 1])
+        return self.passes(self.score(inputs), thresholds[exit - 1])
 
-    def _passes(self, score: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    def passes(self, score: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
         return _COMPARE[self.stop_when](score, threshold)
 
     @property
@@ -75,7 +75,7 @@ class Policy:
     def exits(self, scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
         """Exit index (0-based) per student and sample from scores (N, 5, B) at exits 2..6."""
         thresholds = check_thresholds(thresholds).to(scores.device)
-        passed = self._passes(scores, thresholds.view(1, -1, 1))  # (N, 5, B)
+        passed = self.passes(scores, thresholds.view(1, -1, 1))  # (N, 5, B)
         last = torch.ones_like(passed[:, :1])  # (N, 1, B): exit 7 always stops
         stop = torch.cat([passed, last], dim=1)  # (N, 6, B) over exits 2..7
         rank = torch.arange(stop.shape[1], 0, -1, device=stop.device).view(1, -1, 1)  # 6..1: earlier ranks higher
