@@ -8,16 +8,18 @@
 
 namespace distree {
 
-inline void check_floating(const at::Tensor& t, const char* name) {
+// `op` names the op in messages: exit_gate shares these checks.
+inline void check_floating(const at::Tensor& t, const char* name, const char* op = "exit_head") {
   auto st = t.scalar_type();
   TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble,
-              "exit_head: ", name, " must be float32, float16, bfloat16 or float64, got ", st);
+              op, ": ", name, " must be float32, float16, bfloat16 or float64, got ", st);
 }
 
-inline void check_like_x(const at::Tensor& t, const at::Tensor& x, const char* name) {
-  TORCH_CHECK(t.device() == x.device(), "exit_head: ", name, " is on ", t.device(),
+inline void check_like_x(const at::Tensor& t, const at::Tensor& x, const char* name,
+                         const char* op = "exit_head") {
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(),
               " but x is on ", x.device());
-  TORCH_CHECK(t.scalar_type() == x.scalar_type(), "exit_head: ", name, " has dtype ",
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, " has dtype ",
               t.scalar_type(), " but x has dtype ", x.scalar_type());
 }
 
@@ -25,36 +27,37 @@ inline void check_like_x(const at::Tensor& t, const at::Tensor& x, const char* n
 inline int64_t check_exit_head_args(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                                     const c10::optional<at::Tensor>& bias,
                                     const c10::optional<at::Tensor>& ref,
-                                    const at::Tensor& threshold) {
-  TORCH_CHECK(x.dim() == 4, "exit_head: x must be 4-D (B, C, H, W), got shape ", x.sizes());
-  check_floating(x, "x");
-  TORCH_CHECK(x.size(2) * x.size(3) > 0, "exit_head: x has H * W = 0 (shape ", x.sizes(),
+                                    const at::Tensor& threshold,
+                                    const char* op = "exit_head") {
+  TORCH_CHECK(x.dim() == 4, op, ": x must be 4-D (B, C, H, W), got shape ", x.sizes());
+  check_floating(x, "x", op);
+  TORCH_CHECK(x.size(2) * x.size(3) > 0, op, ": x has H * W = 0 (shape ", x.sizes(),
               "); the average pool needs at least one position");
   const int64_t B = x.size(0), C = x.size(1);
   int64_t D = C;
   if (weight.has_value()) {
     const auto& w = *weight;
-    check_like_x(w, x, "weight");
-    TORCH_CHECK(w.dim() == 2 && w.size(1) == C, "exit_head: weight must have shape (D, ", C,
+    check_like_x(w, x, "weight", op);
+    TORCH_CHECK(w.dim() == 2 && w.size(1) == C, op, ": weight must have shape (D, ", C,
                 ") to match x's C = ", C, ", got ", w.sizes());
     D = w.size(0);
   }
   if (bias.has_value()) {
-    TORCH_CHECK(weight.has_value(), "exit_head: bias was given without weight");
-    check_like_x(*bias, x, "bias");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == D, "exit_head: bias must have shape (", D,
+    TORCH_CHECK(weight.has_value(), op, ": bias was given without weight");
+    check_like_x(*bias, x, "bias", op);
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == D, op, ": bias must have shape (", D,
                 ",) to match weight, got ", bias->sizes());
   }
   if (ref.has_value()) {
-    check_like_x(*ref, x, "ref");
+    check_like_x(*ref, x, "ref", op);
     TORCH_CHECK(ref->dim() == 2 && ref->size(0) == B && ref->size(1) == D,
-                "exit_head: ref must have shape (", B, ", ", D, ") = (B, D), got ", ref->sizes());
+                op, ": ref must have shape (", B, ", ", D, ") = (B, D), got ", ref->sizes());
   }
-  TORCH_CHECK(threshold.dim() == 0, "exit_head: threshold must be a 0-d tensor, got shape ",
+  TORCH_CHECK(threshold.dim() == 0, op, ": threshold must be a 0-d tensor, got shape ",
               threshold.sizes());
-  TORCH_CHECK(threshold.scalar_type() == at::kFloat, "exit_head: threshold must be float32, got ",
+  TORCH_CHECK(threshold.scalar_type() == at::kFloat, op, ": threshold must be float32, got ",
               threshold.scalar_type());
-  TORCH_CHECK(threshold.device() == x.device(), "exit_head: threshold is on ", threshold.device(),
+  TORCH_CHECK(threshold.device() == x.device(), op, ": threshold is on ", threshold.device(),
               " but x is on ", x.device());
   return D;
 }

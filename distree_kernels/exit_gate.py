@@ -1,0 +1,153 @@
+"""exit_gate(): an exit's class evidence and its exit decision in one pass, and exit_gate_decide():
+the same decision from evidence already computed (calibration over precomputed evidence).
+
+Registers, for distree::exit_gate and distree::exit_gate_decide (schemas in csrc/exit_gate.cpp):
+fake kernels, exit_gate's autograd (exit_head's backward: feat is exit_head's feat), a FLOP
+formula, and the Triton backend as ops of its own, so that every backend traces under
+torch.compile(fullgraph=True).
+"""
+import torch
+from torch.utils.flop_counter import register_flop_formula
+
+from . import backends, ops
+from .exit_gate_checks import INCLUSIVE, check_exit_gate_args, check_exit_gate_decide_args
+from .exit_gate_reference import exit_gate_decide_reference, exit_gate_reference
+
+if ops.TRITON_ERROR is None:
+    from . import triton_exit_gate
+
+
+def _fake_exit_gate(x, weight, bias, first, previous, bias_share, gate_weight, gate_bias,
+                    threshold, rule, inclusive):
+    K = check_exit_gate_args(x, weight, bias, first, previous, bias_share, gate_weight, gate_bias,
+                             threshold, rule)
+    B = x.shape[0]
+    return x.new_empty(B, K), x.new_empty(B, dtype=torch.float32), x.new_empty(B, dtype=torch.bool)
+
+
+def _fake_decide(feat, first, previous, bias_share, gate_weight, gate_bias, threshold, rule, inclusive):
+    check_exit_gate_decide_args(feat, first, previous, bias_share, gate_weight, gate_bias, threshold, rule)
+    B = feat.shape[0]
+    return feat.new_empty(B, dtype=torch.float32), feat.new_empty(B, dtype=torch.bool)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, *_, threshold, _rule, _inclusive = inputs
+    ops._setup_context(ctx, (x, weight, bias, None, threshold), output)
+
+
+def _make_backward(backward_op):
+    """exit_head's backward (ops.py) for feat; the other eight inputs get no gradient."""
+    head_backward = ops._make_backward(backward_op)
+
+    def backward(ctx, grad_feat, grad_score, grad_exit):
+        grad_x, grad_w, grad_b, _, _ = head_backward(ctx, grad_feat, grad_score, grad_exit)
+        return (grad_x, grad_w, grad_b) + (None,) * 8
+    return backward
+
+
+def projection_flops(x_shape, weight_shape) -> int:
+    """The projection counted as a matmul: 2 * B * C * K, 0 without weight (the pool, the
+    scores and the threshold test are O(B * C * H * W) and O(B * K) and not counted)."""
+    if weight_shape is None:
+        return 0
+    return 2 * x_shape[0] * x_shape[1] * weight_shape[0]
+
+
+def _exit_gate_flops(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    return projection_flops(x_shape, weight_shape)
+
+
+if ops.EXTENSION_ERROR is None:
+    torch.library.register_fake("distree::exit_gate")(_fake_exit_gate)
+    torch.library.register_fake("distree::exit_gate_decide")(_fake_decide)
+    torch.library.register_autograd("distree::exit_gate",
+                                    _make_backward(torch.ops.distree.exit_head_backward),
+                                    setup_context=_setup_context)
+    register_flop_formula(torch.ops.distree.exit_gate)(_exit_gate_flops)
+
+
+if ops.TRITON_ERROR is None:
+    @torch.library.custom_op("distree::exit_gate_triton", mutates_args=())
+    def exit_gate_triton(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                         first: torch.Tensor | None, previous: torch.Tensor | None,
+                         bias_share: torch.Tensor | None, gate_weight: torch.Tensor | None,
+                         gate_bias: torch.Tensor | None, threshold: torch.Tensor, rule: str,
+                         inclusive: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The exit gate on one Triton kernel (CUDA tensors; CPU ones under TRITON_INTERPRET=1)."""
+        check_exit_gate_args(x, weight, bias, first, previous, bias_share, gate_weight, gate_bias,
+                             threshold, rule)
+        return triton_exit_gate.exit_gate_forward(x, weight, bias, first, previous, bias_share,
+                                                  gate_weight, gate_bias, threshold, rule, inclusive)
+
+    @torch.library.custom_op("distree::exit_gate_decide_triton", mutates_args=())
+    def exit_gate_decide_triton(feat: torch.Tensor, first: torch.Tensor | None,
+                                previous: torch.Tensor | None, bias_share: torch.Tensor | None,
+                                gate_weight: torch.Tensor | None, gate_bias: torch.Tensor | None,
+                                threshold: torch.Tensor, rule: str, inclusive: bool
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """exit_gate's decision from a given feat on one Triton kernel."""
+        check_exit_gate_decide_args(feat, first, previous, bias_share, gate_weight, gate_bias,
+                                    threshold, rule)
+        return triton_exit_gate.exit_gate_decide(feat, first, previous, bias_share, gate_weight,
+                                                 gate_bias, threshold, rule, inclusive)
+
+    exit_gate_triton.register_fake(_fake_exit_gate)
+    exit_gate_decide_triton.register_fake(_fake_decide)
+    exit_gate_triton.register_autograd(_make_backward(ops.exit_head_backward_triton),
+                                       setup_context=_setup_context)
+    register_flop_formula(torch.ops.distree.exit_gate_triton)(_exit_gate_flops)
+
+
+def _implementation(backend, fused):
+    if backend == "reference":
+        return exit_gate_reference if fused else exit_gate_decide_reference
+    if backend in ("cpp", "cuda"):
+        return torch.ops.distree.exit_gate if fused else torch.ops.distree.exit_gate_decide
+    return torch.ops.distree.exit_gate_triton if fused else torch.ops.distree.exit_gate_decide_triton
+
+
+def _as_tensor(value, device):
+    """A Python float as the 0-d float32 tensor the ops take (a tensor passes through)."""
+    if value is None or isinstance(value, torch.Tensor):
+        return value
+    return torch.tensor(float(value), dtype=torch.float32, device=device)
+
+
+def exit_gate(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+              first: torch.Tensor | None, previous: torch.Tensor | None,
+              bias_share: torch.Tensor | None, gate_weight: torch.Tensor | None,
+              gate_bias: torch.Tensor | float | None, threshold: torch.Tensor | float, rule: str,
+              inclusive: bool | None = None, backend: str = "auto"
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """exit_head's feat and the exit decision of `rule` on it, in one pass over x.
+
+    x (B, C, H, W); weight (K, C) or None; bias (K,) or None; first, previous (B, K) in x's dtype;
+    bias_share (K,) float32 or None; gate_weight (5,) or (5 + K,) float32; gate_bias 0-d.
+    rule: "inverse_cos" (1/cos(feat, first)), "max_prob" (max softmax(feat + bias_share)),
+    "cos_previous" (cos(feat, previous)) or "gate" (sigmoid of the learned gate's features).
+    exit = score >= threshold if inclusive else score > threshold; inclusive=None takes the
+    rule's policy's comparison (strict for "inverse_cos", inclusive otherwise).
+    Returns feat (B, K) x.dtype, score (B,) float32, exit (B,) bool, all on x's device.
+    """
+    threshold, gate_bias = _as_tensor(threshold, x.device), _as_tensor(gate_bias, x.device)
+    inclusive = INCLUSIVE.get(rule, True) if inclusive is None else inclusive
+    impl = _implementation(backends.resolve(backend, x.device), fused=True)
+    return impl(x, weight, bias, first, previous, bias_share, gate_weight, gate_bias, threshold,
+                rule, inclusive)
+
+
+def exit_gate_decide(feat: torch.Tensor, first: torch.Tensor | None, previous: torch.Tensor | None,
+                     bias_share: torch.Tensor | None, gate_weight: torch.Tensor | None,
+                     gate_bias: torch.Tensor | float | None, threshold: torch.Tensor | float,
+                     rule: str, inclusive: bool | None = None, backend: str = "auto"
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """exit_gate's (score, exit) from a feat (B, K) already computed; same arguments and rules.
+
+    For float32 on the cpp backend the score is bit-identical to exit_gate's on the x that gave
+    feat, so thresholds calibrated on precomputed evidence hold for the fused op.
+    """
+    threshold, gate_bias = _as_tensor(threshold, feat.device), _as_tensor(gate_bias, feat.device)
+    inclusive = INCLUSIVE.get(rule, True) if inclusive is None else inclusive
+    impl = _implementation(backends.resolve(backend, feat.device), fused=False)
+    return impl(feat, first, previous, bias_share, gate_weight, gate_bias, threshold, rule, inclusive)
