@@ -1,5 +1,6 @@
 """torch.library registrations of the exit head: fake kernels and autograd for the C++ op, and
-the Triton backend as ops of its own, so that every backend traces under torch.compile.
+the Triton backend as ops of its own, so that every backend traces under torch.compile; and
+each op's FLOP formula (flops.py), so that FlopCounterMode counts them.
 
 The schema of distree::exit_head lives in csrc/exit_head.cpp; this file only adds what Python
 does best (shape inference and the backward's small matmuls).
@@ -8,6 +9,7 @@ import torch
 
 from .checks import check_exit_head_args
 from .dtypes import accumulation_dtype
+from .flops import register_projection_flops
 
 try:
     from . import _C  # noqa: F401  loading the library registers torch.ops.distree.*
@@ -59,6 +61,7 @@ if EXTENSION_ERROR is None:
     torch.library.register_autograd(
         "distree::exit_head", _make_backward(torch.ops.distree.exit_head_backward),
         setup_context=_setup_context)
+    register_projection_flops(torch.ops.distree.exit_head)
 
 
 if TRITON_ERROR is None:
@@ -80,3 +83,4 @@ if TRITON_ERROR is None:
     exit_head_backward_triton.register_fake(_fake_backward)
     exit_head_triton.register_autograd(
         _make_backward(exit_head_backward_triton), setup_context=_setup_context)
+    register_projection_flops(torch.ops.distree.exit_head_triton)
