@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from bench_common import DEVICE, GPU_LINES, graph_seconds, peak_bandwidth, record, sync
 
-import distree_kernels
+import distree_kernels  # after bench_common, which sets TRITON_INTERPRET on a CPU-only machine
 
 SHAPES = [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
 D = 64
