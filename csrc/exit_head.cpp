@@ -3,7 +3,7 @@
 // Forward, per sample b: p = mean_hw relu(x[b]), feat = p @ weight.T + bias,
 // score = 1 / cos(feat, ref), exit = score > threshold; one pass over x, accumulation in
 // float32 (float64 for float64 x). Backward: one pass over x that writes grad_x and, in the
-// same read, recomputes p for grad_weight (the small matmuls stay in Python, see ops.py).
+// same read, recomputes p for grad_weight (autograd and its small matmuls: exit_head_autograd.cpp).
 #include <Python.h>
 
 #include <ATen/OpMathType.h>

@@ -1,13 +1,17 @@
-"""torch.library registrations of the exit head: fake kernels and autograd for the C++ op, and
-the Triton backend as ops of its own, so that every backend traces under torch.compile.
+"""torch.library registrations of the exit head: fake kernels for the C++ op, and the Triton
+backend as ops of its own with their autograd, so that every backend traces under
+torch.compile; and each op's FLOP formula (flops.py), so that FlopCounterMode counts them.
 
-The schema of distree::exit_head lives in csrc/exit_head.cpp; this file only adds what Python
-does best (shape inference and the backward's small matmuls).
+The schema of distree::exit_head lives in csrc/exit_head.cpp and its autograd in
+csrc/exit_head_autograd.cpp (in C++: at B = 1 a Python autograd node costs more than the
+kernels); this file adds the fake kernels, the shape inference that opcheck and torch.compile
+trace with.
 """
 import torch
 
 from .checks import check_exit_head_args
 from .dtypes import accumulation_dtype
+from .flops import register_projection_flops
 
 try:
     from . import _C  # noqa: F401  loading the library registers torch.ops.distree.*
@@ -42,6 +46,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _make_backward(backward_op):
+    """The backward of the Triton op, the formulas of csrc/exit_head_autograd.cpp."""
     def backward(ctx, grad_feat, _grad_score, _grad_exit):
         x, weight = ctx.saved_tensors
         g = grad_feat.to(accumulation_dtype(x.dtype))  # (B, D)
@@ -56,9 +61,7 @@ def _make_backward(backward_op):
 if EXTENSION_ERROR is None:
     torch.library.register_fake("distree::exit_head")(_fake_forward)
     torch.library.register_fake("distree::exit_head_backward")(_fake_backward)
-    torch.library.register_autograd(
-        "distree::exit_head", _make_backward(torch.ops.distree.exit_head_backward),
-        setup_context=_setup_context)
+    register_projection_flops(torch.ops.distree.exit_head)
 
 
 if TRITON_ERROR is None:
@@ -80,3 +83,4 @@ if TRITON_ERROR is None:
     exit_head_backward_triton.register_fake(_fake_backward)
     exit_head_triton.register_autograd(
         _make_backward(exit_head_backward_triton), setup_context=_setup_context)
+    register_projection_flops(torch.ops.distree.exit_head_triton)

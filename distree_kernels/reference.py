@@ -22,7 +22,7 @@ def inverse_cosine(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def exit_head_reference(x, weight=None, bias=None, ref=None, threshold=None):
-    """(feat (B, D) x.dtype, score (B,) float32, exit (B,) bool), as in exit_head_op.md."""
+    """(feat (B, D) x.dtype, score (B,) float32, exit (B,) bool), as in docs/exit_head.md."""
     if threshold is None or isinstance(threshold, (int, float)):
         threshold = torch.tensor(1.0 if threshold is None else float(threshold), device=x.device)
     check_exit_head_args(x, weight, bias, ref, threshold)

@@ -1,4 +1,4 @@
-"""Triton backend of the fused exit head (contract: spec/exit_head_op.md).
+"""Triton backend of the fused exit head (the op: docs/exit_head.md).
 
 The forward pass is a single kernel launch, one program per sample: it streams the sample's
 (C, H*W) plane once, pooling relu(x) tile by tile, folds each pooled channel tile straight into

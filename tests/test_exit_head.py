@@ -1,4 +1,4 @@
-"""The exit-head contract (shared/spec/exit_head_op.md), checked once per backend against the
+"""The exit-head op as docs/exit_head.md describes it, checked once per backend against the
 plain-PyTorch reference."""
 import math
 

@@ -140,21 +140,38 @@ cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GP
 
 @cuda_only
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
-def test_cuda_no_sync_and_graph_replay(backend):
+def test_cuda_forward_backward_never_syncs(backend):
     head = ExitHead(16, 10, threshold=1.1, backend=backend).cuda()
     x, _, _, r = make_args(128, 16, 32, 32, 10, False, True, device="cuda")
-    head(x, r)  # warm up (Triton compiles here)
+    x.requires_grad_()
+    head(x, r)[0].sum().backward()  # warm up (Triton compiles here)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        head(x, r)
+        head(x, r)[0].sum().backward()
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+@cuda_only
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_cuda_graph_replay_follows_new_inputs(backend):
+    # Odd sizes in channels_last take the kernels' masked paths.
+    x, w, b, r = make_args(128, 13, 3, 5, 10, True, True, layout="channels_last", device="cuda")
+    t = torch.tensor(1.1, device="cuda")
+    distree_kernels.exit_head(x, w, b, r, t, backend=backend)  # warm up outside the capture
+    torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        feat, score, exit = head(x, r)
-    x.copy_(torch.randn_like(x))
+        feat, score, exit = distree_kernels.exit_head(x, w, b, r, t, backend=backend)
+    # New data in the captured buffers: x, a ref near feat's direction (finite scores), and a
+    # threshold halfway between two scores, so that half the samples exit.
+    x.copy_(make_args(128, 13, 3, 5, 10, True, True, device="cuda", seed=1)[0])
+    r.copy_(exit_head_reference(x, w, b)[0] + 0.3 * torch.randn_like(r))
+    scores = exit_head_reference(x, w, b, r)[1].sort().values
+    t.fill_(float((scores[63] + scores[64]) / 2))
     graph.replay()
-    expected = exit_head_reference(x, head.weight, head.bias, r, head.threshold)
+    expected = exit_head_reference(x, w, b, r, t)
     for got, exp in zip((feat, score, exit), expected):
         torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-5)
+    assert exit.sum().item() == 64

@@ -70,7 +70,7 @@ __device__ __forceinline__ A lanes_sum(A v, int width) {
   return v;
 }
 
-// 1 / cos(u, v) from <u, v>, |u|^2, |v|^2, with the contract's edge rules.
+// 1 / cos(u, v) from <u, v>, |u|^2, |v|^2, with the edge rules of docs/exit_head.md.
 template <typename A>
 __device__ float inverse_cosine(A uv, A uu, A vv) {
   if (isnan(uv) || isnan(uu) || isnan(vv)) return CUDART_NAN_F;
