@@ -30,10 +30,8 @@ def synthetic_evidence(b: int = 2000, seed: int = 0) -> Evidence:
     labels = torch.randint(0, K, (b,), generator=g)  # (B,)
     strength = torch.linspace(0.3, 3, 7).view(1, 7, 1, 1) * torch.rand(1, 1, b, 1, generator=g) * 2
     u = torch.nn.functional.one_hot(labels, K) * strength + torch.randn(N, 7, b, K, generator=g)  # (N, 7, B, K)
-    cos = torch.nn.functional.cosine_similarity(u, u[:, :1], dim=-1)  # (N, 7, B)
-    score = torch.where(cos <= 0, torch.full_like(cos, torch.inf), 1 / cos)
     bias = torch.randn(K, generator=g) * 0.1
-    return Evidence(u, score, bias / N, torch.arange(b), lambda s: s.sum(0) + bias, labels)
+    return Evidence(u, bias / N, torch.arange(b), lambda s: s.sum(0) + bias, labels)
 
 
 def synthetic_flops() -> FlopTable:

@@ -6,9 +6,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import distree_kernels
 from distree.policies.base import LocalInputs
-from distree.policies.learned_gate import LearnedGatePolicy
-from distree.policies.local_confidence import LocalConfidencePolicy
-from distree.policies.similarity import SimilarityPolicy
+from distree.policies.features import cosine, max_probability
+from distree.policies.learned_gate import gate_features
 from distree_kernels import exit_gate_reference
 from exit_gate_cases import RULES, make_gate_args, run_decide, run_gate
 from exit_head_cases import backends
@@ -80,20 +79,22 @@ def _local_inputs(feat, args):
     """The LocalInputs a device holds at an exit, from a make_gate_args tuple's decision inputs."""
     _, _, _, first, previous, bias_share, _, _ = args
     B = feat.shape[0]
-    return LocalInputs(u=feat, first=first, previous=previous, head_score=torch.ones(B),
-                       bias_share=bias_share, index=torch.arange(B), student=0, exit=2)
+    return LocalInputs(u=feat, first=first, previous=previous, bias_share=bias_share, index=torch.arange(B),
+                       student=0, exit=2)
 
 
 @backends
 @pytest.mark.parametrize("probabilities", [True, False])
-def test_rules_match_the_python_policies(backend, device, probabilities):
-    # Non-degenerate rows: the policies' F.cosine_similarity (eps) and the op's rule agree there.
+def test_rules_match_the_python_formulas_they_replaced(backend, device, probabilities):
+    """The op against the plain PyTorch the policies scored with before it: the learned gate's
+    features and sigmoid, max softmax probability, and the cosine to the previous exit."""
     args = make_gate_args(5, 9, 4, 3, 6, True, probabilities, device=device)
     feat = run_gate(backend, args, 0.5, "gate")[0]
     inputs = _local_inputs(feat.cpu(), [a.cpu() if a is not None else None for a in args])
-    gate = LearnedGatePolicy(args[6].cpu().expand(1, 7, -1), args[7].cpu().expand(1, 7))
-    expected = {"gate": gate.score(inputs), "max_prob": LocalConfidencePolicy().score(inputs),
-                "cos_previous": SimilarityPolicy().score(inputs)}
+    gate_weight, gate_bias = args[6].cpu(), args[7].cpu()
+    expected = {"gate": torch.sigmoid(gate_features(inputs, probabilities) @ gate_weight + gate_bias),
+                "max_prob": max_probability(inputs.u + inputs.bias_share),
+                "cos_previous": cosine(inputs.u, inputs.previous)}
     for rule, policy_score in expected.items():
         score = run_gate(backend, args, 0.5, rule)[1]
         torch.testing.assert_close(score.cpu(), policy_score, rtol=1e-5, atol=1e-5)

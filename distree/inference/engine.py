@@ -67,7 +67,7 @@ class InferenceEngine:
         """All students advance stage by stage; the aggregator decides for all of them at once."""
         walks = [s.walk(x) for s in self.model.students]
         n, b = len(walks), x.shape[0]
-        ids = torch.arange(b, device=x.device)
+        ids, running = torch.arange(b, device=x.device), b
         logits, exits = None, torch.full((n, b), LAST_EXIT, dtype=torch.long, device=x.device)
         for j, _ in enumerate(zip(*walks)):  # every student has run stage j
             if j == 0:
@@ -79,15 +79,17 @@ class InferenceEngine:
                 logits[ids] = z
                 break
             stop = self.policy.stops(z, self.thresholds, j)  # (b',)
-            done = stop.nonzero().squeeze(1)
-            if done.numel():
-                keep = (~stop).nonzero().squeeze(1)
+            stopped = int(stop.sum())  # the one host read at this exit
+            if stopped:
+                order = torch.argsort(stop.to(torch.uint8), stable=True)  # (b',) running samples first
+                running -= stopped
+                keep, done = order[:running], order[running:]
                 logits[ids[done]], exits[:, ids[done]] = z[done], j
+                if running == 0:
+                    break
                 for w in walks:
                     w.keep(keep)
                 ids = ids[keep]
-            if ids.numel() == 0:
-                break
         return Result(logits, exits)
 
     def _stream_one(self, x, index) -> Result:

@@ -17,7 +17,6 @@ class Evidence:
     """What N students produce on B samples at all 7 exits, and how the aggregator combines it."""
 
     u: torch.Tensor  # (N, 7, B, K) class evidence
-    head_score: torch.Tensor  # (N, 7, B) the fused heads' 1 / cos(u_j, u_1)
     bias_share: torch.Tensor  # (K,) aggregator bias / N (zero in the projected space)
     index: torch.Tensor  # (B,) int64 sample ids within the split
     aggregate: Callable[[torch.Tensor], torch.Tensor]  # u_sel (N, B, K) -> logits (B, K)
@@ -30,8 +29,7 @@ class Evidence:
     def local_inputs(self, student: int, exit: int) -> LocalInputs:
         """What device `student` holds at `exit` (0-based, >= 1) for every sample."""
         u = self.u[student]  # (7, B, K)
-        return LocalInputs(u=u[exit], first=u[0], previous=u[exit - 1], head_score=self.head_score[student, exit],
-                           bias_share=self.bias_share, index=self.index, student=student, exit=exit)
+        return LocalInputs(u=u[exit], first=u[0], previous=u[exit - 1], bias_share=self.bias_share, index=self.index, student=student, exit=exit)
 
     def logits_at(self, exits: torch.Tensor) -> torch.Tensor:
         """Aggregated logits (B, K) when student i stops at exits[i] (N, B), 0-based."""
@@ -45,19 +43,13 @@ class Evidence:
     def subset(self, keep: torch.Tensor) -> "Evidence":
         """The evidence of the samples keep (M,) only."""
         labels = None if self.labels is None else self.labels[keep]
-        return Evidence(self.u[:, :, keep], self.head_score[:, :, keep], self.bias_share, self.index[keep],
-                        self.aggregate, labels)
+        return Evidence(self.u[:, :, keep], self.bias_share, self.index[keep], self.aggregate, labels)
 
 
-def run_exits(student, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """All stages and heads of one student: u (7, B, K) and head scores (7, B) against exit 1."""
-    us, scores = [], []
+def run_exits(student, x: torch.Tensor) -> torch.Tensor:
+    """All stages and heads of one student: u (7, B, K)."""
     walk = student.walk(x)
-    for _ in walk:
-        u, score, _ = walk.head()  # (B, K), (B,)
-        us.append(u)
-        scores.append(score)
-    return torch.stack(us), torch.stack(scores)
+    return torch.stack([walk.head(score=False)[0] for _ in walk])  # (7, B, K)
 
 
 def bias_share(model) -> torch.Tensor:
@@ -70,10 +62,8 @@ def bias_share(model) -> torch.Tensor:
 
 def model_evidence(model, x: torch.Tensor, index: torch.Tensor) -> Evidence:
     """Evidence of one batch x (B, C, H, W) with sample ids index (B,)."""
-    outs = [run_exits(student, x) for student in model.students]
-    u = torch.stack([o[0] for o in outs])  # (N, 7, B, K)
-    score = torch.stack([o[1] for o in outs])  # (N, 7, B)
-    return Evidence(u, score, bias_share(model), index, torch.no_grad()(model.aggregate))
+    u = torch.stack([run_exits(student, x) for student in model.students])  # (N, 7, B, K)
+    return Evidence(u, bias_share(model), index, torch.no_grad()(model.aggregate))
 
 
 @torch.inference_mode()
@@ -86,9 +76,8 @@ def collect_evidence(model, split, batch_size: int = 500, limit: int | None = No
         parts.append(model_evidence(model, x.contiguous(memory_format=torch.channels_last), idx))
         labels.append(y)
     first = parts[0]
-    return Evidence(u=torch.cat([p.u for p in parts], 2), head_score=torch.cat([p.head_score for p in parts], 2),
-                    bias_share=first.bias_share, index=torch.arange(n), aggregate=first.aggregate,
-                    labels=torch.cat(labels))
+    return Evidence(u=torch.cat([p.u for p in parts], 2), bias_share=first.bias_share, index=torch.arange(n),
+                    aggregate=first.aggregate, labels=torch.cat(labels))
 
 
 def policy_scores(policy: Policy, ev: Evidence) -> torch.Tensor:

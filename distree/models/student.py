@@ -12,7 +12,7 @@ from torch import nn
 
 from distree.errors import DistreeError
 from distree.models.wrn import init_weights, wrn_blocks
-from distree_kernels import ExitHead
+from distree_kernels import ExitHead, exit_gate
 
 NUM_EXITS = 7  # after the stem and after each of the 6 blocks
 LAST_EXIT = NUM_EXITS - 1  # 0-based index of exit 7, where every sample stops
@@ -75,16 +75,20 @@ def select_rows(h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 class StudentWalk:
     """The one way through a student: iterating runs the next stage and yields its exit index.
 
-    After each stage, `h` holds its output (B', C_j, H_j, W_j); `head()` runs that exit's head
-    (against exit 1's feature, once exit 1's head has run), so a caller runs only the heads it
-    needs; `keep(rows)` drops the other samples from the batch before the next stage, so a
-    sample that has exited costs nothing more. Training, evidence collection, the engine, the
-    runtime's devices, timing and FLOP counting all walk a student this way.
+    After each stage, `h` holds its output (B', C_j, H_j, W_j). `head()` runs that exit's head,
+    and `decide(...)` runs the fused exit gate instead: the same feature plus a local rule's
+    exit decision, in one pass, left on the device. Both compare against exit 1's feature
+    (`first`) and the feature of the exit before (`previous`), which the walk keeps. A caller
+    runs only the heads it needs; `keep(rows)` drops the other samples from the batch before
+    the next stage, so a sample that has exited costs nothing more. Training, evidence, the
+    engine, the runtime's devices, timing and FLOP counting all walk a student this way.
     """
 
     def __init__(self, student: Student, x: torch.Tensor):
         self.student, self.h, self.exit = student, x, -1
         self.first = None  # (B', K) exit 1's feature, once its head has run
+        self.previous = None  # (B', K) the feature of the exit before the current one
+        self.last = None  # (B', K) the feature of the latest head that ran
 
     def __iter__(self) -> Iterator[int]:
         for j, stage in enumerate(self.student.stages):
@@ -96,13 +100,27 @@ class StudentWalk:
 
         score=False skips the comparison with exit 1 (training needs the feature only).
         """
-        out = self.student.heads[self.exit](self.h, self.first if score else None)
+        return self._record(self.student.heads[self.exit](self.h, self.first if score else None))
+
+    def decide(self, bias_share, gate_weight, gate_bias, threshold, rule: str, inclusive: bool):
+        """The fused exit gate on h: feature (B', K), score (B',) and the rule's stop mask (B',).
+
+        bias_share (K,), gate_weight (F,) and gate_bias () as `distree_kernels.exit_gate` takes
+        them; threshold a 0-d float32 tensor on h's device.
+        """
+        head = self.student.heads[self.exit]
+        previous = self.last if self.last is not None else self.first
+        return self._record(exit_gate(self.h, head.weight, head.bias, self.first, previous, bias_share, gate_weight,
+                                      gate_bias, threshold, rule, inclusive, backend=head.backend))
+
+    def _record(self, out):
         if self.exit == 0:
             self.first = out[0]
+        self.previous, self.last = self.last, out[0]
         return out
 
     def keep(self, rows: torch.Tensor) -> None:
         """Goes on with the samples rows (B'',) of the current batch only."""
         self.h = select_rows(self.h, rows)
-        if self.first is not None:
-            self.first = self.first[rows]
+        self.first, self.previous, self.last = (None if t is None else t[rows]
+                                                for t in (self.first, self.previous, self.last))

@@ -17,6 +17,7 @@ import torch
 
 from distree.errors import DistreeError
 from distree.models.student import NUM_EXITS
+from distree_kernels import exit_gate_decide
 NUM_THRESHOLDS = 5  # exits 2..6 decide; exit 1 never stops a sample, exit 7 always does
 
 _COMPARE = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
@@ -29,7 +30,6 @@ class LocalInputs:
     u: torch.Tensor  # (B, K) the student's class evidence at this exit
     first: torch.Tensor  # (B, K) its evidence at exit 1
     previous: torch.Tensor  # (B, K) its evidence at the exit before this one
-    head_score: torch.Tensor  # (B,) the fused exit head's 1 / cos(u, first)
     bias_share: torch.Tensor  # (K,) the aggregator's bias divided by the number of students
     index: torch.Tensor  # (B,) int64 sample ids, for seeded policies
     student: int
@@ -84,12 +84,33 @@ class Policy:
 
 
 class LocalPolicy(Policy):
-    """A policy a device applies alone, from its own evidence (`LocalInputs`)."""
+    """A policy a device applies alone, from its own evidence (`LocalInputs`).
+
+    A policy with a `rule` is scored and decided by the fused exit gate
+    (`distree_kernels.exit_gate`) in the same pass that computes the exit's evidence, on the
+    device. Over evidence already computed (calibration, dense mode) `score` runs the same
+    decision code through `exit_gate_decide`, so thresholds chosen there hold bit for bit on
+    the device. A policy without a rule (random, last-exit) scores in Python.
+    """
 
     local = True
+    rule: ClassVar[str | None] = None  # the exit gate's rule for this policy, if it has one
 
-    def score(self, x: LocalInputs) -> torch.Tensor:  # (B,)
-        raise NotImplementedError
+    @property
+    def inclusive(self) -> bool:
+        """Whether a score equal to the threshold stops (`>=`) rather than not (`>`)."""
+        return self.stop_when in (">=", "<=")
+
+    def gate(self, student: int, exit: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The logistic gate's weight (F,) and bias () at (student, exit); none but the learned gate's."""
+        return None, None
+
+    def score(self, x: LocalInputs) -> torch.Tensor:
+        """(B,) scores of the fused op's rule on evidence already computed."""
+        weight, bias = self.gate(x.student, x.exit)
+        score, _ = exit_gate_decide(x.u, x.first, x.previous, x.bias_share, weight, bias, self.never,
+                                    self.rule, self.inclusive)
+        return score
 
 
 class PerExitPolicy(Policy):

@@ -11,4 +11,4 @@ class LastExitPolicy(LocalPolicy):
     exits_early = False
 
     def score(self, x: LocalInputs):
-        return torch.full_like(x.head_score, -torch.inf)  # (B,)
+        return x.u.new_full(x.u.shape[:1], -torch.inf, dtype=torch.float32)  # (B,)

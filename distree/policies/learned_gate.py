@@ -5,14 +5,16 @@ stopping there leaves the aggregated answer unchanged against exit 7 (with the o
 at exit 7). The DistrEE score enters as cos(u_j, u_1), its bounded, sign-keeping form; the exit
 index enters by having one model per exit. By default the gate also sees the class
 probabilities themselves, so it can learn which classes the exit confuses: on the demo this
-took the FLOPs saved within 0.5 points of last-exit from about 24% to about 30%.
+took the FLOPs saved within 0.5 points of last-exit from about 24% to about 30%. The gate is
+fitted here on `gate_features`; on the device the fused exit gate (rule "gate") computes the
+same features from the exit's evidence and applies the fitted weights in the same pass.
 """
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from distree.policies.base import NUM_EXITS, LocalInputs, LocalPolicy
+from distree.policies.features import cosine
 
 GATE_FEATURES = ("max_prob", "margin", "entropy", "cos_first", "cos_previous")  # then, optionally, the K probabilities
 
@@ -32,7 +34,7 @@ def gate_features(x: LocalInputs, class_probabilities: bool = True) -> torch.Ten
     p = log_p.exp()  # (B, K)
     top2 = p.topk(2, dim=-1).values  # (B, 2)
     entropy = -(p * log_p).sum(-1, keepdim=True)  # (B, 1)
-    cos = F.cosine_similarity(x.u.unsqueeze(1), torch.stack([x.first, x.previous], 1), dim=-1)  # (B, 2)
+    cos = torch.stack([cosine(x.u, x.first), cosine(x.u, x.previous)], -1)  # (B, 2)
     summary = torch.cat([top2[:, :1], top2[:, :1] - top2[:, 1:], entropy, cos], -1)  # (B, 5)
     return torch.cat([summary, p], -1) if class_probabilities else summary  # (B, F)
 
@@ -56,6 +58,7 @@ class LearnedGatePolicy(LocalPolicy):
     """Stop at the first j >= 2 where the gate's P(answer unchanged) >= T_j."""
 
     name = "learned-gate"
+    rule = "gate"
     stop_when = ">="
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
@@ -63,10 +66,8 @@ class LearnedGatePolicy(LocalPolicy):
         self.bias = bias  # (N, 7)
         self.class_probabilities = weight.shape[-1] > len(GATE_FEATURES)
 
-    def score(self, x: LocalInputs):
-        i, j = x.student, x.exit
-        f = gate_features(x, self.class_probabilities)  # (B, F)
-        return torch.sigmoid(f @ self.weight[i, j] + self.bias[i, j])  # (B,)
+    def gate(self, student: int, exit: int):
+        return self.weight[student, exit], self.bias[student, exit]  # (F,), ()
 
     def state_dict(self) -> dict:
         return {"weight": self.weight, "bias": self.bias}

@@ -1,6 +1,5 @@
 """Local confidence: each device's own class evidence, read as a classifier."""
-from distree.policies.base import LocalInputs, LocalPolicy
-from distree.policies.features import max_probability
+from distree.policies.base import LocalPolicy
 
 
 class LocalConfidencePolicy(LocalPolicy):
@@ -11,7 +10,5 @@ class LocalConfidencePolicy(LocalPolicy):
     """
 
     name = "local-confidence"
+    rule = "max_prob"
     stop_when = ">="
-
-    def score(self, x: LocalInputs):
-        return max_probability(x.u + x.bias_share)  # (B,)
