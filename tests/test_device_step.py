@@ -24,7 +24,7 @@ class HostReads(TorchDispatchMode):
         self.count = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket in (torch.ops.aten._local_scalar_dense, torch.ops.aten.nonzero):
+        if func.overloadpacket in (torch.ops.aten.item, torch.ops.aten._local_scalar_dense, torch.ops.aten.nonzero):
             self.count += 1
         return func(*args, **(kwargs or {}))
 

@@ -33,7 +33,7 @@ class GraphWalk(nn.Module):
                              "GraphWalk runs policies with an exit-gate rule, or last-exit")
         self.step = step
         with torch.inference_mode():  # the shape and layout each stage gives, for the skipped branches
-            self.outputs = [(h.shape, _memory_format(h)) for h in _stage_outputs(step.student, x)]
+            self.outputs = [(h.shape, _memory_format(h)) for h in step.student(x)[1]]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         student, gates = self.step.student, self.step.gates
@@ -82,11 +82,6 @@ class GraphWalk(nn.Module):
 
 def _exit_gate(h, head, first, previous, gate: dict):
     return exit_gate(h, head.weight, head.bias, first, previous, **gate, backend=head.backend)
-
-
-def _stage_outputs(student, x: torch.Tensor) -> list[torch.Tensor]:
-    walk = student.walk(x)
-    return [walk.h for _ in walk]
 
 
 def _memory_format(h: torch.Tensor) -> torch.memory_format:
