@@ -13,6 +13,7 @@ import torch
 
 from distree.costs import FlopTable
 from distree.inference.engine import InferenceEngine
+from distree.inference.step import DeviceStep
 from distree.policies import NUM_EXITS
 
 
@@ -20,14 +21,17 @@ from distree.policies import NUM_EXITS
 class TimingConfig:
     compacting_samples: int = 512  # samples timed in compacting mode
     batch_size: int = 128  # of compacting mode
-    streaming_samples: int = 48  # samples timed one at a time
-    repeats: int = 3  # the fastest repeat of each chunk counts
+    streaming_samples: int = 512  # samples timed one at a time
+    repeats: int = 2  # the fastest repeat of each chunk counts
     threads: int = 1  # torch threads while timing
 
 
 @dataclass
 class Timing:
     streaming_ms: float  # mean wall-clock per sample, one sample at a time
+    streaming_sem_ms: float  # its standard error over the samples timed
+    streaming_p10_ms: float  # the spread of the per-sample times: 10th ...
+    streaming_p90_ms: float  # ... and 90th percentile
     compacting_ms: float  # wall-clock per sample in compacting mode
     samples_per_s: float  # compacting throughput
 
@@ -57,9 +61,11 @@ def time_engines(engines: dict[object, InferenceEngine], x: torch.Tensor, index:
         torch.set_num_threads(threads)
     out = {}
     for name in engines:
-        stream, compact = sum(best[name, "streaming"]), sum(best[name, "compacting"])
-        n_stream, n_compact = min(config.streaming_samples, len(x)), min(config.compacting_samples, len(x))
-        out[name] = Timing(1e3 * stream / n_stream, 1e3 * compact / n_compact, n_compact / compact)
+        stream = 1e3 * torch.tensor(best[name, "streaming"], dtype=torch.float64)  # (S,) ms per sample
+        compact, n_compact = sum(best[name, "compacting"]), min(config.compacting_samples, len(x))
+        p10, p90 = torch.quantile(stream, torch.tensor([0.1, 0.9], dtype=torch.float64)).tolist()
+        sem = stream.std().item() / len(stream) ** 0.5 if len(stream) > 1 else 0.0
+        out[name] = Timing(stream.mean().item(), sem, p10, p90, 1e3 * compact / n_compact, n_compact / compact)
     return out
 
 
@@ -102,3 +108,47 @@ def _fastest_parts(student, x: torch.Tensor, repeats: int) -> tuple[torch.Tensor
             best_head[j] = min(best_head[j], end - mid)
             began = time.perf_counter()
     return best_stage, best_head
+
+
+def exit_machinery(step: DeviceStep, x: torch.Tensor, config: TimingConfig = TimingConfig()) -> dict:
+    """What an exit decision costs at B = 1 beyond the stages, against one bare exit-head call.
+
+    On samples x (M, C, H, W), one at a time and interleaved, fastest of `repeats` each: the
+    step's walk with thresholds that stop nobody (every stage and every exit's decision runs),
+    the same stages with no head at all, and one bare `distree::exit_head` call at every
+    exit's shape. The walk minus its stages is the exit machinery (the op calls, the host reads,
+    the bookkeeping) of 7 exits; it is held against the 7 bare op calls.
+    """
+    never = DeviceStep(step.student, step.index, step.policy, step.policy.default_thresholds(), step.bias_share)
+    ops = torch.ops.distree.exit_head
+    heads = step.student.heads
+    parts = {"walk": [], "stages": [], "ops": []}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        with torch.inference_mode():
+            for xb in x.split(1):
+                maps = step.student(xb)[1]  # 7 x (1, C_j, H_j, W_j)
+                first = heads[0](maps[0])[0]
+                t = {"walk": float("inf"), "stages": float("inf"), "ops": float("inf")}
+                for _ in range(config.repeats):
+                    began = time.perf_counter()
+                    never.run(xb, torch.zeros(1, dtype=torch.long))
+                    mid = time.perf_counter()
+                    for _ in step.student.walk(xb):
+                        pass
+                    end = time.perf_counter()
+                    for j, h in enumerate(maps):
+                        ops(h, heads[j].weight, heads[j].bias, first if j else None, heads[j].threshold)
+                    done = time.perf_counter()
+                    t = {"walk": min(t["walk"], mid - began), "stages": min(t["stages"], end - mid),
+                         "ops": min(t["ops"], done - end)}
+                for name, seconds in t.items():
+                    parts[name].append(seconds)
+    finally:
+        torch.set_num_threads(threads)
+    walk_s, stages_s, ops_s = (sum(v) / len(v) for v in parts.values())
+    machinery = (walk_s - stages_s) / NUM_EXITS
+    bare = ops_s / NUM_EXITS
+    return {"walk_ms": 1e3 * walk_s, "stages_ms": 1e3 * stages_s, "machinery_us_per_exit": 1e6 * machinery,
+            "bare_op_us": 1e6 * bare, "machinery_over_bare_op": machinery / bare}
