@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 OUT ?= runs/demo
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: env demo test bench data clean
+.PHONY: env demo test bench data clean cuda-build
 
 env: $(VENV)/.built
 
@@ -34,5 +34,31 @@ test: env
 bench: env
 	$(PY) -m pytest -q benches --benchmark-columns=median,iqr,rounds --benchmark-sort=name
 
+# The CUDA build, checked without a GPU: a second venv with the CUDA torch, the extension
+# compiled by nvcc and installed into it as a copy (not editable, so distree_kernels/_C*.so in
+# the source tree stays the CPU venv's build), then a check that every C++ op has its CUDA
+# kernel registered. GPU architectures: TORCH_CUDA_ARCH_LIST, default in setup.py. The triton
+# pin in requirements.txt is the CPU torch's; this torch brings its own (triton~=3.8).
+CUDA_VENV ?= .venv-cuda
+CUDA_PY := $(CUDA_VENV)/bin/python
+CUDA_TORCH ?= torch==2.14.1
+MAX_JOBS ?= 2
+
+$(CUDA_VENV)/.deps: requirements.txt
+	test -x $(CUDA_PY) || python3 -m venv $(CUDA_VENV)
+	$(CUDA_PY) -m pip install -q $(CUDA_TORCH)
+	grep -v '^triton' requirements.txt > $(CUDA_VENV)/requirements.txt
+	$(CUDA_PY) -m pip install -q -r $(CUDA_VENV)/requirements.txt
+	touch $@
+
+$(CUDA_VENV)/.built: $(CUDA_VENV)/.deps setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*) \
+		$(wildcard distree_kernels/*.py distree/*.py distree/*/*.py)
+	DISTREE_BUILD_CUDA=1 MAX_JOBS=$(MAX_JOBS) $(CUDA_PY) -m pip install -q --no-build-isolation --no-deps .
+	touch $@
+
+# -P: the source tree is not put on sys.path, so the installed CUDA build is the one tested.
+cuda-build: $(CUDA_VENV)/.built
+	$(CUDA_PY) -P -m pytest -q tests/test_cuda_registration.py
+
 clean:
-	rm -rf build *.egg-info distree_kernels/*.so $(VENV)
+	rm -rf build *.egg-info distree_kernels/*.so $(VENV) $(CUDA_VENV)
