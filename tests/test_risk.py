@@ -1,6 +1,5 @@
 """Risk-controlled calibration: p-values, fixed-sequence testing, both risks, the guarantee over resplits,
 the report's certified section and the CLI's errors."""
-import json
 import math
 from dataclasses import replace
 
@@ -13,6 +12,7 @@ from distree.errors import DistreeError
 from distree.evaluation import evaluate_run
 from distree.inference.outcome import PolicyEvaluator
 from distree.policies import make_policy
+from distree.report import write_report
 from distree.report.markdown import certified_text
 from distree.risk import (PathLosses, RiskSpec, binomial_cdf, candidate_path, certify, fixed_sequence, max_losses,
                           p_value, path_losses, resplit_check, samples_needed, upper_bound)
@@ -133,7 +133,9 @@ def test_the_certificate_holds_for_known_risks():
 def test_evaluate_reports_certified_settings(run_dir):  # noqa: F811
     config = replace(FAST, risks=[RiskSpec("accuracy", 0.005, 0.1), RiskSpec("consistency", 0.3, 0.1)], resplits=20,
                      risk_path=CONFIG, calibration=CONFIG)
-    report = evaluate_run(run_dir, config).report
+    evaluation = evaluate_run(run_dir, config)
+    write_report(evaluation, run_dir)
+    report = evaluation.report
     tight, loose = report["certified"]
     assert tight["calibration_samples"] == 64 and tight["smallest_epsilon"] > 0.005
     assert not any(e["certified"] for e in tight["policies"])  # 128 samples cannot certify 0.5%
@@ -142,7 +144,9 @@ def test_evaluate_reports_certified_settings(run_dir):  # noqa: F811
     assert certified and all(e["p_value"] <= 0.1 and len(e["thresholds"]) == 5 for e in certified)
     assert all(0 <= e["test"]["risk"] <= 1 for e in certified)
     assert set(loose["resplits"]) == {e["policy"] for e in loose["policies"]}
-    json.dumps(report, allow_nan=False)
+    text = (run_dir / "report.md").read_text()
+    assert "## Certified settings: consistency risk" in text and "not met" in text
+    assert (run_dir / "certified_vs_epsilon.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("flags, message", [
