@@ -4,7 +4,9 @@ It computes the report's numbers (a dict, saved as report.json); `distree.report
 
 The model runs once per split (evidence); each policy's thresholds are chosen on the validation
 split only, and the test split only measures: accuracy, FLOPs, simulated latency, exits, and
-the wall-clock time of the engine for each policy's main setting.
+the wall-clock time of the engine for each policy's main setting. Certified settings
+(`distree.risk`) are ordered on training-split evidence and tested on val; the resplit check pools
+val and test, by design, to see whether the guarantee holds on samples the calibration never saw.
 """
 import time
 from contextlib import contextmanager
@@ -17,13 +19,15 @@ from distree.costs import CostConfig, FlopTable, count_flops
 from distree.data import dataset_shape, load_dataset
 from distree.errors import DistreeError
 from distree.inference.engine import InferenceEngine
-from distree.inference.evidence import collect_evidence
+from distree.inference.evidence import Evidence, collect_evidence
 from distree.inference.outcome import Outcome, PolicyEvaluator
 from distree.inference.timing import TimingConfig, stage_seconds, time_engines
 from distree.policies import POLICIES, Policy, check_thresholds
 from distree.policies.learned_gate import GateConfig, LearnedGatePolicy, train_learned_gate
 from distree.policies.random_exit import RandomPolicy, matching_thresholds, uniform_thresholds
 from distree.inference.diagnostics import flops_saved, oracle, score_aurocs
+from distree.risk import (PathLosses, RiskSpec, candidate_path, certify, max_losses, path_losses, resplit_check,
+                          upper_bound)
 from distree.run_dir import (CALIBRATED, data_config, jsonable_thresholds, load_student_model, read_config,
                              save_learned_gate, teacher_accuracy)
 
@@ -42,6 +46,12 @@ class EvaluateConfig:
     timing: TimingConfig = field(default_factory=TimingConfig)
     measure_time: bool = True  # time the engine (the lever study leaves it out)
     costs: CostConfig = field(default_factory=CostConfig)
+    risks: list[RiskSpec] = field(default_factory=lambda: [RiskSpec("accuracy", 0.005, 0.1),
+                                                           RiskSpec("consistency", 0.01, 0.1)])
+    risk_candidates: int = 64  # candidates per policy on the certification path, at most
+    risk_path: CalibrationConfig = field(default_factory=lambda: CalibrationConfig(quantiles=16, lambdas=8))  # its front
+    resplits: int = 200  # random calibration / held-out halves of val + test in the guarantee check; 0: none
+    resplit_epsilons: tuple[float, ...] = (0.0025, 0.005, 0.01, 0.02, 0.04)  # the check's curve
 
 
 @dataclass
@@ -61,12 +71,13 @@ class Evaluation:
     gate: LearnedGatePolicy  # as fitted on the training split
 
 
-def build_policies(model, train_split, config: EvaluateConfig) -> dict[str, Policy]:
-    """Every policy; the learned gate is fitted here on (part of) the training split."""
+def build_policies(model, train_split, config: EvaluateConfig) -> tuple[dict[str, Policy], Evidence]:
+    """Every policy, and the training-split evidence the learned gate is fitted on here (which also
+    orders the certification candidates)."""
     train = collect_evidence(model, train_split, config.batch_size, config.gate_samples)
     gate = train_learned_gate(train, config.gate)
     made = {"learned-gate": gate, "random": RandomPolicy(config.seed)}
-    return {name: made.get(name) or cls() for name, cls in POLICIES.items()}
+    return {name: made.get(name) or cls() for name, cls in POLICIES.items()}, train
 
 
 def calibrated_settings(name: str, front: list[Outcome], last: Outcome, config: EvaluateConfig) -> list[Setting]:
@@ -179,6 +190,50 @@ def calibrate(policies, val_eval, test_eval, config: EvaluateConfig):
     return settings + extra_settings(val_eval, settings, config), curves
 
 
+def certified_entry(name: str, policy: Policy, path: torch.Tensor, spec: RiskSpec, val: PathLosses,
+                    test_eval: PolicyEvaluator, last_accuracy: float) -> dict:
+    """One policy's certificate on val and, where it has one, its certified setting's test numbers."""
+    cert = certify(path, val, spec)
+    out = {"policy": name, "local": policy.local, "certified": cert.index >= 0, "candidate": cert.index,
+           "candidates": cert.candidates, "calibration_samples": cert.n, "losses": cert.losses,
+           "p_value": cert.p_value, "next_epsilon": cert.next_epsilon, "thresholds": None, "test": None}
+    if cert.index < 0:
+        return out
+    on_test = test_eval(cert.thresholds)
+    risk = path_losses(test_eval, cert.thresholds[None], spec.risk).loss.double().mean().item()
+    out.update(thresholds=jsonable_thresholds(cert.thresholds),
+               test={"accuracy": on_test.accuracy, "accuracy_change": on_test.accuracy - last_accuracy, "risk": risk,
+                     "flops_reduction": on_test.flops_reduction, "latency_ms_simulated": 1e3 * on_test.latency_s})
+    return out
+
+
+def candidate_paths(train: Evidence, val_eval: dict, config: EvaluateConfig) -> dict[str, torch.Tensor]:
+    """Per policy (last-exit aside), the certification candidates (C, 5) ordered on the training evidence."""
+    return {name: candidate_path(PolicyEvaluator(val.policy, train, val.flops, val.costs), config.risk_path,
+                                 config.risk_candidates) for name, val in val_eval.items() if name != "last-exit"}
+
+
+def certify_policies(spec: RiskSpec, paths: dict, val_eval: dict, test_eval: dict, config: EvaluateConfig) -> dict:
+    """Per policy: its certificate on val, its certified setting's test numbers and (config.resplits > 0)
+    the resplit check on val + test pooled."""
+    began = time.perf_counter()
+    last = test_eval["last-exit"](test_eval["last-exit"].policy.default_thresholds())
+    n = val_eval["last-exit"].evidence.u.shape[2]
+    rows, checks = [], {}
+    for name, path in paths.items():
+        val = val_eval[name]
+        on_val = path_losses(val, path, spec.risk)
+        rows.append(certified_entry(name, val.policy, path, spec, on_val, test_eval[name], last.accuracy))
+        if config.resplits:
+            on_test = path_losses(test_eval[name], path, spec.risk)
+            pool = PathLosses(torch.cat([on_val.loss, on_test.loss], 1), torch.cat([on_val.flops, on_test.flops], 1))
+            checks[name] = resplit_check(pool, spec, val.flops.last_exit(), config.resplits, config.seed,
+                                         list(config.resplit_epsilons))
+    return {**asdict(spec), "calibration_samples": n, "smallest_epsilon": upper_bound(0, n, spec.delta),
+            "max_losses": max_losses(n, spec.epsilon, spec.delta), "policies": rows, "resplits": checks,
+            "elapsed_s": time.perf_counter() - began}
+
+
 def evaluate_model(model, splits, config: EvaluateConfig = EvaluateConfig()) -> Evaluation:
     """Calibrates every policy on splits.val, measures on splits.test; returns the report's contents."""
     began = time.perf_counter()
@@ -186,13 +241,17 @@ def evaluate_model(model, splits, config: EvaluateConfig = EvaluateConfig()) -> 
     test = collect_evidence(model, splits.test, config.batch_size)
     sample, _ = splits.test.batch(torch.arange(1))
     flops = count_flops(model, sample.contiguous(memory_format=torch.channels_last))
-    policies = build_policies(model, splits.train, config)
+    policies, train = build_policies(model, splits.train, config)
     val_eval = {n: PolicyEvaluator(p, val, flops, config.costs) for n, p in policies.items()}
     test_eval = {n: PolicyEvaluator(p, test, flops, config.costs) for n, p in policies.items()}
     with one_thread():
         settings, curves = calibrate(policies, val_eval, test_eval, config)
         entries = [entry(s, val_eval[s.policy](s.thresholds), test_eval[s.policy](s.thresholds), policies[s.policy])
                    for s in settings]
+        began_risk = time.perf_counter()
+        paths = candidate_paths(train, val_eval, config) if config.risks else {}
+        certified = [certify_policies(spec, paths, val_eval, test_eval, config) for spec in config.risks]
+        certification_s = time.perf_counter() - began_risk
     if config.measure_time:
         timing = measure(model, policies, timed_settings(settings), splits.test, test_eval, flops, config.timing)
         for e in entries:
@@ -215,6 +274,8 @@ def evaluate_model(model, splits, config: EvaluateConfig = EvaluateConfig()) -> 
         "score_auroc": {n: score_aurocs(policies[n], s, test) for n, s in scores.items()},
         "oracle": oracle(test, flops),
         "goal": goal(entries, exit_accuracy[-1], config.calibration.max_drop),
+        "certified": certified,
+        "certification_s": certification_s,
         "elapsed_s": time.perf_counter() - began,
     }
     last_right = exit_logits[-1].argmax(-1) == test.labels

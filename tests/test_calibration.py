@@ -18,12 +18,19 @@ def evaluator(name, ev=VAL):
     return PolicyEvaluator(make_policy(name), ev, FLOPS)
 
 
+def only_at(policy, j, t):
+    """Thresholds (5,) that stop nobody except at exit j + 2, where the threshold is t."""
+    out = policy.default_thresholds().clone()
+    out[j] = t
+    return out
+
+
 @pytest.mark.parametrize("name", ["distree", "entropy", "random"])
 def test_candidates_run_from_stopping_nobody_to_stopping_everybody(name):
     e = evaluator(name)
     for j, grid in enumerate(candidates(e.policy, e.scores, 12)):
         assert grid[0] == e.policy.never and grid[-1] == e.policy.always
-        stopped = [int(e.policy.passes(e.scores[:, j], t).sum()) for t in grid]
+        stopped = [int((e.exits(only_at(e.policy, j, t)) == j + 1).sum()) for t in grid]
         assert stopped == sorted(stopped) and stopped[0] == 0
 
 

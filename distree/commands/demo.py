@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from distree.experiment import run_experiment
-from distree.report.markdown import policy_table, summary
+from distree.report.markdown import certified_summary, certified_text, policy_table, summary
 from distree.run_dir import REPORT_MD
 
 
@@ -19,5 +19,10 @@ def run(args) -> int:
     print(policy_table(report))
     print()
     print(summary(report))
+    for spec in report["certified"]:
+        print()
+        print(certified_text(spec))
+    print()
+    print(certified_summary(report))
     print(f"total {report['elapsed_s']:.0f} s; report: {Path(args.out) / REPORT_MD}")
     return 0

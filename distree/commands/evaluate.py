@@ -7,7 +7,8 @@ from distree.errors import DistreeError
 from distree.inference.timing import TimingConfig
 from distree.evaluation import EvaluateConfig, evaluate_run
 from distree.report import write_report
-from distree.report.markdown import policy_table, summary
+from distree.report.markdown import certified_summary, policy_table, summary
+from distree.risk import DEFAULT_EPSILON, RiskSpec
 from distree.run_dir import REPORT_MD
 
 
@@ -24,6 +25,17 @@ def add_parser(subparsers) -> None:
                                                            "simulated latency")
     p.add_argument("--thresholds", help="DistrEE thresholds to evaluate as given: one value or 5 (exits 2..6), "
                                         "comma-separated")
+    p.add_argument("--risk", default="accuracy,consistency",
+                   help="risks to certify, comma-separated: accuracy (harm rate; bounds the accuracy drop) and/or "
+                        "consistency (answer differs from exit 7's; needs no labels); default both")
+    p.add_argument("--epsilon",
+                   help="the risk certified per --risk (one value for all, or one each), a fraction; "
+                        "default 0.005 for accuracy, 0.01 for consistency")
+    p.add_argument("--delta", type=float, default=0.1,
+                   help="allowed probability that a certified setting's risk exceeds epsilon (default 0.1)")
+    p.add_argument("--resplits", type=int, default=200,
+                   help="random calibration / held-out halves of val + test on which the guarantee is checked "
+                        "(default 200; 0 skips the check)")
     p.add_argument("--gate-samples", type=int, default=5000, help="training images the learned gate is fitted on")
     p.add_argument("--timing-samples", type=int, default=512, help="test samples timed in compacting mode")
     p.add_argument("--streaming-samples", type=int, default=48, help="test samples timed one at a time")
@@ -37,11 +49,31 @@ def parse_thresholds(text: str | None) -> list[float] | None:
         raise DistreeError(f"--thresholds takes comma-separated numbers, got {text!r}") from None
 
 
+def parse_risks(risk: str, epsilon: str | None, delta: float) -> list[RiskSpec]:
+    """One checked RiskSpec per --risk name, with its --epsilon (one value for all, one each, or the default)."""
+    names = risk.split(",")
+    for name in names:
+        RiskSpec(name).check()
+    if epsilon is None:
+        return [RiskSpec(n, DEFAULT_EPSILON[n], delta).check() for n in names]
+    try:
+        eps = [float(v) for v in epsilon.split(",")]
+    except ValueError:
+        raise DistreeError(f"--epsilon takes comma-separated numbers, got {epsilon!r}") from None
+    if len(eps) not in (1, len(names)):
+        raise DistreeError(f"--epsilon takes one value or one per risk ({len(names)}), got {len(eps)}")
+    eps = eps * len(names) if len(eps) == 1 else eps
+    return [RiskSpec(n, e, delta).check() for n, e in zip(names, eps)]
+
+
 def config_from_args(args) -> EvaluateConfig:
     thresholds = parse_thresholds(args.thresholds)
+    if args.resplits < 0:
+        raise DistreeError(f"--resplits must be 0 or more, got {args.resplits}")
     return EvaluateConfig(calibration=CalibrationConfig(max_drop=args.max_drop / 100),
                           gate_samples=args.gate_samples, flops_budget=args.flops_budget,
                           latency_budget_ms=args.latency_budget_ms, thresholds=thresholds,
+                          risks=parse_risks(args.risk, args.epsilon, args.delta), resplits=args.resplits,
                           timing=TimingConfig(compacting_samples=args.timing_samples,
                                               streaming_samples=args.streaming_samples))
 
@@ -52,5 +84,6 @@ def run(args) -> int:
     print(policy_table(evaluation.report))
     print()
     print(summary(evaluation.report))
+    print(certified_summary(evaluation.report))
     print(f"report: {Path(args.run) / REPORT_MD}")
     return 0

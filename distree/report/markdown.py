@@ -71,6 +71,69 @@ def summary(report: dict) -> str:
             f"exit 7's) would save {_pct(o['flops_reduction'])}.")
 
 
+def _p(x) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+def _resplit(check: dict | None) -> list[str]:
+    if check is None:
+        return ["-", "-"]
+    at = check["at_epsilon"]
+    return [f"{100 * at['exceed_fraction']:.1f}%", _pct(at["mean_flops_reduction"])]
+
+
+def certified_table(spec: dict) -> str:
+    """One row per policy for one risk: its certificate on val, its test numbers, the resplit check."""
+    lines = [_row(["policy", "candidate", "losing / val samples", "p-value", "test accuracy vs last exit (pt)",
+                   f"test {spec['risk']} risk", "FLOPs saved (test)", "resplits: held-out risk > epsilon",
+                   "resplits: mean FLOPs saved"]), _row(["---"] * 9)]
+    for e in spec["policies"]:
+        check = _resplit(spec["resplits"].get(e["policy"]))
+        if not e["certified"]:
+            lines.append(_row([e["policy"], "none", "-", "-", "-", "-", "-", *check]))
+            continue
+        t = e["test"]
+        lines.append(_row([e["policy"], f"{e['candidate'] + 1} of {e['candidates']}",
+                           f"{e['losses']} / {e['calibration_samples']}", _p(e["p_value"]),
+                           f"{100 * t['accuracy_change']:+.2f}", f"{100 * t['risk']:.2f}%", _pct(t["flops_reduction"]),
+                           *check]))
+    return "\n".join(lines)
+
+
+def certified_text(spec: dict) -> str:
+    """What is certified, at what cost in samples, and a sentence per policy that certifies nothing."""
+    eps, delta, n = spec["epsilon"], spec["delta"], spec["calibration_samples"]
+    what = {"accuracy": "harm rate (wrong where exit 7 is right; bounds the accuracy drop)",
+            "consistency": "consistency risk (answer differs from exit 7's; label-free)"}[spec["risk"]]
+    head = (f"{spec['risk']}: {what} <= {100 * eps:g}% with probability >= {1 - delta:g}, certified on {n} "
+            f"validation samples (exact binomial test, fixed-sequence order from the training split): a setting "
+            f"passes where at most {spec['max_losses']} of them lose; these samples certify no epsilon below "
+            f"{100 * spec['smallest_epsilon']:.3f}%.")
+    none = [f"No setting of {e['policy']} can be certified at {100 * eps:g}%" +
+            (f"; its next candidate needs epsilon >= {100 * e['next_epsilon']:.2f}%."
+             if e["next_epsilon"] is not None else ".")
+            for e in spec["policies"] if not e["certified"]]
+    return "\n\n".join([head, certified_table(spec), *none])
+
+
+def certified_goal(spec: dict, target: float = 0.35) -> dict:
+    """The local policy (random aside) whose certified setting saves the most FLOPs on test."""
+    ok = [e for e in spec["policies"] if e["certified"] and e["local"] and e["policy"] != "random"]
+    best = max(ok, key=lambda e: e["test"]["flops_reduction"], default=None)
+    saved = best["test"]["flops_reduction"] if best else 0.0
+    return {"policy": best and best["policy"], "flops_reduction": saved, "target": target, "met": saved >= target}
+
+
+def certified_summary(report: dict) -> str:
+    out = []
+    for spec in report.get("certified", []):
+        g = certified_goal(spec)
+        best = f"{g['policy']} saves {_pct(g['flops_reduction'])} on test" if g["policy"] else "none is certified"
+        out.append(f"Certified ({spec['risk']} risk <= {100 * spec['epsilon']:g}%, delta {spec['delta']:g}): "
+                   f"{'met' if g['met'] else 'not met'} (a local policy saving >= {_pct(g['target'])}); {best}.")
+    return " ".join(out)
+
+
 def _elapsed(report: dict) -> str:
     if "evaluation_s" in report:  # written by the demo: the whole experiment, then its evaluation
         return f"the whole experiment took {report['elapsed_s']:.0f} s, its evaluation {report['evaluation_s']:.0f} s"
@@ -82,7 +145,7 @@ def render(report: dict, figures: list[str]) -> str:
     head = [f"# DistrEE evaluation: {report.get('dataset', '?')}", "",
             f"{report['num_students']} students; teacher accuracy {_pct(teacher)}; last-exit accuracy "
             f"{_pct(report['last_exit_accuracy'])}; last-exit cost {report['flops']['last_exit'] / 1e6:.1f} MFLOPs "
-            f"per sample; {_elapsed(report)}.", "", summary(report), "",
+            f"per sample; {_elapsed(report)}.", "", summary(report), "", certified_summary(report), "",
             f"Thresholds are chosen on the validation split (`{CALIBRATED}`: least FLOPs within "
             f"{100 * report['max_drop']:.1f} points of last exit there); every number below is on the test split. "
             "Measured latency is wall-clock per sample in streaming mode (one thread). 'Time saved' against "
@@ -91,6 +154,7 @@ def render(report: dict, figures: list[str]) -> str:
             "the two predictions is the model's (early stages are memory-bound), the gap between the last "
             "prediction and the measurement is the exit machinery's."]
     sections = [("Policies", policy_table(report)), ("DistrEE rule, the paper's shared-T sweep", sweep_table(report)),
+                *[(f"Certified settings: {c['risk']} risk", certified_text(c)) for c in report.get("certified", [])],
                 ("Accuracy with every student at exit j", exit_table(report)),
                 ("Can a score tell exits that keep exit 7's answer from those that change it? (AUROC)",
                  auroc_table(report))]
