@@ -16,7 +16,7 @@ from distree.training.students import train_students
 from distree.training.teacher import train_teacher
 
 # Lean evaluation for the demo's time budget: the engine is timed on a subset of the test split.
-DEMO_EVALUATION = EvaluateConfig(timing=TimingConfig(compacting_samples=256, streaming_samples=32))
+DEMO_EVALUATION = EvaluateConfig(timing=TimingConfig(compacting_samples=512, streaming_samples=512))
 
 
 def run_experiment(out, preset: str = "demo", config: EvaluateConfig = DEMO_EVALUATION,

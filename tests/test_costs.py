@@ -4,7 +4,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from distree.costs import CostConfig, DeviceConfig, FlopTable, count_flops, flops_per_sample, simulated_latency
 from distree.inference.engine import InferenceEngine
-from distree.inference.timing import TimingConfig, stage_seconds, time_engines
+from distree.inference.timing import TimingConfig, exit_machinery, stage_seconds, time_engines
 from distree.policies import make_policy
 from inference_cases import K, N, tiny_batch, tiny_model
 
@@ -52,6 +52,16 @@ def test_timing_measures_both_modes():
                                                            streaming_samples=2, repeats=1))
     for t in timings.values():
         assert t.streaming_ms > 0 and t.compacting_ms > 0 and t.samples_per_s > 0
+        assert t.streaming_p10_ms <= t.streaming_p90_ms and t.streaming_sem_ms >= 0
+
+
+def test_exit_machinery_is_the_walk_beyond_its_stages_per_exit():
+    engine = InferenceEngine(MODEL, make_policy("local-confidence"), 0.5)
+    cost = exit_machinery(engine.steps[0], X, TimingConfig(repeats=1))
+    assert cost["walk_ms"] > cost["stages_ms"] > 0 and cost["bare_op_us"] > 0
+    per_exit_us = 1e3 * (cost["walk_ms"] - cost["stages_ms"]) / 7
+    assert abs(cost["machinery_us_per_exit"] - per_exit_us) < 1e-6
+    assert abs(cost["machinery_over_bare_op"] - cost["machinery_us_per_exit"] / cost["bare_op_us"]) < 1e-9
 
 
 def test_stage_seconds_price_every_stage_and_head_per_sample():

@@ -23,6 +23,7 @@ class TimingConfig:
     batch_size: int = 128  # of compacting mode
     streaming_samples: int = 512  # samples timed one at a time
     repeats: int = 2  # the fastest repeat of each chunk counts
+    machinery_samples: int = 64  # samples the exit machinery's cost is measured on (exit_machinery)
     threads: int = 1  # torch threads while timing
 
 
