@@ -48,21 +48,8 @@ class FlopTable:
         return float(self.stage.sum() + self.head[:, -1].sum() + self.aggregator)
 
 
-def _exit_head_flops(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
-    """The fused head's projection, counted as flop_counter counts a matmul: 2 * B * C * D."""
-    if weight_shape is None:
-        return 0
-    return 2 * x_shape[0] * weight_shape[0] * weight_shape[1]
-
-
-def _custom_flops() -> dict:
-    ops = getattr(torch.ops, "distree", None)
-    names = ("exit_head", "exit_head_triton")
-    return {getattr(ops, n): _exit_head_flops for n in names if ops is not None and hasattr(ops, n)}
-
-
 def _count(fn, *args) -> tuple[int, object]:
-    with FlopCounterMode(display=False, custom_mapping=_custom_flops()) as counter:
+    with FlopCounterMode(display=False) as counter:  # the fused ops bring their own formula
         out = fn(*args)
     return counter.get_total_flops(), out
 

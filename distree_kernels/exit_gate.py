@@ -7,9 +7,9 @@ formula, and the Triton backend as ops of its own, so that every backend traces 
 torch.compile(fullgraph=True).
 """
 import torch
-from torch.utils.flop_counter import register_flop_formula
 
 from . import backends, ops
+from .flops import register_projection_flops
 from .exit_gate_checks import INCLUSIVE, check_exit_gate_args, check_exit_gate_decide_args
 from .exit_gate_reference import exit_gate_decide_reference, exit_gate_reference
 
@@ -46,25 +46,13 @@ def _make_backward(backward_op):
     return backward
 
 
-def projection_flops(x_shape, weight_shape) -> int:
-    """The projection counted as a matmul: 2 * B * C * K, 0 without weight (the pool, the
-    scores and the threshold test are O(B * C * H * W) and O(B * K) and not counted)."""
-    if weight_shape is None:
-        return 0
-    return 2 * x_shape[0] * x_shape[1] * weight_shape[0]
-
-
-def _exit_gate_flops(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
-    return projection_flops(x_shape, weight_shape)
-
-
 if ops.EXTENSION_ERROR is None:
     torch.library.register_fake("distree::exit_gate")(_fake_exit_gate)
     torch.library.register_fake("distree::exit_gate_decide")(_fake_decide)
     torch.library.register_autograd("distree::exit_gate",
                                     _make_backward(torch.ops.distree.exit_head_backward),
                                     setup_context=_setup_context)
-    register_flop_formula(torch.ops.distree.exit_gate)(_exit_gate_flops)
+    register_projection_flops(torch.ops.distree.exit_gate)
 
 
 if ops.TRITON_ERROR is None:
@@ -96,7 +84,7 @@ if ops.TRITON_ERROR is None:
     exit_gate_decide_triton.register_fake(_fake_decide)
     exit_gate_triton.register_autograd(_make_backward(ops.exit_head_backward_triton),
                                        setup_context=_setup_context)
-    register_flop_formula(torch.ops.distree.exit_gate_triton)(_exit_gate_flops)
+    register_projection_flops(torch.ops.distree.exit_gate_triton)
 
 
 def _implementation(backend, fused):
