@@ -2,7 +2,7 @@
 
 FLOPs are counted once per model on one sample, per student and stage, per head and for the
 aggregator; a policy's cost per sample then follows from its exits alone. Simulated latency
-follows spec section 5: a local policy pays each device's compute to its exit plus one message,
+follows docs/method.md ("Costs"): a local policy pays each device's compute to its exit plus one message,
 and waits for the slowest device; a per-exit policy pays, at every decision stage, the slowest
 device's compute since the last decision plus one message from every device.
 """
@@ -74,11 +74,11 @@ def count_flops(model, sample: torch.Tensor) -> FlopTable:
     stage, head = torch.zeros(n, NUM_EXITS), torch.zeros(n, NUM_EXITS)
     sent = []
     for i, student in enumerate(model.students):
-        x, first = sample, None
-        for j, (s, h) in enumerate(zip(student.stages, student.heads)):
-            stage[i, j], x = _count(s, x)
-            head[i, j], (u, _, _) = _count(h, x, first)
-            first = u if first is None else first
+        walk = student.walk(sample)
+        stages = iter(walk)
+        for j in range(NUM_EXITS):
+            stage[i, j], _ = _count(next, stages)
+            head[i, j], (u, _, _) = _count(walk.head)
         sent.append(u)
     agg, _ = _count(model.aggregate, torch.stack(sent))
     return FlopTable(stage.double(), head.double(), float(agg))

@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 
 from distree.inference.timing import TimingConfig
-from distree.partition import partition_run
-from distree.report.evaluate import EvaluateConfig, Evaluation, evaluate_run, write_report
-from distree.training.checkpoint import CONFIG, PARTITION, STUDENTS, TEACHER, read_config, write_config
+from distree.training.partition import partition_run
+from distree.evaluation import EvaluateConfig, Evaluation, evaluate_run
+from distree.report import write_report
+from distree.run_dir import CONFIG, PARTITION, STUDENTS, TEACHER, read_config, write_config
 from distree.training.presets import run_config
 from distree.training.students import train_students
 from distree.training.teacher import train_teacher

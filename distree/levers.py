@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distree.errors import DistreeError
-from distree.report import MAIN
-from distree.report.evaluate import EvaluateConfig, evaluate_run
-from distree.training.checkpoint import PARTITION, TEACHER, read_config, write_config
+from distree.run_dir import CALIBRATED
+from distree.evaluation import EvaluateConfig, evaluate_run
+from distree.run_dir import PARTITION, TEACHER, read_config, write_config
 from distree.training.students import train_students
 
 # One change to the students' recipe per lever, as {config section: {key: value}}.
@@ -57,7 +57,7 @@ def prepare(base_dir: Path, lever_dir: Path, config: dict) -> None:
 
 def lever_row(name: str, report: dict) -> dict:
     """One lever's line of the table."""
-    mains = {e["policy"]: e for e in report["policies"] if e["setting"] == MAIN}
+    mains = {e["policy"]: e for e in report["policies"] if e["setting"] == CALIBRATED}
     last = report["last_exit_accuracy"]
     row = {"lever": name, "last_exit_accuracy": last, "exit_accuracy": report["exit_accuracy"],
            "oracle_flops_reduction": report["oracle"]["flops_reduction"],

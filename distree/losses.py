@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-NUM_EXITS = 7
+from distree.models.student import NUM_EXITS
 
 
 @dataclass

@@ -37,7 +37,7 @@ def synthetic_evidence(b: int = 2000, seed: int = 0) -> Evidence:
 
 
 def synthetic_flops() -> FlopTable:
-    """The WRN-16-1 proportions of spec section 8 (MFLOPs per stage), heads of 2 * C * K."""
+    """The WRN-16-1 proportions (MFLOPs per stage of a 1-channel 32x32 input), heads of 2 * C * K."""
     stage = torch.tensor([0.3, 9.4, 9.4, 7.3, 9.4, 7.3, 9.4], dtype=torch.float64).repeat(N, 1) * 1e6
     head = torch.tensor([16, 16, 16, 32, 32, 64, 64], dtype=torch.float64).repeat(N, 1) * 2 * K
     return FlopTable(stage, head, 0.0)

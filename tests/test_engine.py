@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from distree.inference.engine import MODES, InferenceEngine, select_rows
+from distree.inference.engine import MODES, InferenceEngine
+from distree.models.student import select_rows
 from distree.inference.evidence import model_evidence, policy_scores
 from distree.policies import POLICIES, make_policy
 from distree.policies.learned_gate import train_learned_gate

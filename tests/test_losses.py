@@ -1,4 +1,4 @@
-"""Each loss of the spec against a value computed by hand."""
+"""Each loss of docs/method.md against a value computed by hand."""
 import math
 
 import pytest

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from distree.errors import DistreeError
-from distree.partition import (Partition, PartitionConfig, activation_graph, balance, filter_activations,
+from distree.training.partition import (Partition, PartitionConfig, activation_graph, balance, filter_activations,
                                load_partition, make_partition, save_partition)
 
 

@@ -8,10 +8,11 @@ from distree.cli import main
 from distree.errors import DistreeError
 from distree.levers import COMPARED, LEVERS, LeverConfig, lever_config, lever_table, run_levers
 from distree.inference.timing import TimingConfig
-from distree.report.diagnostics import auroc
-from distree.report.evaluate import EvaluateConfig, evaluate_run, write_report
+from distree.inference.diagnostics import auroc
+from distree.evaluation import EvaluateConfig, evaluate_run
+from distree.report import write_report
 from distree.report.plots import pareto
-from distree.training.checkpoint import STUDENTS, build_students, save_atomic, write_config
+from distree.run_dir import STUDENTS, build_students, save_atomic, write_config
 from distree.training.presets import run_config
 
 FAST = EvaluateConfig(gate_samples=64, curve_points=8, timing=TimingConfig(16, 8, 4, 1))

@@ -16,7 +16,7 @@ from distree.cli import main
 from distree.errors import DistreeError
 from distree.models.distree_model import DistrEEModel
 from distree.training import loop
-from distree.training.checkpoint import load_checkpoint, load_student_model, save_atomic
+from distree.run_dir import load_checkpoint, load_student_model, save_atomic
 from distree.training.loop import OptimConfig, lr_factor
 from distree.training.overhead import exit_params_and_flops, exit_step_time
 

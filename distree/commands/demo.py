@@ -3,6 +3,7 @@ from pathlib import Path
 
 from distree.experiment import run_experiment
 from distree.report.markdown import policy_table, summary
+from distree.run_dir import REPORT_MD
 
 
 def add_parser(subparsers) -> None:
@@ -18,5 +19,5 @@ def run(args) -> int:
     print(policy_table(report))
     print()
     print(summary(report))
-    print(f"total {report['elapsed_s']:.0f} s; report: {Path(args.out) / 'report.md'}")
+    print(f"total {report['elapsed_s']:.0f} s; report: {Path(args.out) / REPORT_MD}")
     return 0

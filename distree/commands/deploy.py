@@ -2,8 +2,8 @@
 from distree.errors import DistreeError
 from distree.runtime.config import add_serve_arguments, config_from_args
 from distree.runtime.deploy import deploy
-from distree.runtime.serve import check_options
-from distree.training.checkpoint import read_config
+from distree.runtime.rank import check_options
+from distree.run_dir import read_config
 
 
 def add_parser(subparsers) -> None:

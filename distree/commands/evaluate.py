@@ -5,8 +5,10 @@ from distree.calibration import CalibrationConfig
 from distree.data import DATASETS
 from distree.errors import DistreeError
 from distree.inference.timing import TimingConfig
-from distree.report.evaluate import EvaluateConfig, evaluate_run, write_report
+from distree.evaluation import EvaluateConfig, evaluate_run
+from distree.report import write_report
 from distree.report.markdown import policy_table, summary
+from distree.run_dir import REPORT_MD
 
 
 def add_parser(subparsers) -> None:
@@ -50,5 +52,5 @@ def run(args) -> int:
     print(policy_table(evaluation.report))
     print()
     print(summary(evaluation.report))
-    print(f"report: {Path(args.run) / 'report.md'}")
+    print(f"report: {Path(args.run) / REPORT_MD}")
     return 0

@@ -1,7 +1,7 @@
 """`distree overhead`: parameters, FLOPs and training time of the 6 added exits."""
 from pathlib import Path
 
-from distree.training.checkpoint import read_config
+from distree.run_dir import read_config
 from distree.training.overhead import exit_params_and_flops, exit_step_time
 
 

@@ -2,8 +2,8 @@
 from pathlib import Path
 
 from distree.errors import DistreeError
-from distree.partition import partition_run
-from distree.training.checkpoint import PARTITION, STUDENTS, read_config, write_config
+from distree.training.partition import partition_run
+from distree.run_dir import PARTITION, STUDENTS, read_config, write_config
 from distree.training.presets import override
 
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 from distree.errors import DistreeError
 from distree.models.student import EXIT_SPACES
-from distree.partition import load_partition
-from distree.training.checkpoint import PARTITION, STUDENTS, read_config, write_config
+from distree.training.partition import load_partition
+from distree.run_dir import PARTITION, STUDENTS, read_config, write_config
 from distree.training.presets import override
 from distree.training.students import train_students
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 from distree.data import DATASETS, dataset_shape
 from distree.errors import DistreeError
-from distree.training.checkpoint import TEACHER, read_config, write_config
+from distree.run_dir import TEACHER, read_config, write_config
 from distree.training.presets import PRESETS, override, run_config
 from distree.training.teacher import train_teacher
 

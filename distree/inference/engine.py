@@ -15,18 +15,9 @@ import torch
 
 from distree.inference.evidence import bias_share, model_evidence, policy_exits
 from distree.inference.step import DeviceStep
-from distree.policies import NUM_EXITS, Policy, check_thresholds
+from distree.policies import LAST_EXIT, Policy, check_thresholds
 
 MODES = ("dense", "compacting", "streaming")
-LAST = NUM_EXITS - 1
-
-
-def select_rows(h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """h[keep] along the batch, keeping h's memory layout: index_select alone returns NCHW, and
-    the channels_last convolutions that follow would pay a conversion of every activation."""
-    if h.dim() == 4 and h.is_contiguous(memory_format=torch.channels_last):
-        return h.permute(0, 2, 3, 1).index_select(0, keep).permute(0, 3, 1, 2)  # (b', C, H, W) channels_last
-    return h.index_select(0, keep)
 
 
 @dataclass
@@ -69,55 +60,32 @@ class InferenceEngine:
 
     def _compacting_local(self, x, index):
         """Each student runs alone; after each exit its finished samples leave the batch."""
-        n, b = len(self.model.students), x.shape[0]
-        sent, exits = None, torch.full((n, b), LAST, dtype=torch.long, device=x.device)
-        for i, student in enumerate(self.model.students):
-            h, ids, first, previous = x, torch.arange(b, device=x.device), None, None
-            for j, (stage, head) in enumerate(zip(student.stages, student.heads)):
-                h = stage(h)  # (b', C_j, H_j, W_j)
-                if j < LAST and not self.policy.exits_early:
-                    continue
-                u, score, _ = head(h, first)  # (b', K), (b',)
-                if sent is None:
-                    sent = u.new_zeros(n, b, u.shape[1])  # (N, B, K)
-                if j == LAST:
-                    sent[i, ids] = u
-                    break
-                first = u if first is None else first
-                if j >= 1:
-                    stop = self.steps[i].stops(j, u, first, previous, score, index[ids])  # (b',)
-                    done = stop.nonzero().squeeze(1)
-                    if done.numel():
-                        keep = (~stop).nonzero().squeeze(1)
-                        sent[i, ids[done]], exits[i, ids[done]] = u[done], j
-                        h, ids, first, u = select_rows(h, keep), ids[keep], first[keep], u[keep]
-                    if ids.numel() == 0:
-                        break
-                previous = u
-        return sent, exits
+        runs = [step.run(x, index) for step in self.steps]  # N x ((B, K), (B,))
+        return torch.stack([u for u, _ in runs]), torch.stack([e for _, e in runs])  # (N, B, K), (N, B)
 
     def _compacting_per_exit(self, x):
         """All students advance stage by stage; the aggregator decides for all of them at once."""
-        students = self.model.students
-        n, b = len(students), x.shape[0]
-        hs, ids = [x] * n, torch.arange(b, device=x.device)
-        logits, exits = None, torch.full((n, b), LAST, dtype=torch.long, device=x.device)
-        for j in range(NUM_EXITS):
-            hs = [s.stages[j](h) for s, h in zip(students, hs)]  # N x (b', C_j, H_j, W_j)
+        walks = [s.walk(x) for s in self.model.students]
+        n, b = len(walks), x.shape[0]
+        ids = torch.arange(b, device=x.device)
+        logits, exits = None, torch.full((n, b), LAST_EXIT, dtype=torch.long, device=x.device)
+        for j, _ in enumerate(zip(*walks)):  # every student has run stage j
             if j == 0:
                 continue
-            z = self.aggregate(torch.stack([s.heads[j](h)[0] for s, h in zip(students, hs)]))  # (b', K)
+            z = self.aggregate(torch.stack([w.head()[0] for w in walks]))  # (b', K)
             if logits is None:
                 logits = z.new_zeros(b, z.shape[1])  # (B, K)
-            if j == LAST:
+            if j == LAST_EXIT:
                 logits[ids] = z
                 break
-            stop = self.policy.passes(self.policy.score(z), self.thresholds[j - 1])  # (b',)
+            stop = self.policy.stops(z, self.thresholds, j)  # (b',)
             done = stop.nonzero().squeeze(1)
             if done.numel():
                 keep = (~stop).nonzero().squeeze(1)
                 logits[ids[done]], exits[:, ids[done]] = z[done], j
-                hs, ids = [select_rows(h, keep) for h in hs], ids[keep]
+                for w in walks:
+                    w.keep(keep)
+                ids = ids[keep]
             if ids.numel() == 0:
                 break
         return Result(logits, exits)
@@ -126,9 +94,5 @@ class InferenceEngine:
         """One sample x (1, C, H, W): every student stops its stages at its own exit."""
         if not self.policy.local:
             return self._compacting_per_exit(x)
-        sent, exits = [], []
-        for step in self.steps:
-            u, j = step.run_to_exit(x, index)
-            sent.append(u)
-            exits.append(j)
-        return Result(self.aggregate(torch.stack(sent)), torch.tensor(exits, device=x.device).view(-1, 1))
+        sent, exits = self._compacting_local(x, index)
+        return Result(self.aggregate(sent), exits)

@@ -51,11 +51,10 @@ class Evidence:
 
 def run_exits(student, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """All stages and heads of one student: u (7, B, K) and head scores (7, B) against exit 1."""
-    us, scores, first = [], [], None
-    for stage, head in zip(student.stages, student.heads):
-        x = stage(x)  # (B, C_j, H_j, W_j)
-        u, score, _ = head(x, first)  # (B, K), (B,)
-        first = u if first is None else first
+    us, scores = [], []
+    walk = student.walk(x)
+    for _ in walk:
+        u, score, _ = walk.head()  # (B, K), (B,)
         us.append(u)
         scores.append(score)
     return torch.stack(us), torch.stack(scores)

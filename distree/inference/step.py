@@ -1,15 +1,15 @@
-"""What one device computes for one sample: its student's stages, up to the exit it chooses.
+"""What one device computes: its student's stages, up to the exit its policy picks, per sample.
 
-The inference engine's streaming mode and the distributed runtime's devices both run this one
-step, so the distributed predictions equal the single-process ones bit for bit.
+`DeviceStep.run` is the one walk to an exit: the engine's compacting and streaming modes, the
+runtime's devices and the timing all use it, so the distributed predictions equal the
+single-process ones bit for bit. A batch compacts after each decision exit (finished samples
+leave it); one sample is a batch of one that stops its stages at its exit.
 """
 from collections.abc import Iterator
 
 import torch
 
-from distree.policies import NUM_EXITS, LocalInputs, Policy
-
-LAST = NUM_EXITS - 1
+from distree.policies import LAST_EXIT, LocalInputs, Policy
 
 
 class DeviceStep:
@@ -21,23 +21,38 @@ class DeviceStep:
         self.thresholds, self.bias_share = thresholds.to(self.device), bias_share.to(self.device)
 
     @torch.no_grad()
-    def local(self, x: torch.Tensor, sample: int) -> tuple[torch.Tensor, int]:
+    def run_one(self, x: torch.Tensor, sample: int) -> tuple[torch.Tensor, int]:
         """x (C, H, W) -> (u (K,) float32 to send, 0-based exit), decided by this device alone."""
-        u, j = self.run_to_exit(x.unsqueeze(0), torch.tensor([sample], device=self.device))
-        return u[0].float().cpu(), j
+        u, exits = self.run(x.unsqueeze(0), torch.tensor([sample], device=self.device))
+        return u[0].float().cpu(), int(exits[0])
 
-    def run_to_exit(self, h: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """h (1, C, H, W) with its sample id index (1,) -> (u (1, K) at the exit, 0-based exit)."""
-        first = previous = None
-        for j, (stage, head) in enumerate(zip(self.student.stages, self.student.heads)):
-            h = stage(h)  # (1, C_j, H_j, W_j)
-            if j < LAST and not self.policy.exits_early:
+    def run(self, x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, C, H, W) with sample ids index (B,) -> (u (B, K) at each sample's exit, exits (B,) 0-based)."""
+        b = x.shape[0]
+        walk, ids = self.student.walk(x), torch.arange(b, device=x.device)
+        sent, exits = None, torch.full((b,), LAST_EXIT, dtype=torch.long, device=x.device)
+        previous = None
+        for j in walk:
+            if j < LAST_EXIT and not self.policy.exits_early:
                 continue  # last-exit skips the heads it would never use
-            u, score, _ = head(h, first)  # (1, K), (1,)
-            first = u if first is None else first
-            if j == LAST or (j >= 1 and bool(self.stops(j, u, first, previous, score, index))):
-                return u, j
+            u, score, _ = walk.head()  # (b', K), (b',)
+            if sent is None:
+                sent = u.new_zeros(b, u.shape[1])  # (B, K)
+            if j == LAST_EXIT:
+                sent[ids] = u
+                break
+            if j >= 1:
+                stop = self.stops(j, u, walk.first, previous, score, index[ids])  # (b',)
+                done = stop.nonzero().squeeze(1)
+                if done.numel():
+                    keep = (~stop).nonzero().squeeze(1)
+                    sent[ids[done]], exits[ids[done]] = u[done], j
+                    walk.keep(keep)
+                    ids, u = ids[keep], u[keep]
+                if ids.numel() == 0:
+                    break
             previous = u
+        return sent, exits
 
     @torch.no_grad()
     def per_exit(self, x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
@@ -46,13 +61,12 @@ class DeviceStep:
         Exit 1 never stops a sample, so it sends nothing; the caller stops iterating when the
         aggregator says stop.
         """
-        h = x.unsqueeze(0)  # (1, C, H, W)
-        for j, (stage, head) in enumerate(zip(self.student.stages, self.student.heads)):
-            h = stage(h)  # (1, C_j, H_j, W_j)
+        walk = self.student.walk(x.unsqueeze(0))  # (1, C, H, W)
+        for j in walk:
             if j >= 1:
-                yield j, head(h)[0][0].float().cpu()  # (K,)
+                yield j, walk.head()[0][0].float().cpu()  # (K,)
 
     def stops(self, j, u, first, previous, score, index) -> torch.Tensor:
         """The policy's stop mask (b,) at decision exit j (0-based 1..5) for a batch of b samples."""
         x = LocalInputs(u, first, previous, score, self.bias_share, index, self.index, j)
-        return self.policy.passes(self.policy.score(x), self.thresholds[j - 1])  # (1,)
+        return self.policy.stops(x, self.thresholds, j)  # (b,)

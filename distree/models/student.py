@@ -4,6 +4,7 @@ Exit j's head is the fused `distree_kernels.ExitHead`: ReLU, global average pool
 map to K class-evidence values (no bias: the aggregator holds the one bias), so every exit of
 every student speaks the same language and can be summed at the aggregator.
 """
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,8 @@ from distree.errors import DistreeError
 from distree.models.wrn import init_weights, wrn_blocks
 from distree_kernels import ExitHead
 
+NUM_EXITS = 7  # after the stem and after each of the 6 blocks
+LAST_EXIT = NUM_EXITS - 1  # 0-based index of exit 7, where every sample stops
 EXIT_SPACES = ("class", "projected")
 PROJECTED_DIM = 64  # D of the `projected` alternative
 
@@ -47,11 +50,59 @@ class Student(nn.Module):
         for head in self.heads:
             head.backend = backend
 
+    def walk(self, x: torch.Tensor) -> "StudentWalk":
+        """A stage-by-stage run of this student on x (B, C, H, W); see StudentWalk."""
+        return StudentWalk(self, x)
+
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """u: 7 features (B, K) (or (B, D) if projected); maps: the 7 stage outputs (B, C_j, H_j, W_j)."""
         u, maps = [], []
-        for stage, head in zip(self.stages, self.heads):
-            x = stage(x)  # (B, C_j, H_j, W_j)
-            maps.append(x)
-            u.append(head(x)[0])  # (B, K)
+        walk = self.walk(x)
+        for _ in walk:
+            maps.append(walk.h)
+            u.append(walk.head(score=False)[0])  # (B, K)
         return u, maps
+
+
+def select_rows(h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """h[keep] along the batch, keeping h's memory layout: index_select alone returns NCHW, and
+    the channels_last convolutions that follow would pay a conversion of every activation."""
+    if h.dim() == 4 and h.is_contiguous(memory_format=torch.channels_last):
+        return h.permute(0, 2, 3, 1).index_select(0, keep).permute(0, 3, 1, 2)  # (b', C, H, W) channels_last
+    return h.index_select(0, keep)
+
+
+class StudentWalk:
+    """The one way through a student: iterating runs the next stage and yields its exit index.
+
+    After each stage, `h` holds its output (B', C_j, H_j, W_j); `head()` runs that exit's head
+    (against exit 1's feature, once exit 1's head has run), so a caller runs only the heads it
+    needs; `keep(rows)` drops the other samples from the batch before the next stage, so a
+    sample that has exited costs nothing more. Training, evidence collection, the engine, the
+    runtime's devices, timing and FLOP counting all walk a student this way.
+    """
+
+    def __init__(self, student: Student, x: torch.Tensor):
+        self.student, self.h, self.exit = student, x, -1
+        self.first = None  # (B', K) exit 1's feature, once its head has run
+
+    def __iter__(self) -> Iterator[int]:
+        for j, stage in enumerate(self.student.stages):
+            self.exit, self.h = j, stage(self.h)  # (B', C_j, H_j, W_j)
+            yield j
+
+    def head(self, score: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This exit's head on h: feature (B', K), score (B',) against exit 1 and the op's exit (B',).
+
+        score=False skips the comparison with exit 1 (training needs the feature only).
+        """
+        out = self.student.heads[self.exit](self.h, self.first if score else None)
+        if self.exit == 0:
+            self.first = out[0]
+        return out
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Goes on with the samples rows (B'',) of the current batch only."""
+        self.h = select_rows(self.h, rows)
+        if self.first is not None:
+            self.first = self.first[rows]

@@ -1,6 +1,7 @@
 """Exit policies behind one interface (`base.Policy`); adding one is one small class here."""
 from distree.errors import DistreeError
-from distree.policies.base import (NUM_EXITS, NUM_THRESHOLDS, LocalInputs, LocalPolicy, PerExitPolicy, Policy,
+from distree.models.student import LAST_EXIT, NUM_EXITS
+from distree.policies.base import (NUM_THRESHOLDS, LocalInputs, LocalPolicy, PerExitPolicy, Policy,
                                   check_thresholds)
 from distree.policies.confidence import ConfidencePolicy
 from distree.policies.distree_rule import DistreePolicy
@@ -34,6 +35,7 @@ def make_policy(name: str, **kwargs) -> Policy:
 
 
 __all__ = [
+    "LAST_EXIT",
     "NUM_EXITS",
     "NUM_THRESHOLDS",
     "POLICIES",

@@ -16,8 +16,7 @@ from typing import ClassVar
 import torch
 
 from distree.errors import DistreeError
-
-NUM_EXITS = 7
+from distree.models.student import NUM_EXITS
 NUM_THRESHOLDS = 5  # exits 2..6 decide; exit 1 never stops a sample, exit 7 always does
 
 _COMPARE = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
@@ -48,6 +47,15 @@ class Policy:
     local: ClassVar[bool]
     stop_when: ClassVar[str] = ">"
     exits_early: ClassVar[bool] = True  # False only for last-exit, which skips exits 1..6
+
+    def stops(self, inputs, thresholds: torch.Tensor, exit: int) -> torch.Tensor:
+        """The stop mask (B,) at decision exit `exit` (0-based, 1..5) with thresholds (5,).
+
+        inputs: LocalInputs for a local policy, aggregated logits (B, K) for a per-exit one.
+        Every caller that decides one exit at a time (engine, devices, aggregator) goes through
+        here; `exits` does the same comparison for scores precomputed over a split.
+        """
+        return self.passes(self.score(inputs), thresholds[exit - 1])
 
     def passes(self, score: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
         return _COMPARE[self.stop_when](score, threshold)

@@ -3,7 +3,7 @@ from distree.policies.base import LocalInputs, LocalPolicy
 
 
 class DistreePolicy(LocalPolicy):
-    """Stop at the first j >= 2 with 1 / cos(u_j, u_1) > T_j (spec section 4).
+    """Stop at the first j >= 2 with 1 / cos(u_j, u_1) > T_j (docs/method.md, "Exit decisions").
 
     The fused exit head computes this score on the device in the same pass as the feature,
     so the policy only reads it back; a cos <= 0 scores +inf and a NaN never stops.

@@ -1,3 +1,4 @@
-"""The evaluation report: numbers (evaluate), figures (plots) and the readable summary (markdown)."""
+"""The evaluation report, presented: report.json, the readable report.md and the figures."""
+from distree.report.write import write_report
 
-MAIN = "calibrated"  # the setting of goal (a): least FLOPs within max_drop of last-exit, chosen on val
+__all__ = ["write_report"]

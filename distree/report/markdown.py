@@ -1,7 +1,7 @@
 """report.md: the evaluation's numbers as readable tables, with the figures linked."""
 import math
 
-from distree.report import MAIN
+from distree.run_dir import CALIBRATED
 
 
 def _pct(x) -> str:
@@ -83,7 +83,7 @@ def render(report: dict, figures: list[str]) -> str:
             f"{report['num_students']} students; teacher accuracy {_pct(teacher)}; last-exit accuracy "
             f"{_pct(report['last_exit_accuracy'])}; last-exit cost {report['flops']['last_exit'] / 1e6:.1f} MFLOPs "
             f"per sample; {_elapsed(report)}.", "", summary(report), "",
-            f"Thresholds are chosen on the validation split (`{MAIN}`: least FLOPs within "
+            f"Thresholds are chosen on the validation split (`{CALIBRATED}`: least FLOPs within "
             f"{100 * report['max_drop']:.1f} points of last exit there); every number below is on the test split. "
             "Measured latency is wall-clock per sample in streaming mode (one thread). 'Time saved' against "
             "last exit, on the timed samples: measured / predicted by FLOPs / predicted by each stage's and "

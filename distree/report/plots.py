@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from distree.policies import NUM_EXITS  # noqa: E402
-from distree.report import MAIN  # noqa: E402
+from distree.run_dir import CALIBRATED  # noqa: E402
 
 LOCAL_SCORES = ("distree", "similarity", "local-confidence", "learned-gate")
 SCORE_LABELS = {"distree": "cos(u_j, u_1) = 1 / score\n(cos <= 0 at 0)", "similarity": "cos(u_j, u_j-1)",
@@ -43,7 +43,7 @@ def accuracy_vs_cost(report: dict, key: str, xlabel: str, path: Path) -> None:
             xy = [(1 - x, a) for x, a in xy]  # plot the FLOPs spent, as a fraction of last-exit's
         ax.scatter(*zip(*xy), s=8, color=color, alpha=0.35)
         ax.plot(*zip(*pareto(xy)), color=color, label=name)
-        main = next(e for e in report["policies"] if e["policy"] == name and e["setting"] == MAIN)
+        main = next(e for e in report["policies"] if e["policy"] == name and e["setting"] == CALIBRATED)
         x = 1 - main[key] if key == "flops_reduction" else main[key]
         ax.scatter([x], [main["accuracy"]], color=color, marker="*", s=120, edgecolor="k", zorder=3)
     x_last = 1.0 if key == "flops_reduction" else last[key]
@@ -58,7 +58,7 @@ def accuracy_vs_cost(report: dict, key: str, xlabel: str, path: Path) -> None:
 
 def exit_histograms(report: dict, path: Path) -> None:
     """Per policy's calibrated setting, the share of samples each student stops at each exit."""
-    mains = [e for e in report["policies"] if e["setting"] == MAIN]
+    mains = [e for e in report["policies"] if e["setting"] == CALIBRATED]
     fig, axes = plt.subplots(1, len(mains), figsize=(2.6 * len(mains), 3), sharey=True, squeeze=False)
     exits = torch.arange(1, NUM_EXITS + 1)
     for ax, e in zip(axes[0], mains):

@@ -5,5 +5,5 @@ device runs its student to the exit its local policy picks and sends that exit's
 (messages.py); per-exit policies send at every exit and wait for the aggregator's decision.
 Faults are bounded by deadlines and heartbeats (aggregator.py, device.py, heartbeat.py), links
 can be slowed to an edge device's radio (netem.py), and faults injected on purpose (faults.py).
-Launch with `torchrun --nproc-per-node N+1 -m distree.serve --run DIR` or `distree deploy`.
+Launch with `torchrun --nproc-per-node N+1 -m distree.serve -- --run DIR` or `distree deploy`.
 """

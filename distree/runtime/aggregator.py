@@ -18,16 +18,14 @@ from dataclasses import dataclass
 
 import torch
 
-from distree.policies import NUM_EXITS
+from distree.policies import LAST_EXIT, NUM_EXITS
 from distree.runtime import messages as m
 from distree.runtime.faults import AGGREGATOR, Fault, strike
 from distree.runtime.group import Session
 from distree.runtime.heartbeat import Heartbeat
 from distree.runtime.links import Arrival, Link
 from distree.runtime.plan import PolicySpec
-from distree.runtime.report import PolicyRun
-
-LAST = NUM_EXITS - 1
+from distree.runtime.summary import PolicyRun
 
 
 @dataclass
@@ -129,8 +127,8 @@ class Aggregator:
                 if complete:
                     run.round_s.append(time.perf_counter() - t_round)
                 # a device late at this exit ends the sample: waiting another exit for it only adds latency
-                stop = j == LAST or not complete or not got or bool(spec.policy.passes(
-                    spec.policy.score(self._logits(got)), spec.thresholds[j - 1]))
+                stop = (j == LAST_EXIT or not complete or not got
+                        or bool(spec.policy.stops(self._logits(got), spec.thresholds, j)))
                 for i in expected & self.live:
                     self.links[i].send(m.encode(m.STOP if stop else m.CONTINUE, s, p, j))
                     run.downlink_decisions += 1

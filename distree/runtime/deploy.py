@@ -17,7 +17,7 @@ from distree.runtime.config import ServeConfig
 
 
 @dataclass
-class Outcome:
+class DeployResult:
     codes: list  # exit code per rank (negative: killed by that signal); rank 0 is the aggregator
     killed: list  # ranks deploy had to kill: still running after the grace period or the timeout
 
@@ -30,7 +30,7 @@ def free_port() -> int:
 
 def _rank_main(config: ServeConfig, env: dict) -> None:
     os.environ.update(env)
-    from distree.serve import run_rank  # imported once the environment is set
+    from distree.runtime.rank import run_rank  # imported once the environment is set
 
     code = run_rank(config)
     sys.stdout.flush()
@@ -38,7 +38,7 @@ def _rank_main(config: ServeConfig, env: dict) -> None:
     os._exit(code)
 
 
-def deploy(config: ServeConfig, devices: int, timeout_s: float = 0.0) -> Outcome:
+def deploy(config: ServeConfig, devices: int, timeout_s: float = 0.0) -> DeployResult:
     """Run a session of 1 + devices local processes; timeout_s > 0 bounds the whole session."""
     grace_s = config.dead_after_s + 2.0  # a device stops by itself within dead_after_s of its aggregator
     port, ctx = free_port(), multiprocessing.get_context("spawn")
@@ -58,4 +58,4 @@ def deploy(config: ServeConfig, devices: int, timeout_s: float = 0.0) -> Outcome
             proc.kill()
             proc.join()
             killed.append(rank)
-    return Outcome([p.exitcode for p in procs], killed)
+    return DeployResult([p.exitcode for p in procs], killed)

@@ -63,7 +63,7 @@ class Device:
             step, x = self.steps[msg.policy], msg.payload.view(self.input_shape).to(self.device)  # (C, H, W)
             if step.policy.local:
                 pending = self._post(self.input_numel)  # prefetch: the next input arrives while we compute
-                u, j = step.local(x, msg.seq)  # (K,)
+                u, j = step.run_one(x, msg.seq)  # (K,)
                 self._send(m.encode(m.FEATURE, msg.seq, msg.policy, BAD_EXIT if corrupt else j, u, micros(began)))
             else:
                 self._per_exit(step, x, msg, corrupt, began)

@@ -11,7 +11,7 @@ import torch
 
 from distree.data import SIZE, load_dataset
 from distree.errors import DistreeError
-from distree.training.checkpoint import data_config, read_config
+from distree.run_dir import data_config, read_config
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 

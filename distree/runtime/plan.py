@@ -5,16 +5,13 @@ its policy by its index in the plan and nothing else needs to travel. Thresholds
 command line, else from the run's calibration (`distree evaluate` writes the setting chosen on
 validation into report.json), else the policy's defaults, which stop nobody early.
 """
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from distree.errors import DistreeError
 from distree.policies import LearnedGatePolicy, Policy, check_thresholds, make_policy
-from distree.report import MAIN
-from distree.training.checkpoint import load_checkpoint
+from distree.run_dir import calibrated_thresholds, load_learned_gate
 
 
 @dataclass
@@ -39,29 +36,9 @@ def parse_thresholds(items: list[str]) -> dict[str, torch.Tensor]:
     return out
 
 
-def calibrated_thresholds(run_dir) -> dict[str, torch.Tensor]:
-    """{policy: thresholds} of the calibrated settings in the run's report.json; {} without one."""
-    path = Path(run_dir) / "report.json"
-    if not path.exists():
-        return {}
-    try:
-        entries = json.loads(path.read_text())["policies"]
-        return {e["policy"]: check_thresholds([float(v) for v in e["thresholds"]])
-                for e in entries if e["setting"] == MAIN}
-    except (ValueError, KeyError, TypeError) as err:
-        raise DistreeError(f"cannot read the calibrated thresholds in {path}: {err!r}") from None
-
-
 def load_policy(name: str, run_dir) -> Policy:
     """The policy called name; the learned gate comes fitted from the run directory."""
-    if name != LearnedGatePolicy.name:
-        return make_policy(name)
-    from distree.report.evaluate import GATE_FILE  # here: that module brings matplotlib, which devices never need
-
-    path = Path(run_dir) / GATE_FILE
-    if not path.exists():
-        raise DistreeError(f"no fitted learned gate in {run_dir}; run `distree evaluate --run {run_dir}` first")
-    return LearnedGatePolicy.from_state_dict(load_checkpoint(path)["state"])
+    return load_learned_gate(run_dir) if name == LearnedGatePolicy.name else make_policy(name)
 
 
 def make_plan(names: list[str], given: dict[str, torch.Tensor], run_dir) -> list[PolicySpec]:

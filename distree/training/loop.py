@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from distree.errors import DistreeError
-from distree.training.checkpoint import METRICS, load_checkpoint, load_state, save_atomic
+from distree.run_dir import METRICS, load_checkpoint, load_state, save_atomic
 
 SCHEDULES = ("step", "cosine")
 

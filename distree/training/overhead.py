@@ -35,11 +35,10 @@ def training_step(model: DistrEEModel, x: torch.Tensor, y: torch.Tensor, exits: 
     """One SGD step with cross-entropy at the given exits only (heads elsewhere are not run)."""
     u = [[] for _ in exits]
     for student in model.students:
-        h = x
-        for j, (stage, head) in enumerate(zip(student.stages, student.heads)):
-            h = stage(h)  # (B, C_j, H_j, W_j)
+        walk = student.walk(x)
+        for j in walk:
             if j in exits:
-                u[exits.index(j)].append(head(h)[0])  # (B, K)
+                u[exits.index(j)].append(walk.head(score=False)[0])  # (B, K)
     loss = sum(F.cross_entropy(model.aggregate(torch.stack(uj)), y) for uj in u)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -1,6 +1,6 @@
 """Named recipes for a whole run: data, teacher, partition, students.
 
-* paper: the spec's CIFAR-10 recipe (WRN-16-4 teacher, two WRN-16-1 students, 200 epochs of
+* paper: the CIFAR-10 recipe of docs/method.md (WRN-16-4 teacher, two WRN-16-1 students, 200 epochs of
   SGD with lr 0.1 x 0.2 at epochs 60, 120, 160, pad-crop-flip augmentation); meant for a GPU.
 * demo: Fashion-MNIST sized so that teacher, partition and two students finish within about
   10 minutes on a 2-core CPU. The teacher is a WRN-10-2 (a WRN-16-4 manages a quarter of an
@@ -17,7 +17,7 @@ from distree.errors import DistreeError
 from distree.losses import LossConfig
 from distree.models.student import StudentConfig
 from distree.models.wrn import WRNConfig
-from distree.partition import PartitionConfig
+from distree.training.partition import PartitionConfig
 from distree.training.loop import OptimConfig
 
 

@@ -14,9 +14,10 @@ import torch
 
 from distree.data import batches, load_dataset
 from distree.errors import DistreeError
-from distree.losses import NUM_EXITS, LossConfig, drop_students, joint_loss
-from distree.partition import load_partition
-from distree.training.checkpoint import (PARTITION, build_students, config_from_dict, data_config,
+from distree.losses import LossConfig, drop_students, joint_loss
+from distree.models.student import NUM_EXITS
+from distree.training.partition import load_partition
+from distree.run_dir import (PARTITION, build_students, config_from_dict, data_config,
                                          load_teacher)
 from distree.training.loop import OptimConfig, Phase, fit, make_optimizer, predict, sgd_step, train_epoch
 from distree.training.teacher import teacher_outputs, to_device

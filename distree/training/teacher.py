@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from distree.data import load_dataset, batches
 from distree.losses import at
-from distree.training.checkpoint import build_teacher, config_from_dict, data_config
+from distree.run_dir import build_teacher, config_from_dict, data_config
 from distree.training.loop import OptimConfig, Phase, fit, make_optimizer, predict, sgd_step, train_epoch
 
 

@@ -1,16 +1,14 @@
 """The evaluation behind `distree evaluate`: every policy calibrated on val, measured on test.
 
+It computes the report's numbers (a dict, saved as report.json); `distree.report` presents them.
+
 The model runs once per split (evidence); each policy's thresholds are chosen on the validation
 split only, and the test split only measures: accuracy, FLOPs, simulated latency, exits, and
 the wall-clock time of the engine for each policy's main setting.
 """
-import csv
-import json
-import math
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -25,13 +23,9 @@ from distree.inference.timing import TimingConfig, stage_seconds, time_engines
 from distree.policies import POLICIES, Policy, check_thresholds
 from distree.policies.learned_gate import GateConfig, LearnedGatePolicy, train_learned_gate
 from distree.policies.random_exit import RandomPolicy, matching_thresholds, uniform_thresholds
-from distree.report import MAIN
-from distree.report.diagnostics import flops_saved, oracle, score_aurocs
-from distree.report.markdown import render
-from distree.report.plots import write_plots
-from distree.training.checkpoint import METRICS, data_config, load_student_model, read_config, save_atomic
-
-GATE_FILE = "learned_gate.pt"
+from distree.inference.diagnostics import flops_saved, oracle, score_aurocs
+from distree.run_dir import (CALIBRATED, data_config, jsonable_thresholds, load_student_model, read_config,
+                             save_learned_gate, teacher_accuracy)
 
 
 @dataclass
@@ -77,7 +71,7 @@ def build_policies(model, train_split, config: EvaluateConfig) -> dict[str, Poli
 
 def calibrated_settings(name: str, front: list[Outcome], last: Outcome, config: EvaluateConfig) -> list[Setting]:
     """Goal (a) and, when budgets are given, goal (b), from a policy's calibration front on val."""
-    out = [Setting(name, MAIN, least_flops(front, last.accuracy, config.calibration.max_drop).thresholds)]
+    out = [Setting(name, CALIBRATED, least_flops(front, last.accuracy, config.calibration.max_drop).thresholds)]
     if config.flops_budget is not None:
         best = best_within(front, flops=config.flops_budget * last.flops)
         out.append(Setting(name, f"FLOPs <= {config.flops_budget:.0%}", best.thresholds))
@@ -107,18 +101,13 @@ def thin(front: list[Outcome], count: int) -> list[Outcome]:
     return [front[i] for i in idx.tolist()]
 
 
-def jsonable(t: torch.Tensor) -> list:
-    """Thresholds as JSON: infinities (stop nobody / everybody) as the strings "inf" and "-inf"."""
-    return [v if math.isfinite(v) else ("inf" if v > 0 else "-inf") for v in t.tolist()]
-
-
 def curve_point(o: Outcome) -> dict:
-    return {"thresholds": jsonable(o.thresholds), "accuracy": o.accuracy, "flops_reduction": o.flops_reduction,
+    return {"thresholds": jsonable_thresholds(o.thresholds), "accuracy": o.accuracy, "flops_reduction": o.flops_reduction,
             "latency_ms_simulated": 1e3 * o.latency_s}
 
 
 def entry(s: Setting, on_val: Outcome, on_test: Outcome, policy: Policy) -> dict:
-    return {"policy": s.policy, "setting": s.name, "local": policy.local, "thresholds": jsonable(s.thresholds),
+    return {"policy": s.policy, "setting": s.name, "local": policy.local, "thresholds": jsonable_thresholds(s.thresholds),
             "accuracy": on_test.accuracy, "val_accuracy": on_val.accuracy,
             "flops_reduction": on_test.flops_reduction, "val_flops_reduction": on_val.flops_reduction,
             "latency_ms_simulated": 1e3 * on_test.latency_s, "latency_ms_measured": None,
@@ -127,7 +116,7 @@ def entry(s: Setting, on_val: Outcome, on_test: Outcome, policy: Policy) -> dict
 
 def timed_settings(settings: list[Setting]) -> list[Setting]:
     """The settings whose engine is timed: each policy's main one, last-exit and uniform random."""
-    return [s for s in settings if s.name in (MAIN, "uniform") or s.policy == "last-exit"]
+    return [s for s in settings if s.name in (CALIBRATED, "uniform") or s.policy == "last-exit"]
 
 
 def measure(model, policies, settings: list[Setting], split, test_eval: dict, flops: FlopTable,
@@ -158,7 +147,7 @@ def measure(model, policies, settings: list[Setting], split, test_eval: dict, fl
 
 def goal(entries: list[dict], last_accuracy: float, max_drop: float) -> dict:
     """The local policy saving the most FLOPs on test within max_drop of last-exit (its main setting)."""
-    ok = [e for e in entries if e["local"] and e["setting"] == MAIN and e["policy"] != "random"
+    ok = [e for e in entries if e["local"] and e["setting"] == CALIBRATED and e["policy"] != "random"
           and e["accuracy"] >= last_accuracy - max_drop]
     best = max(ok, key=lambda e: e["flops_reduction"], default=None)
     saved = best["flops_reduction"] if best else 0.0
@@ -232,16 +221,6 @@ def evaluate_model(model, splits, config: EvaluateConfig = EvaluateConfig()) -> 
     return Evaluation(report, scores, last_right, policies["learned-gate"])
 
 
-def teacher_accuracy(run_dir) -> float | None:
-    """The teacher's test accuracy from the run's metrics.csv, if its training finished."""
-    path = Path(run_dir) / METRICS
-    if not path.exists():
-        return None
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("phase") == "teacher" and r.get("test_acc")]
-    return float(rows[-1]["test_acc"]) if rows else None
-
-
 def check_run(model, config: dict, run_dir, dataset: str | None) -> None:
     """The students must be the run's: its dataset's shape and number of students."""
     name = config["data"]["name"]
@@ -270,16 +249,3 @@ def evaluate_run(run_dir, config: EvaluateConfig = EvaluateConfig(), dataset: st
     evaluation.report = {"dataset": run_config["data"]["name"], "teacher_accuracy": teacher_accuracy(run_dir),
                          **evaluation.report}
     return evaluation
-
-
-def save_learned_gate(gate: LearnedGatePolicy, run_dir, run_config: dict) -> None:
-    save_atomic({"dataset": run_config["data"]["name"], "num_students": gate.weight.shape[0],
-                 "state": gate.state_dict()}, Path(run_dir) / GATE_FILE)
-
-
-def write_report(evaluation: Evaluation, out) -> None:
-    """report.json, report.md and the figures, into out."""
-    out = Path(out)
-    figures = write_plots(evaluation.report, evaluation.test_scores, evaluation.last_right, out)
-    (out / "report.json").write_text(json.dumps(evaluation.report, indent=1, allow_nan=False) + "\n")
-    (out / "report.md").write_text(render(evaluation.report, figures))

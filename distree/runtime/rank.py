@@ -1,9 +1,17 @@
 """One process of a distributed session: join the group, take the role of this rank, report.
 
+This is the entry point of every rank (`python -m distree.serve`, `python -m distree.runtime.rank`,
+torchrun, and the processes `distree deploy` starts). Every rank leaves through os._exit once
+its output is flushed: a gloo receive cannot be cancelled, so a receive still posted to a peer
+that stalled or died would make a normal interpreter exit (and destroy_process_group) wait for
+it forever.
+
 Every rank loads the same run and builds the same plan from the same arguments. Rank 0 is the
 aggregator, rank i + 1 runs student i. The aggregator writes the JSON report and prints a table.
 """
+import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -12,21 +20,18 @@ import torch
 from distree.data import SIZE
 from distree.errors import DistreeError
 from distree.inference.evidence import bias_share
-from distree.runtime import reference
+from distree.runtime import single_process
 from distree.runtime.aggregator import Aggregator, Deadlines
-from distree.runtime.config import ServeConfig
+from distree.runtime.config import ServeConfig, add_serve_arguments, config_from_args
 from distree.runtime.device import Device, run_device
 from distree.runtime.faults import parse_fault
 from distree.runtime.group import AGGREGATOR_RANK, Session, init_group
 from distree.runtime.inputs import load_samples
 from distree.runtime.netem import link_models
 from distree.runtime.plan import make_plan, parse_thresholds
-from distree.runtime.report import summarise
+from distree.runtime.summary import summarise
 from distree.inference.step import DeviceStep
-from distree.training.checkpoint import load_student_model, read_config
-
-REPORT = "distributed.json"
-
+from distree.run_dir import DISTRIBUTED, load_student_model, read_config
 
 def serve(config: ServeConfig) -> int:
     """This rank's part of the session; the process exit code."""
@@ -48,7 +53,7 @@ def serve(config: ServeConfig) -> int:
                           dead_after_s=config.dead_after_s)
     aggregator = Aggregator(session, model, plan, deadlines, config.window, faults)
     x, labels = load_samples(config.run, config.split, config.samples, config.images)
-    single = reference.SingleProcess(model, plan) if config.reference_samples > 0 else None
+    single = single_process.SingleProcess(model, plan) if config.reference_samples > 0 else None
 
     def between(lo: int, hi: int) -> None:  # the same samples in one process, under the same load
         if single is not None and lo < config.reference_samples:
@@ -57,7 +62,7 @@ def serve(config: ServeConfig) -> int:
     runs = aggregator.run(x, labels, config.chunk, between)
     aggregator.shutdown(torch.Size(input_shape).numel())
     report = build_report(config, session, model, plan, links, aggregator, runs, x, single)
-    path = Path(config.report or Path(config.run) / REPORT)
+    path = Path(config.report or Path(config.run) / DISTRIBUTED)
     path.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
     print_table(report, path)
     return 0
@@ -77,11 +82,11 @@ def build_report(config, session: Session, model, plan, links, aggregator, runs,
     policies = {run.name: summarise(run, config.warmup) for run in runs}
     ref = x[:config.reference_samples]
     if single is not None:
-        table = reference.flop_table(model, ref)
-        rate = reference.compute_rate(model, table, ref)
+        table = single_process.flop_table(model, ref)
+        rate = single_process.compute_rate(model, table, ref)
         for p, (spec, run) in enumerate(zip(plan, runs)):
             entry, (ms, preds) = policies[run.name], single.result(p)
-            entry.update(reference.simulated(table, run, spec, aggregator.feature_dim, links, rate))
+            entry.update(single_process.simulated(table, run, spec, aggregator.feature_dim, links, rate))
             entry["single_process_ms"] = ms
             entry["predictions_match_single_process"] = preds == run.preds[:len(preds)]
     # a FLOPs saving is a mean over samples, so the time saving it is held against is one too
@@ -127,3 +132,30 @@ def print_table(report: dict, path: Path) -> None:
     for i, reason in report["lost_devices"].items():
         print(f"device {i} lost: {reason}")
     sys.stdout.flush()
+
+
+def run_rank(config: ServeConfig) -> int:
+    """serve(config) with a user's error reported as one line; the exit code."""
+    try:
+        return serve(config)
+    except DistreeError as err:
+        print(f"error: rank {os.environ.get('RANK', '?')}: {err}", file=sys.stderr)
+        return 2
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m distree.serve", description="One rank of a distributed session")
+    add_serve_arguments(parser)
+    return run_rank(config_from_args(parser.parse_args(argv)))
+
+
+def exit_rank(argv=None) -> None:
+    """main(), then os._exit with its code once stdout and stderr are flushed."""
+    code = main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    exit_rank()

@@ -15,7 +15,7 @@ import torch
 
 from distree.data import load_dataset
 from distree.errors import DistreeError
-from distree.training.checkpoint import PARTITION, config_from_dict, data_config, load_teacher
+from distree.run_dir import PARTITION, config_from_dict, data_config, load_teacher
 
 
 @dataclass

@@ -1,10 +1,14 @@
-"""What a run directory holds and how it is read back: config.json, teacher.pt, students.pt.
+"""The run directory: the name of every file a run holds, and how each is written and read back.
 
-Checkpoints are written to a temporary file and renamed over the old one, so a kill at any
+A run holds config.json, teacher.pt, partition.json, students.pt and metrics.csv from
+training; learned_gate.pt, report.json, report.md and the plots from `distree evaluate`; and
+distributed.json from the runtime. Checkpoints are written to a temporary file and renamed over the old one, so a kill at any
 moment leaves either the previous epoch's checkpoint or the new one, never half of one. They
 are read with weights_only=True: plain tensors and containers, no code.
 """
+import csv
 import json
+import math
 import os
 from dataclasses import fields
 from pathlib import Path
@@ -16,9 +20,14 @@ from distree.errors import DistreeError
 from distree.models.distree_model import DistrEEModel
 from distree.models.student import Student, StudentConfig
 from distree.models.wrn import WideResNet, WRNConfig
+from distree.policies import LearnedGatePolicy, check_thresholds
 
 CONFIG, TEACHER, STUDENTS = "config.json", "teacher.pt", "students.pt"
 PARTITION, METRICS = "partition.json", "metrics.csv"
+GATE, REPORT, REPORT_MD = "learned_gate.pt", "report.json", "report.md"
+DISTRIBUTED = "distributed.json"
+
+CALIBRATED = "calibrated"  # the report's name for each policy's main setting: least FLOPs within max_drop, on val
 
 
 def save_atomic(obj, path) -> None:
@@ -126,3 +135,45 @@ def load_student_model(run_dir) -> DistrEEModel:
 def data_config(config: dict) -> DataConfig:
     """The run's dataset, as load_dataset's arguments."""
     return config_from_dict(DataConfig, config["data"])
+
+
+def teacher_accuracy(run_dir) -> float | None:
+    """The teacher's test accuracy from the run's metrics.csv, if its training finished."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return None
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("phase") == "teacher" and r.get("test_acc")]
+    return float(rows[-1]["test_acc"]) if rows else None
+
+
+def save_learned_gate(gate: LearnedGatePolicy, run_dir, run_config: dict) -> None:
+    """learned_gate.pt: the gate fitted on the run's training split, beside the students."""
+    save_atomic({"dataset": run_config["data"]["name"], "num_students": gate.weight.shape[0],
+                 "state": gate.state_dict()}, Path(run_dir) / GATE)
+
+
+def load_learned_gate(run_dir) -> LearnedGatePolicy:
+    """The run's fitted learned gate, or an error saying how to fit it."""
+    path = Path(run_dir) / GATE
+    if not path.exists():
+        raise DistreeError(f"no fitted learned gate in {run_dir}; run `distree evaluate --run {run_dir}` first")
+    return LearnedGatePolicy.from_state_dict(load_checkpoint(path)["state"])
+
+
+def jsonable_thresholds(t: torch.Tensor) -> list:
+    """Thresholds as JSON: infinities (stop nobody / everybody) as the strings "inf" and "-inf"."""
+    return [v if math.isfinite(v) else ("inf" if v > 0 else "-inf") for v in t.tolist()]
+
+
+def calibrated_thresholds(run_dir) -> dict[str, torch.Tensor]:
+    """{policy: thresholds} of the calibrated settings in the run's report.json; {} without one."""
+    path = Path(run_dir) / REPORT
+    if not path.exists():
+        return {}
+    try:
+        entries = json.loads(path.read_text())["policies"]
+        return {e["policy"]: check_thresholds([float(v) for v in e["thresholds"]])
+                for e in entries if e["setting"] == CALIBRATED}
+    except (ValueError, KeyError, TypeError) as err:
+        raise DistreeError(f"cannot read the calibrated thresholds in {path}: {err!r}") from None

@@ -4,7 +4,7 @@
   one sample at a time) and one student alone (what one device computes), timed per sample in
   the aggregator's process between the distributed turns, with the engine's predictions for an
   equality check.
-* Simulated: the inference issue's latency model (`distree.costs.simulated_latency`) fed with
+* Simulated: the latency model of docs/method.md (`distree.costs.simulated_latency`) fed with
   the exits the runtime measured, the emulated links, and this machine's measured compute rate
   (one student's last-exit FLOPs over its measured time), so model and measurement line up.
 """
@@ -19,7 +19,7 @@ from distree.inference.evidence import bias_share
 from distree.policies import LastExitPolicy
 from distree.runtime.netem import LinkModel
 from distree.runtime.plan import PolicySpec
-from distree.runtime.report import PolicyRun, percentiles_ms
+from distree.runtime.summary import PolicyRun, percentiles_ms
 from distree.inference.step import DeviceStep
 
 
@@ -47,7 +47,7 @@ class SingleProcess:
                 self.preds[p].append(int(logits.argmax()))
                 if spec.policy.local:
                     t = time.perf_counter()
-                    self.alone[p].local(x[s], s)
+                    self.alone[p].run_one(x[s], s)
                     self.alone_s[p].append(time.perf_counter() - t)
 
     def result(self, p: int) -> tuple[dict, list]:
@@ -65,7 +65,7 @@ def compute_rate(model, table: FlopTable, x: torch.Tensor) -> float:
     times = []
     for s in range(len(x)):
         t = time.perf_counter()
-        step.local(x[s], s)
+        step.run_one(x[s], s)
         times.append(time.perf_counter() - t)
     return float(table.stage[0].sum() + table.head[0, -1]) / statistics.median(times)
 
