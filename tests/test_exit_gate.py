@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from distree_kernels import exit_gate_decide_reference, exit_gate_reference, exit_head
+from distree_kernels import exit_gate_reference, exit_head
 from distree_kernels.exit_gate_reference import gate_scores
 from exit_gate_cases import RULES, THRESHOLDS, make_gate_args, run_decide, run_gate
 from exit_head_cases import backends
