@@ -8,6 +8,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace distree {
@@ -58,6 +60,60 @@ acc_t dot(const scalar_t* w, const acc_t* p, int64_t n) {
   return s + sum_lanes(lane);
 }
 
+#if defined(__GNUC__) && !defined(__clang__)
+// Small float planes: 8 planes at a time in GCC vectors of 8 floats (one AVX register). Each
+// plane's positions are summed lane-wise, then the 8 planes' lanes are added by a transpose
+// tree (3 levels of two shuffles and an add), instead of a horizontal sum per plane, which
+// dominates the pool when planes hold 64 values. (__builtin_shuffle is GCC's; other compilers
+// take the per-plane path.)
+#define DISTREE_PLANE_VECTORS 1
+constexpr int kPlaneLanes = 8;
+using f8 = float __attribute__((vector_size(32)));
+using i8 = int __attribute__((vector_size(32)));
+
+inline f8 load_f8(const float* p) {
+  f8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline f8 relu_f8(f8 v) {
+  const f8 zero = {};
+  return v < zero ? zero : v;  // keeps NaN
+}
+
+// Each row of a pair keeps half its partial sums: lane groups of a, then of b.
+inline f8 fold(f8 a, f8 b, i8 lo, i8 hi) {
+  return __builtin_shuffle(a, b, lo) + __builtin_shuffle(a, b, hi);
+}
+
+// Lane l of the result is the sum of r[l]'s 8 lanes (r is overwritten).
+inline f8 transpose_sum(f8* r) {
+  const i8 lo1 = {0, 1, 2, 3, 8, 9, 10, 11}, lo2 = {0, 1, 4, 5, 8, 9, 12, 13},
+           lo3 = {0, 2, 4, 6, 8, 10, 12, 14};
+  for (int j = 0; j < 4; ++j) r[j] = fold(r[2 * j], r[2 * j + 1], lo1, lo1 + 4);
+  for (int j = 0; j < 2; ++j) r[j] = fold(r[2 * j], r[2 * j + 1], lo2, lo2 + 2);
+  return fold(r[0], r[1], lo3, lo3 + 1);
+}
+
+// Lane l: sum relu over plane l, whose n floats (n % 8 == 0) start at v + l * stride.
+inline f8 relu_sum_planes(const float* v, int64_t stride, int64_t n) {
+  f8 r[kPlaneLanes];
+  for (int l = 0; l < kPlaneLanes; ++l) {
+    const float* plane = v + l * stride;
+    f8 even = {}, odd = {};  // two chains, so one add's latency does not pace the loads
+    int64_t i = 0;
+    for (; i + 2 * kPlaneLanes <= n; i += 2 * kPlaneLanes) {
+      even += relu_f8(load_f8(plane + i));
+      odd += relu_f8(load_f8(plane + i + kPlaneLanes));
+    }
+    if (i < n) even += relu_f8(load_f8(plane + i));
+    r[l] = even + odd;
+  }
+  return transpose_sum(r);
+}
+#endif
+
 // The (H, W) plane of each (b, c) is one contiguous run.
 inline bool rows_layout(at::IntArrayRef size, at::IntArrayRef stride) {
   return (size[3] == 1 || stride[3] == 1) && (size[2] == 1 || stride[2] == size[3]);
@@ -102,7 +158,17 @@ struct Input {
   template <typename acc_t>
   void pool_sample(int64_t b, acc_t* pb) const {
     if (!channels_last || rows) {
-      for (int64_t c = 0; c < C; ++c) pb[c] = pool_plane<acc_t>(b, c);
+      int64_t c = 0;
+#ifdef DISTREE_PLANE_VECTORS
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        const int64_t HW = H * W;
+        for (; rows && HW % kPlaneLanes == 0 && c + kPlaneLanes <= C; c += kPlaneLanes) {
+          const f8 sums = relu_sum_planes(data + b * sB + c * sC, sC, HW);
+          for (int l = 0; l < kPlaneLanes; ++l) pb[c + l] = sums[l] / acc_t(HW);
+        }
+      }
+#endif
+      for (; c < C; ++c) pb[c] = pool_plane<acc_t>(b, c);
       return;
     }
     const scalar_t* v = data + b * sB;

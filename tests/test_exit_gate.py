@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from distree_kernels import exit_gate_decide_reference, exit_gate_reference, exit_head
+from distree_kernels import exit_gate_reference, exit_head
 from distree_kernels.exit_gate_reference import gate_scores
 from exit_gate_cases import RULES, THRESHOLDS, make_gate_args, run_decide, run_gate
 from exit_head_cases import backends
@@ -249,3 +249,18 @@ def test_feat_and_inverse_cos_bit_identical_to_exit_head_on_cpp():
             head = exit_head(*args[:3], args[3], 1.3, backend="cpp")
             for ours, theirs in zip((feat, score, exit), head):
                 assert torch.equal(ours, theirs), (shape, dtype)
+
+
+@backends
+def test_pool_of_planes_in_blocks_of_eight(backend, device):
+    # float32 NCHW planes whose size is a multiple of 8 are pooled 8 at a time by the C++
+    # kernel: C = 19 is two blocks and a tail; a NaN stays in its own channel.
+    args = list(make_gate_args(4, 19, 4, 6, None, False, device=device))
+    args[0][2, 9, 1, 3] = float("nan")
+    t = torch.tensor(0.5, device=device)
+    feat, score, _ = run_gate(backend, args, t, "max_prob")
+    expected = exit_gate_reference(*args, t, "max_prob", True)[0]
+    torch.testing.assert_close(feat, expected, rtol=TOL, atol=TOL, equal_nan=True)
+    assert feat.isnan().nonzero().tolist() == [[2, 9]] and score.isnan().tolist() == [False, False, True, False]
+    head_feat = exit_head(args[0], backend=backend)[0]
+    torch.testing.assert_close(head_feat, expected, rtol=TOL, atol=TOL, equal_nan=True)

@@ -8,52 +8,12 @@
 #include <c10/cuda/CUDAStream.h>  // the stream at::cuda::getCurrentCUDAStream() returns
 #include <torch/library.h>
 
-#include <limits>
-
 #include "../exit_head_checks.h"
 #include "exit_head_kernels.cuh"
+#include "glue.h"
 
 namespace distree {
 namespace {
-
-// ATen's element types as the CUDA types the launchers are instantiated for (same bits).
-template <typename S>
-struct CudaType {
-  using type = S;
-};
-template <>
-struct CudaType<at::Half> {
-  using type = __half;
-};
-template <>
-struct CudaType<at::BFloat16> {
-  using type = __nv_bfloat16;
-};
-
-template <typename S>
-const typename CudaType<S>::type* cuda_ptr(const at::Tensor& t) {
-  return reinterpret_cast<const typename CudaType<S>::type*>(t.const_data_ptr<S>());
-}
-template <typename S>
-const typename CudaType<S>::type* cuda_ptr(const c10::optional<at::Tensor>& t) {
-  return t.has_value() ? cuda_ptr<S>(*t) : nullptr;
-}
-
-cuda::Strides4 strides4(const at::Tensor& t) {
-  return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
-}
-
-// The kernels' limits: p in shared memory, one block per sample, 32-bit in-plane indices.
-cuda::Shape4 shape4(const at::Tensor& x, int64_t D) {
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  TORCH_CHECK(C <= cuda::kMaxChannels, "exit_head (CUDA): x has C = ", C,
-              " channels; the kernel supports at most ", cuda::kMaxChannels);
-  TORCH_CHECK(H * W <= (int64_t(1) << 30), "exit_head (CUDA): x has H * W = ", H * W,
-              " positions; the kernel supports at most 2^30");
-  TORCH_CHECK(B <= std::numeric_limits<int>::max() && D <= std::numeric_limits<int>::max(),
-              "exit_head (CUDA): B = ", B, " and D = ", D, " must each be below 2^31");
-  return {B, static_cast<int>(C), static_cast<int>(H), static_cast<int>(W)};
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> exit_head_cuda(
     const at::Tensor& x, const c10::optional<at::Tensor>& weight,
