@@ -1,7 +1,7 @@
 """The run directory: the name of every file a run holds, and how each is written and read back.
 
 A run holds config.json, teacher.pt, partition.json, students.pt and metrics.csv from
-training; learned_gate.pt, report.json, report.md and the plots from `distree evaluate`; and
+training (and images.pt, the decoded images of a folder dataset); learned_gate.pt, report.json, report.md and the plots from `distree evaluate`; and
 distributed.json from the runtime. Checkpoints are written to a temporary file and renamed over the old one, so a kill at any
 moment leaves either the previous epoch's checkpoint or the new one, never half of one. They
 are read with weights_only=True: plain tensors and containers, no code.
@@ -10,12 +10,12 @@ import csv
 import json
 import math
 import os
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 
-from distree.data import DataConfig
+from distree.data import DataConfig, Splits, load_dataset
 from distree.errors import DistreeError
 from distree.models.distree_model import DistrEEModel
 from distree.models.student import Student, StudentConfig
@@ -26,6 +26,7 @@ CONFIG, TEACHER, STUDENTS = "config.json", "teacher.pt", "students.pt"
 PARTITION, METRICS = "partition.json", "metrics.csv"
 GATE, REPORT, REPORT_MD = "learned_gate.pt", "report.json", "report.md"
 DISTRIBUTED = "distributed.json"
+IMAGE_CACHE = "images.pt"  # a folder dataset decoded once: rebuilt whenever the folder's files change
 
 CALIBRATED = "calibrated"  # the report's name for each policy's main setting: least FLOPs within max_drop, on val
 
@@ -135,6 +136,17 @@ def load_student_model(run_dir) -> DistrEEModel:
 def data_config(config: dict) -> DataConfig:
     """The run's dataset, as load_dataset's arguments."""
     return config_from_dict(DataConfig, config["data"])
+
+
+def run_splits(run_dir, config: dict) -> Splits:
+    """The run's dataset, a folder's decoded images kept in the run's image cache."""
+    return load_dataset(**asdict(data_config(config)), cache=Path(run_dir) / IMAGE_CACHE)
+
+
+def class_names(config: dict) -> list[str]:
+    """The run's class names (index order); runs from before names were kept get "0", "1", ..."""
+    shape = config["data_shape"]
+    return shape.get("class_names") or [str(k) for k in range(shape["num_classes"])]
 
 
 def teacher_accuracy(run_dir) -> float | None:

@@ -103,3 +103,22 @@ def test_unknown_dataset_and_bad_val_size():
         load_dataset("mnist")
     with pytest.raises(DistreeError, match="val_size"):
         load_dataset("synthetic", val_size=0)
+
+
+def test_cifar100_fine_labels_and_names_from_local_pickles(tmp_path):
+    root = tmp_path / "cifar-100-python"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 300), ("test", 100)):
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"fine_labels": [i % 100 for i in range(n)], b"coarse_labels": [i % 20 for i in range(n)]}
+        with open(root / name, "wb") as f:
+            pickle.dump(batch, f)
+    with open(root / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": [f"class{i}".encode() for i in range(100)]}, f)
+    s = load_dataset("cifar100", data_dir=str(tmp_path), val_size=50)
+    assert (len(s.train), len(s.val), len(s.test), s.num_classes, s.in_channels) == (250, 50, 100, 100, 3)
+    assert s.test.labels.tolist() == [i % 100 for i in range(100)] and s.class_names[7] == "class7"
+    assert dataset_shape("cifar100") == {"num_classes": 100, "in_channels": 3}
+    with pytest.raises(DistreeError, match="cifar-100-python.*never downloads"):
+        load_dataset("cifar100", data_dir=str(tmp_path / "nowhere"))

@@ -2,6 +2,7 @@
 from distree.errors import DistreeError
 from distree.runtime.config import add_serve_arguments, config_from_args
 from distree.runtime.deploy import deploy
+from distree.runtime.inputs import count_images
 from distree.runtime.rank import check_options
 from distree.run_dir import read_config
 
@@ -21,6 +22,9 @@ def run(args) -> int:
         raise DistreeError(f"the run has {students} students, so it needs --devices {students}, not {devices}")
     config = config_from_args(args)
     check_options(config, devices)
+    if config.images is not None:  # before any process starts: a folder with nothing readable is an error here
+        readable, skipped = count_images(config.run, config.images, config.samples)
+        print(f"classifying {readable} images from {config.images}; skipped {skipped} that cannot be read")
     outcome = deploy(config, devices, timeout_s=args.timeout_s)
     for rank, code in enumerate(outcome.codes):
         role = "aggregator" if rank == 0 else f"device {rank - 1}"

@@ -1,7 +1,7 @@
 """`distree train-teacher`: start a run directory from a preset and train its teacher."""
 from pathlib import Path
 
-from distree.data import DATASETS, dataset_shape
+from distree.data import DATASETS
 from distree.errors import DistreeError
 from distree.run_dir import TEACHER, read_config, write_config
 from distree.training.presets import PRESETS, override, run_config
@@ -13,7 +13,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True, help="run directory to create (or, with --resume, to continue)")
     p.add_argument("--preset", choices=list(PRESETS), default="demo", help="recipe for the whole run (default demo)")
     p.add_argument("--data", choices=DATASETS, help="dataset (default: the preset's)")
-    p.add_argument("--data-dir", help="folder of the dataset's files (default: the dataset's usual place)")
+    p.add_argument("--data-dir", help="folder of the dataset's files (default: the dataset's usual place); for "
+                                      "--data folder: DIR holding train/CLASS/*.png|jpg|... and test/CLASS/...")
+    p.add_argument("--image-size", type=int, help="side of the square images a folder is resized to (default 32)")
     p.add_argument("--val-size", type=int, help="training images held out for validation")
     p.add_argument("--depth", type=int, help="teacher WRN depth (6n + 4)")
     p.add_argument("--width", type=int, help="teacher WRN widening factor")
@@ -28,7 +30,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     out = Path(args.out)
-    changes = [args.data, args.data_dir, args.val_size, args.depth, args.width, args.epochs, args.lr,
+    changes = [args.data, args.data_dir, args.image_size, args.val_size, args.depth, args.width, args.epochs, args.lr,
                args.batch_size, args.seed]
     if args.resume:
         if any(v is not None for v in changes):
@@ -38,8 +40,9 @@ def run(args) -> int:
         if (out / TEACHER).exists():
             raise DistreeError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
         config = run_config(args.preset)
-        override(config["data"], name=args.data, data_dir=args.data_dir, val_size=args.val_size, seed=args.seed)
-        config["data_shape"] = dataset_shape(config["data"]["name"])
+        override(config["data"], name=args.data, data_dir=args.data_dir, image_size=args.image_size,
+                 val_size=args.val_size, seed=args.seed)
+        del config["data_shape"]  # the preset's dataset's; train_teacher records the data's own
         override(config["teacher"]["model"], depth=args.depth, width=args.width)
         override(config["teacher"]["optim"], epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                  seed=args.seed)

@@ -7,15 +7,14 @@ are then balanced over the students.
 """
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import networkx as nx
 import torch
 
-from distree.data import load_dataset
 from distree.errors import DistreeError
-from distree.run_dir import PARTITION, config_from_dict, data_config, load_teacher
+from distree.run_dir import PARTITION, config_from_dict, load_teacher, run_splits
 
 
 @dataclass
@@ -150,7 +149,7 @@ def partition_run(run_dir, config: dict, device="cpu") -> Partition:
     """Partitions the run's trained teacher over config's number of students; writes partition.json."""
     cfg = config_from_dict(PartitionConfig, config["partition"])
     teacher = load_teacher(run_dir).to(device)
-    data = load_dataset(**asdict(data_config(config)))
+    data = run_splits(run_dir, config)
     a = teacher_activations(teacher, data.train, cfg.max_images, device)
     p = make_partition(a, config["students"]["num_students"], cfg)
     save_partition(p, Path(run_dir) / PARTITION)

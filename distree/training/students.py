@@ -7,18 +7,16 @@ same numbers the teacher would give at every step, at a fraction of the cost. Wi
 augmentation each step sees a new view, and the teacher runs on it.
 """
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from distree.data import batches, load_dataset
+from distree.data import batches
 from distree.errors import DistreeError
 from distree.losses import LossConfig, drop_students, joint_loss
 from distree.models.student import NUM_EXITS
 from distree.training.partition import load_partition
-from distree.run_dir import (PARTITION, build_students, config_from_dict, data_config,
-                                         load_teacher)
+from distree.run_dir import PARTITION, build_students, config_from_dict, load_teacher, run_splits
 from distree.training.loop import OptimConfig, Phase, fit, make_optimizer, predict, sgd_step, train_epoch
 from distree.training.teacher import teacher_outputs, to_device
 
@@ -50,7 +48,7 @@ def train_students(run_dir, config: dict, resume: bool, device="cpu") -> list[di
     loss_cfg = config_from_dict(LossConfig, students["loss"])
     if len(loss_cfg.exit_weights) != NUM_EXITS:
         raise DistreeError(f"exit_weights needs {NUM_EXITS} values, got {loss_cfg.exit_weights}")
-    data = load_dataset(**asdict(data_config(config)))
+    data = run_splits(run_dir, config)
     torch.manual_seed(cfg.seed)  # the initial weights
     model = build_students(config).to(device)
     generator = torch.Generator().manual_seed(cfg.seed)

@@ -1,23 +1,29 @@
 """Trains the teacher WideResNet with cross-entropy, and reads its outputs for the students."""
 import math
-from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 
-from distree.data import load_dataset, batches
+from distree.data import batches
 from distree.losses import at
-from distree.run_dir import build_teacher, config_from_dict, data_config
+from distree.run_dir import build_teacher, config_from_dict, run_splits, write_config
 from distree.training.loop import OptimConfig, Phase, fit, make_optimizer, predict, sgd_step, train_epoch
 
 
 def to_device(x: torch.Tensor, device) -> torch.Tensor:
-    return x.to(device).contiguous(memory_format=torch.channels_last)  # (B, C, 32, 32)
+    return x.to(device).contiguous(memory_format=torch.channels_last)  # (B, C, S, S)
 
 
 def train_teacher(run_dir, config: dict, resume: bool, device="cpu") -> list[dict]:
-    """Trains (or resumes) the teacher of a run; returns the per-epoch history."""
-    data = load_dataset(**asdict(data_config(config)))
+    """Trains (or resumes) the teacher of a run; returns the per-epoch history.
+
+    The data's shape (classes, channels, image size, class names) is recorded in the run's
+    config.json here, where the data is first read: a folder's is known only then.
+    """
+    data = run_splits(run_dir, config)
+    if config.get("data_shape") != data.shape():
+        config["data_shape"] = data.shape()
+        write_config(run_dir, config)
     cfg = config_from_dict(OptimConfig, config["teacher"]["optim"])
     torch.manual_seed(cfg.seed)  # the initial weights
     model = build_teacher(config).to(device)
