@@ -23,10 +23,14 @@ class ExitWalk(Protocol):
 
     h: torch.Tensor  # (B', C_j, H_j, W_j) output of the step just run
     first: torch.Tensor | None  # (B', K) exit 1's feature once its head has run
+    previous: torch.Tensor | None  # (B', K) the feature of the exit before the current one
 
     def __iter__(self) -> Iterator[int]: ...  # runs the next step, yields its 0-based exit index 0..NUM_EXITS-1
 
     def head(self, score: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...  # (B', K), (B',), (B',)
+
+    def decide(self, bias_share, gate_weight, gate_bias, threshold, rule: str,
+               inclusive: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...  # the exit gate's (B', K), (B',), (B',)
 
     def keep(self, rows: torch.Tensor) -> None: ...  # go on with the samples rows (B'',) only
 
