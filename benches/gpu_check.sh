@@ -2,7 +2,8 @@
 # The GPU half of the exit head's checks, for a machine with one NVIDIA GPU, a CUDA torch and
 # Triton, and no network: builds the extension with the CUDA kernels, runs the CUDA and Triton
 # tests (among them no host sync in forward + backward, CUDA-graph replay), then their
-# benchmarks (timings, bandwidth against the GPU's peak, launches per forward). Every step has
+# benchmarks (timings, bandwidth against the GPU's peak, launches per forward, and one sample's
+# walk to its exit as a CUDA graph against the eager walk with host reads). Every step has
 # a timeout so the whole run stays under 8 minutes; a summary comes last.
 # Log: ${OUT:-/tmp}/gpu_check.log. PYTHON picks the python.
 set -euo pipefail
