@@ -16,7 +16,6 @@ import torch
 
 from distree.calibration import PAPER_SWEEP, CalibrationConfig, best_within, calibration_front, least_flops
 from distree.costs import CostConfig, FlopTable, count_flops
-from distree.data import dataset_shape, load_dataset
 from distree.errors import DistreeError
 from distree.inference.engine import InferenceEngine
 from distree.inference.evidence import Evidence, bias_share, collect_evidence
@@ -29,7 +28,7 @@ from distree.policies.random_exit import RandomPolicy, matching_thresholds, unif
 from distree.inference.diagnostics import flops_saved, oracle, score_aurocs
 from distree.risk import (PathLosses, RiskSpec, candidate_path, certify, max_losses, path_losses, resplit_check,
                           upper_bound)
-from distree.run_dir import (CALIBRATED, data_config, jsonable_thresholds, load_student_model, read_config,
+from distree.run_dir import (CALIBRATED, class_names, jsonable_thresholds, load_student_model, read_config, run_splits,
                              save_learned_gate, teacher_accuracy)
 
 
@@ -308,7 +307,7 @@ def check_run(model, config: dict, run_dir, dataset: str | None) -> None:
     if len(model.students) != n:
         raise DistreeError(f"the students in {run_dir} are {len(model.students)}, but its config.json says {n}; "
                            "the checkpoint comes from another run")
-    shape = dataset_shape(name)
+    shape = config["data_shape"]  # as read when the teacher trained (a folder's is known only then)
     stem = next(m for m in model.students[0].modules() if isinstance(m, torch.nn.Conv2d))
     if model.bias.shape[0] != shape["num_classes"] or stem.in_channels != shape["in_channels"]:
         raise DistreeError(f"the students in {run_dir} do not fit {name} ({shape}); the checkpoint comes from another run")
@@ -321,9 +320,9 @@ def evaluate_run(run_dir, config: EvaluateConfig = EvaluateConfig(), dataset: st
     run_config = read_config(run_dir)
     model = load_student_model(run_dir)
     check_run(model, run_config, run_dir, dataset)
-    splits = load_dataset(**asdict(data_config(run_config)))
+    splits = run_splits(run_dir, run_config)
     evaluation = evaluate_model(model, splits, config)
     save_learned_gate(evaluation.gate, run_dir, run_config)
-    evaluation.report = {"dataset": run_config["data"]["name"], "teacher_accuracy": teacher_accuracy(run_dir),
-                         **evaluation.report}
+    evaluation.report = {"dataset": run_config["data"]["name"], "class_names": class_names(run_config),
+                         "teacher_accuracy": teacher_accuracy(run_dir), **evaluation.report}
     return evaluation

@@ -12,8 +12,8 @@ from PIL import Image
 from distree.cli import main
 from distree.data import folder, load_dataset
 from distree.errors import DistreeError
-from distree.evaluation import EvaluateConfig, evaluate_model
-from distree.run_dir import IMAGE_CACHE, class_names, load_student_model, read_config, run_splits
+from distree.evaluation import EvaluateConfig, evaluate_run
+from distree.run_dir import IMAGE_CACHE, class_names, read_config, run_splits
 
 COLOURS = {"cat": (200, 60, 40), "dog": (40, 80, 200)}  # a class is a tint, plus noise
 
@@ -129,10 +129,9 @@ def test_pipeline_on_an_image_folder(folder_run):
     config = read_config(folder_run)
     assert class_names(config) == ["cat", "dog"] and config["data_shape"]["in_channels"] == 3
     assert (folder_run / IMAGE_CACHE).is_file()
-    model = load_student_model(folder_run)
-    splits = run_splits(folder_run, config)
-    evaluation = evaluate_model(model, splits, EvaluateConfig(gate_samples=32, measure_time=False))
-    assert len(evaluation.report["exit_accuracy"]) == 7 and len(splits.test) == 12
+    evaluation = evaluate_run(folder_run, EvaluateConfig(gate_samples=32, measure_time=False, resplits=0))
+    assert len(evaluation.report["exit_accuracy"]) == 7 and len(run_splits(folder_run, config).test) == 12
+    assert evaluation.report["class_names"] == ["cat", "dog"]
 
 
 @pytest.mark.slow
@@ -142,4 +141,4 @@ def test_deploy_answers_every_readable_image(image_dir, folder_run, tmp_path, ca
                "--reference-samples", 0, "--timeout-s", 120, "--report", report) == 0
     assert "classifying 52 images" in capsys.readouterr().out
     answered = json.loads(report.read_text())
-    assert answered["samples"] == 52
+    assert answered["samples"] == 52 and answered["class_names"] == ["cat", "dog"]

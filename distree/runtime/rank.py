@@ -31,7 +31,7 @@ from distree.runtime.netem import link_models
 from distree.runtime.plan import make_plan, parse_thresholds
 from distree.runtime.summary import summarise
 from distree.inference.step import DeviceStep
-from distree.run_dir import DISTRIBUTED, load_student_model, read_config
+from distree.run_dir import DISTRIBUTED, class_names, load_student_model, read_config
 
 def serve(config: ServeConfig) -> int:
     """This rank's part of the session; the process exit code."""
@@ -43,7 +43,9 @@ def serve(config: ServeConfig) -> int:
         raise DistreeError(f"the run has {n} students but {session.num_devices} device ranks were started; "
                            f"start {n + 1} processes")
     plan, faults, links = check_options(config, n)
-    input_shape = (read_config(config.run)["data_shape"]["in_channels"], SIZE, SIZE)
+    shape = read_config(config.run)["data_shape"]
+    size = shape.get("image_size", SIZE)  # runs from before image sizes were kept are 32x32
+    input_shape = (shape["in_channels"], size, size)
     if session.rank != AGGREGATOR_RANK:
         i = session.rank - 1
         student = model.students[i].to(session.device)  # on its GPU under NCCL; the aggregator's sums stay on the CPU
@@ -101,6 +103,7 @@ def build_report(config, session: Session, model, plan, links, aggregator, runs,
         "lost_devices": {str(i): reason for i, reason in aggregator.lost.items()},
         "reference_samples": len(ref), "flops_per_s_measured": rate if single is not None else None,
         "chunk": config.chunk,
+        "class_names": class_names(read_config(config.run)),
         "policies": policies,
         "targets": targets(policies),
     }
@@ -129,6 +132,11 @@ def print_table(report: dict, path: Path) -> None:
         print(f"{name:<18}{fmt(p['accuracy'], 7, 4)}{p['degraded']:>9}{fmt(lat['median'], 11)}{fmt(lat['p99'], 9)}"
               f"{fmt(p.get('latency_ms_simulated', {}).get('median'), 8)}{fmt(p['throughput_per_s'], 8, 1)}"
               f"{p['uplink_messages_per_sample']:>6.1f}")
+    if report["images"]:  # a user's own images: say what they were classified as
+        names = report["class_names"]
+        for name, p in report["policies"].items():
+            shown = ", ".join(names[c] if 0 <= c < len(names) else "-" for c in p["predictions"][:8])
+            print(f"{name}: {shown}{', ...' if len(p['predictions']) > 8 else ''}")
     for i, reason in report["lost_devices"].items():
         print(f"device {i} lost: {reason}")
     sys.stdout.flush()
