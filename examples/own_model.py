@@ -8,7 +8,8 @@ The network is a CIFAR-style ResNet (He et al. 2016: post-activation basic block
 three stages of two blocks (8, 16, 32 channels; strides 1, 2, 2), small enough to train on a CPU
 in well under a minute. What distree needs of it is
 the protocol of distree/models/protocol.py: `stages` (7 modules), `heads` (7 ExitHeads) and
-`walk(x)`; DistrEEModel then adds the aggregator (a sum of the students' evidence plus a bias).
+`walk(x)`, which subclassing `StagedStudent` provides (with a forward for training);
+DistrEEModel then adds the aggregator (a sum of the students' evidence plus a bias).
 There is no teacher here, so the knowledge-distillation target is the model's own last exit
 (self-distillation) and attention transfer is off (beta = 0).
 """
@@ -29,7 +30,7 @@ from distree.inference.outcome import PolicyEvaluator
 from distree.losses import LossConfig, joint_loss
 from distree.models.distree_model import DistrEEModel
 from distree.models.protocol import check_model
-from distree.models.student import StudentWalk
+from distree.models.student import StagedStudent
 from distree.policies import LastExitPolicy, LocalConfidencePolicy
 from distree_kernels import ExitHead
 
@@ -48,7 +49,7 @@ class BasicBlock(nn.Module):
         return torch.relu(self.body(x) + self.shortcut(x))  # (B, cout, H/s, W/s)
 
 
-class TinyResNet(nn.Module):
+class TinyResNet(StagedStudent):
     """Stem + 3 stages x 2 blocks = 7 steps, each followed by an exit giving K class-evidence values."""
 
     exit_space = "class"
@@ -60,18 +61,6 @@ class TinyResNet(nn.Module):
         self.stages = nn.ModuleList([stem] + [BasicBlock(*p) for p in plan])
         widths = [8] + [cout for _, cout, _ in plan]
         self.heads = nn.ModuleList(ExitHead(c, num_classes, bias=False) for c in widths)  # no bias: the aggregator has it
-
-    def walk(self, x: torch.Tensor) -> StudentWalk:
-        return StudentWalk(self, x)  # any student with `stages` and `heads` walks this way
-
-    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """7 features (B, K) and the 7 step outputs, as DistrEEModel.forward expects of a student."""
-        u, maps = [], []
-        walk = self.walk(x)
-        for _ in walk:
-            maps.append(walk.h)
-            u.append(walk.head(score=False)[0])  # (B, K)
-        return u, maps
 
 
 def train(model: DistrEEModel, data, steps: int, batch_size: int = 16, lr: float = 0.05, seed: int = 0) -> float:

@@ -27,7 +27,28 @@ class StudentConfig:
     head_backend: str = "auto"  # distree_kernels backend of the heads; "reference" is the unfused PyTorch head
 
 
-class Student(nn.Module):
+class StagedStudent(nn.Module):
+    """A student as NUM_EXITS `stages` with a fused ExitHead after each (`heads`): subclasses build
+    the two lists, and get the walk the engine and devices use and a forward for training."""
+
+    stages: nn.ModuleList
+    heads: nn.ModuleList
+
+    def walk(self, x: torch.Tensor) -> "StudentWalk":
+        """A stage-by-stage run of this student on x (B, C, H, W); see StudentWalk."""
+        return StudentWalk(self, x)
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """u: 7 features (B, K) (or (B, D) if projected); maps: the 7 stage outputs (B, C_j, H_j, W_j)."""
+        u, maps = [], []
+        walk = self.walk(x)
+        for _ in walk:
+            maps.append(walk.h)
+            u.append(walk.head(score=False)[0])  # (B, K)
+        return u, maps
+
+
+class Student(StagedStudent):
     """WRN-16-width with 7 exits; forward gives every exit's feature and every stage's map."""
 
     def __init__(self, num_classes: int, in_channels: int, width: int = 1, depth: int = 16,
@@ -50,19 +71,6 @@ class Student(nn.Module):
         for head in self.heads:
             head.backend = backend
 
-    def walk(self, x: torch.Tensor) -> "StudentWalk":
-        """A stage-by-stage run of this student on x (B, C, H, W); see StudentWalk."""
-        return StudentWalk(self, x)
-
-    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """u: 7 features (B, K) (or (B, D) if projected); maps: the 7 stage outputs (B, C_j, H_j, W_j)."""
-        u, maps = [], []
-        walk = self.walk(x)
-        for _ in walk:
-            maps.append(walk.h)
-            u.append(walk.head(score=False)[0])  # (B, K)
-        return u, maps
-
 
 def select_rows(h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """h[keep] along the batch, keeping h's memory layout: index_select alone returns NCHW, and
@@ -84,7 +92,7 @@ class StudentWalk:
     engine, the runtime's devices, timing and FLOP counting all walk a student this way.
     """
 
-    def __init__(self, student: Student, x: torch.Tensor):
+    def __init__(self, student: StagedStudent, x: torch.Tensor):
         self.student, self.h, self.exit = student, x, -1
         self.first = None  # (B', K) exit 1's feature, once its head has run
         self.previous = None  # (B', K) the feature of the exit before the current one
