@@ -86,3 +86,12 @@ def test_lever_configs_change_one_thing_and_tabulate():
     assert "| x | 90.00% | 30.0% (-0.40) |" in lever_table([row])
     with pytest.raises(DistreeError, match="unknown lever"):
         run_levers(".", "/nonexistent", LeverConfig(levers=["more coffee"]))
+
+
+def test_machinery_summary_says_whether_the_target_is_met():
+    from distree.report.markdown import machinery_summary
+
+    cost = {"machinery_us_per_exit": 30.0, "bare_op_us": 12.0, "machinery_over_bare_op": 2.5}
+    assert "not met" in machinery_summary({"exit_machinery": cost}) and "2.5x" in machinery_summary({"exit_machinery": cost})
+    assert ": met" in machinery_summary({"exit_machinery": {**cost, "machinery_over_bare_op": 1.5}})
+    assert machinery_summary({"exit_machinery": None}) == ""
