@@ -74,8 +74,7 @@ def launch(lan: VirtualLan, procs: list, run: str, tmp_path: Path, port: int, *o
         for proc in procs[1:]:
             proc.wait(DEAD_AFTER_S + 2)
     except subprocess.TimeoutExpired:
-        logs = "\n".join(f"rank {r}: {(tmp_path / f'rank{r}.log').read_text()[-800:]}" for r in range(len(procs)))
-        pytest.fail(f"the session did not end in time\n{logs}")
+        pytest.fail(f"the session did not end in time\n{log_tails(tmp_path)}")
     return [proc.returncode for proc in procs]
 
 
@@ -85,10 +84,14 @@ def input_bytes(run: str) -> int:
     return 4 * m.message_size(x[0].numel())
 
 
+def log_tails(tmp_path: Path) -> str:
+    return "\n".join(f"rank {r}: {(tmp_path / f'rank{r}.log').read_text()[-800:]}" for r in range(DEVICES + 1))
+
+
 def report_of(tmp_path: Path, codes: list[int]) -> dict:
+    """The aggregator's report, or a failure that shows every rank's output."""
     path = tmp_path / "report.json"
-    logs = "\n".join(f"rank {r}: {(tmp_path / f'rank{r}.log').read_text()[-800:]}" for r in range(len(codes)))
-    assert path.exists(), f"no report; exit codes {codes}\n{logs}"
+    assert path.exists(), f"no report; exit codes {codes}\n{log_tails(tmp_path)}"
     return json.loads(path.read_text())
 
 
