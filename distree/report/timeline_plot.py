@@ -23,7 +23,8 @@ def adaptive_timeline(report: dict, path: Path) -> None:
         mid = [row["first"] + row["samples"] / 2 for row in p["timeline"]]
         top.plot(mid, [row["latency_ms"]["p95"] for row in p["timeline"]], color="C0", marker="o", ms=3,
                  label=f"p95 per {report.get('timeline_window', '')} samples".replace("per  ", "per window "))
-        top.axhline(p["adaptive"]["target_ms"], color="C3", ls="--", lw=1, label="target")
+        target = p["adaptive"]["target_ms"] or 0.0  # None: a relative target never measured (too few samples)
+        top.axhline(target, color="C3", ls="--", lw=1, label="target")
         settings = np.asarray(p["settings_per_sample"])  # (S, N)
         for i in range(settings.shape[1]):
             bottom.step(np.arange(len(settings)), settings[:, i], where="post", label=f"device {i}")
@@ -31,8 +32,8 @@ def adaptive_timeline(report: dict, path: Path) -> None:
             for f in p["phases"].values():
                 ax.axvspan(f["start"], f["end"], color="grey", alpha=0.15, lw=0)
         top.set(ylabel="latency (ms)", title=f"{name}: p{p['adaptive']['percentile']:g} target "
-                                             f"{p['adaptive']['target_ms']:g} ms (shaded: injected faults)")
-        top.set_ylim(0, max(2.5 * p["adaptive"]["target_ms"], float(np.percentile(latency, 99)) * 1.1))
+                                             f"{target:.4g} ms (shaded: injected faults)")
+        top.set_ylim(0, max(2.5 * target, float(np.percentile(latency, 99)) * 1.1))
         bottom.set(ylabel="setting (0: conservative)", yticks=range(len(p["adaptive"]["path"])))
         top.legend(fontsize=7, loc="upper left")
         bottom.legend(fontsize=7, loc="upper left")

@@ -9,12 +9,20 @@ never did), counted only under the setting in force, so a move is judged on what
 budget is the target less the aggregator's own share (the recent median time from the last
 device's evidence to the answer), as the devices work in parallel. It moves one step:
 - cheaper as soon as `react` answers under the setting put their P-th percentile over budget;
-- back toward the conservative end once `relax` answers (at least a window) put it under
-  `slack` x budget, and never past `cap` (the shadow check's limit).
-The asymmetry is the hysteresis: a step that breaks the target is undone within a few samples,
-a step back waits for a full window of evidence. A step back that has to be undone doubles the
-wait before the next one (up to 8 windows), so a device at the edge of its target settles
-instead of oscillating; a step back that holds resets the wait.
+- back toward the conservative end once a full window of answers under the setting predicts
+  that the conservative neighbour would be under `slack` x budget; never cheaper than `cap`
+  (the shadow check's limit).
+The prediction adds to the percentile now the compute the conservative neighbour would add:
+the device's median compute time now (each FEATURE reports it) times the ratio of the two
+settings' median compute times measured around the last move between them, less one. A slow
+device is slow at every setting alike, so the compute ratio holds through a slowdown (the
+messages' time, which does not slow, is left out of it): a device does not step back into a
+setting it has just left for being too slow, yet it does step back once the slowdown ends.
+Without a measured ratio the prediction is the percentile itself, and so it is after 3 windows
+at one setting (a ratio measured as the device's pace changed, say a slowdown that ended just as
+it moved, must not hold it cheap for long). The asymmetry is the hysteresis: a step that breaks the target is undone
+within a few samples, a step back waits for a full window of evidence. A step back that has to
+be undone anyway doubles the wait before the next one (up to 8 windows); one that holds resets it.
 
 Accuracy (`ShadowCheck`): a fraction of samples also runs to exit 7 on every device; a shadow
 disagrees when the adaptive answer differs from the full-depth one (the consistency risk, which
@@ -38,25 +46,32 @@ import numpy as np
 from distree.risk import p_value, upper_bound
 
 MAX_RELAX_WINDOWS = 8
+RATIO_WINDOWS = 3  # a compute ratio older than this many windows at one setting is not trusted
 
 
 @dataclass
 class AdaptConfig:
-    target_s: float  # the latency target L
+    target_s: float | None  # the latency target L; None: target_x times the policy's healthy median
+    target_x: float = None  # with target_s None: L = this x the median of the `calibrate` answers after warm-up
+    calibrate: int = 30
     percentile: float = 95.0  # P
     window: int = 30  # answers per device kept (and needed before a step back)
     react: int = 6  # answers under a setting before it may be judged too slow
     slack: float = 0.7  # step back only below this fraction of the budget
     shadow_fraction: float = 0.02
+    warmup: int = 2  # a policy's first answers, slow while the processes warm up, judge nothing
 
 
 @dataclass
 class DeviceState:
     index: int = 0  # setting on the path
     latencies: deque = field(default_factory=deque)  # seconds, the last `window` under the current setting
+    computes: deque = field(default_factory=deque)  # the device's own compute seconds for those answers
     since: int = 0  # answers under the current setting
     relax_wait: int = 0  # answers needed under the setting before a step back
     relaxed: bool = False  # the last move was a step back, not yet confirmed by a full wait
+    left: tuple = None  # (setting, its median compute) just before the last move, until the ratio is measured
+    ratios: dict = field(default_factory=dict)  # k -> median compute at setting k over that at k + 1
 
 
 class Controller:
@@ -64,6 +79,7 @@ class Controller:
 
     def __init__(self, config: AdaptConfig, num_devices: int, length: int):
         self.config, self.length, self.cap = config, length, length - 1
+        self.target_s, self.healthy = config.target_s, []  # healthy: latencies measured for a relative target
         self.devices = [DeviceState(relax_wait=config.window) for _ in range(num_devices)]
         self.overhead = deque(maxlen=config.window)  # seconds from the last evidence to the answer
 
@@ -72,25 +88,47 @@ class Controller:
         return [d.index for d in self.devices]
 
     def budget(self) -> float:
-        return self.config.target_s - (float(np.median(self.overhead)) if self.overhead else 0.0)
+        return self.target_s - (float(np.median(self.overhead)) if self.overhead else 0.0)
 
-    def observe(self, i: int, index: int, latency_s: float) -> int | None:
-        """Device i answered under setting `index` in latency_s; its new setting, or None to stay."""
+    def calibrating(self, latency_s: float) -> bool:
+        """Whether a relative target is still being measured (nothing moves meanwhile), given an answer's latency."""
+        if self.target_s is not None:
+            return False
+        self.healthy.append(latency_s)
+        if len(self.healthy) >= self.config.calibrate:
+            self.target_s = self.config.target_x * float(np.median(self.healthy))
+        return True
+
+    def observe(self, i: int, index: int, latency_s: float, compute_s: float = None) -> int | None:
+        """Device i answered under setting `index` in latency_s, having computed compute_s (None: its
+        answer missed the deadline); its new setting, or None to stay."""
         d, c = self.devices[i], self.config
         if index != d.index:
             return None  # issued before the last move: says nothing of the setting now in force
         d.latencies.append(latency_s)
         if len(d.latencies) > c.window:
             d.latencies.popleft()
+        if compute_s is not None:
+            d.computes.append(compute_s)
+            if len(d.computes) > c.window:
+                d.computes.popleft()
         d.since += 1
         budget, p = self.budget(), float(np.percentile(d.latencies, c.percentile))
+        compute = float(np.median(d.computes)) if d.computes else 0.0
+        if d.left is not None and d.since >= c.react and compute > 0:  # both sides of the last move measured
+            (k, before), d.left = d.left, None
+            if abs(k - d.index) == 1 and before > 0:
+                d.ratios[min(k, d.index)] = before / compute if k < d.index else compute / before
         if d.since >= c.react and p > budget and d.index < self.cap:
             if d.relaxed:  # the step back did not hold: wait longer before the next
                 d.relax_wait = min(2 * d.relax_wait, MAX_RELAX_WINDOWS * c.window)
             return self._move(d, d.index + 1, relaxed=False)
         if d.relaxed and d.since >= d.relax_wait:  # the step back held for a full wait
             d.relaxed, d.relax_wait = False, c.window
-        if d.since >= max(d.relax_wait, c.window) and p < c.slack * budget and d.index > 0:
+        stale = d.since >= RATIO_WINDOWS * c.window  # a ratio from long ago may be a transient's: try anyway
+        ratio = 1.0 if stale else d.ratios.get(d.index - 1, 1.0)
+        predicted = p + compute * max(0.0, ratio - 1)  # at the conservative neighbour
+        if d.since >= max(d.relax_wait, c.window) and predicted < c.slack * budget and d.index > 0:
             return self._move(d, d.index - 1, relaxed=True)
         return None
 
@@ -100,8 +138,10 @@ class Controller:
         return {i: self._move(d, cap, relaxed=False) for i, d in enumerate(self.devices) if d.index > cap}
 
     def _move(self, d: DeviceState, index: int, relaxed: bool) -> int:
+        d.left = (d.index, float(np.median(d.computes))) if d.computes else None
         d.index, d.relaxed, d.since = index, relaxed, 0
         d.latencies.clear()
+        d.computes.clear()
         return index
 
 

@@ -180,12 +180,16 @@ class Aggregator:
 
     def _adapt(self, p: int, s: int, run: PolicyRun, expected: set, got: dict, t0: float) -> None:
         """Feed each device's latency for sample s to the controller; tell the devices that move."""
+        if len(run.latency_s) <= self.adapt.warmup:
+            return
         control, answered = self.control[p], run.latency_s[-1]
+        if control.calibrating(answered):
+            return
         if got:
             control.overhead.append(max(0.0, answered - (max(g[3] for g in got.values()) - t0)))
         for i in sorted(expected & self.live):
             latency = got[i][3] - t0 if i in got else answered  # one that missed the deadline took at least that
-            moved = control.observe(i, run.settings[-1][i], latency)
+            moved = control.observe(i, run.settings[-1][i], latency, got[i][2] / 1e6 if i in got else None)
             if moved is not None:
                 self._tell(p, s, run, i, moved, "over budget" if moved > run.settings[-1][i] else "slack")
 

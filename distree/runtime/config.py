@@ -29,6 +29,7 @@ class ServeConfig:
     connect_timeout_s: float = 60.0
     report: str = None  # default RUN/distributed.json
     latency_target_ms: float = None  # None: static thresholds; else adapt each device (runtime/adaptive.py)
+    latency_target_x: float = None  # instead: the target is this x the median of the first healthy answers
     percentile: float = 95.0  # of the latency held under the target
     shadow_fraction: float = 0.02  # of samples also run to exit 7 on every device, under a target
     threshold_path: str = None  # JSON {"POLICY": [[T2..T6], ...]}; default: the run's certified path
@@ -71,6 +72,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency-target-ms", type=float, default=None,
                    help="hold each device's latency percentile under this by moving it along its certified "
                         "threshold path (default: static thresholds)")
+    p.add_argument("--latency-target-x", type=float, default=None,
+                   help="instead of --latency-target-ms: this x the median latency of each adapting policy's "
+                        "first 30 answers (after --warmup), measured before anything moves")
     p.add_argument("--percentile", type=float, default=d.percentile, help="latency percentile held under the target")
     p.add_argument("--shadow-fraction", type=float, default=d.shadow_fraction,
                    help="under a target, samples also run to exit 7 to watch the answers' disagreement")
@@ -92,6 +96,6 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         link_delay_ms=args.link_delay_ms, link_mbps=args.link_mbps, link_jitter_ms=args.link_jitter_ms,
         faults=args.faults, reference_samples=args.reference_samples, warmup=args.warmup, threads=args.threads,
         backend=args.backend, connect_timeout_s=args.connect_timeout_s, report=args.report,
-        latency_target_ms=args.latency_target_ms, percentile=args.percentile, shadow_fraction=args.shadow_fraction,
+        latency_target_ms=args.latency_target_ms, latency_target_x=args.latency_target_x, percentile=args.percentile, shadow_fraction=args.shadow_fraction,
         threshold_path=args.threshold_path, path_steps=args.path_steps, adapt_window=args.adapt_window,
         consistency_epsilon=args.consistency_epsilon, timeline_window=args.timeline_window)

@@ -48,10 +48,11 @@ def phases(run: PolicyRun, faults: list[dict]) -> dict:
     return out
 
 
-def timeline_table(name: str, entry: dict, target_ms: float | None) -> str:
+def timeline_table(name: str, entry: dict) -> str:
     """The console's view of a policy's timeline: a row per window."""
-    percentile = entry.get("adaptive", {}).get("percentile", 95)
-    head = f"{name}: timeline" + (f", target p{percentile:g} <= {target_ms:g} ms" if target_ms is not None else "")
+    adaptive = entry.get("adaptive") or {}
+    target_ms = adaptive.get("target_ms")
+    head = f"{name}: timeline" + (f", target p{adaptive['percentile']:g} <= {target_ms:.4g} ms" if target_ms else "")
     lines = [head, f"{'samples':>11}{'median ms':>11}{'p95 ms':>9}{'acc':>7}{'settings':>12}{'shadow':>8}  phase"]
     for row in entry["timeline"]:
         lat, first = row["latency_ms"], row["first"]
@@ -62,7 +63,6 @@ def timeline_table(name: str, entry: dict, target_ms: float | None) -> str:
         span = f"{first}-{first + row['samples'] - 1}"
         lines.append(f"{span:>11}{fmt(lat['median'], 11)}{fmt(lat['p95'], 9)}"
                      f"{fmt(row['accuracy'], 7, 3)}{settings:>12}{shadow:>8}  {phase}")
-    adaptive = entry.get("adaptive")
     if adaptive:
         s = adaptive["shadow"]
         lines.append(f"{adaptive['threshold_messages']} setting changes; shadow: {s['disagreements']} of "
