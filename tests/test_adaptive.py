@@ -148,6 +148,20 @@ def test_shadow_check_acts_only_on_significant_disagreement():
     assert (s["shadows"], s["disagreements"]) == (19, 2) and s["estimate"] < s["upper_bound"] < 0.3
 
 
+def test_evaluation_stores_the_certified_path():
+    from distree.evaluation import certified_entry
+    from distree.inference.outcome import PolicyEvaluator
+    from distree.risk import RiskSpec, path_losses
+    from inference_cases import synthetic_evidence, synthetic_flops
+
+    e = PolicyEvaluator(make_policy("local-confidence"), synthetic_evidence(b=800, seed=3), synthetic_flops())
+    path = torch.stack([torch.full((5,), q) for q in (INF, 0.9, 0.6, 0.3, -INF)])  # (5, 5)
+    spec = RiskSpec("consistency", 0.2, 0.1)
+    entry = certified_entry("local-confidence", e.policy, path, spec, path_losses(e, path, "consistency"), e, 0.5)
+    assert entry["certified"] and len(entry["path"]) == entry["candidate"] + 1
+    assert entry["path"][0] == ["inf"] * 5 and entry["path"][-1] == entry["thresholds"]
+
+
 def test_plan_reads_the_certified_path(tmp_path):
     path = [["inf"] * 5, [1.3] * 5, [1.2] * 5, [1.1] * 5, [1.05] * 5]
     certified = [{"risk": "consistency", "epsilon": 0.02, "delta": 0.1,
