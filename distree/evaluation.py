@@ -214,6 +214,7 @@ def certified_entry(name: str, policy: Policy, path: torch.Tensor, spec: RiskSpe
     on_test = test_eval(cert.thresholds)
     risk = path_losses(test_eval, cert.thresholds[None], spec.risk).loss.double().mean().item()
     out.update(thresholds=jsonable_thresholds(cert.thresholds),
+               path=[jsonable_thresholds(t) for t in path[:cert.index + 1]],  # every one certified: the runtime's range
                test={"accuracy": on_test.accuracy, "accuracy_change": on_test.accuracy - last_accuracy, "risk": risk,
                      "flops_reduction": on_test.flops_reduction, "latency_ms_simulated": 1e3 * on_test.latency_s})
     return out

@@ -31,10 +31,11 @@ SAMPLES = 24
 SESSION_TIMEOUT = 45.0  # no session may hang a test
 
 
-def make_run(path, n: int) -> str:
-    """A run directory with N untrained students (random weights) on the synthetic set."""
+def make_run(path, n: int, width: int = 1) -> str:
+    """A run directory with N untrained students (random weights, WRN-16-width) on the synthetic set."""
     config = run_config("smoke")
     config["students"]["num_students"] = n
+    config["students"]["model"]["width"] = width
     torch.manual_seed(n)
     model = build_students(config)
     with torch.no_grad():

@@ -23,7 +23,8 @@ class DeviceStep:
                  bias_share: torch.Tensor):
         self.student, self.index, self.policy = student, index, policy
         self.device = next(student.parameters()).device
-        self.thresholds, self.bias_share = thresholds.to(self.device), bias_share.to(self.device)
+        self.thresholds = thresholds.to(self.device, torch.float32).clone()  # (5,) its own: set_thresholds writes it
+        self.bias_share = bias_share.to(self.device)
         self.gates = [self._gate_arguments(j) for j in range(NUM_EXITS)]
 
     def _gate_arguments(self, j: int) -> dict | None:
@@ -35,6 +36,14 @@ class DeviceStep:
         return {"bias_share": to(self.bias_share), "gate_weight": to(weight), "gate_bias": to(bias),
                 "threshold": self.thresholds[j - 1].clone(), "rule": self.policy.rule,
                 "inclusive": self.policy.inclusive}
+
+    def set_thresholds(self, thresholds: torch.Tensor) -> None:
+        """Decide with thresholds (5,) from the next sample on, in place: the fused op's 0-d thresholds
+        are the same tensors between samples, so nothing is rebuilt (the runtime's adaptation)."""
+        self.thresholds.copy_(thresholds)
+        for j, gate in enumerate(self.gates):
+            if gate is not None:
+                gate["threshold"].copy_(thresholds[j - 1])
 
     @torch.no_grad()
     def run_one(self, x: torch.Tensor, sample: int) -> tuple[torch.Tensor, int]:

@@ -9,7 +9,15 @@ seconds (it froze) is declared lost: it is sent nothing more and waited for neve
 device that is merely late stays live but gets no new sample until it has answered those it
 holds (and the stream does not wait for it meanwhile); its late messages are recognised by
 their sample id and dropped.
+
+Under a latency target (runtime/adaptive.py) the aggregator also moves each device along its
+policy's threshold path, telling it with a THRESHOLDS message that travels before the next
+input, so every sample issued after a move runs under the new setting; it records the setting
+each sample was issued under. Shadow samples (INPUT's exit field SHADOW_RUN) come back twice:
+the answer as usual, then every device's exit-7 evidence (SHADOW), compared with the answer
+once all of it is in; a shadow whose device is lost is dropped.
 """
+import random
 import queue
 import statistics
 import sys
@@ -20,7 +28,8 @@ import torch
 
 from distree.policies import LAST_EXIT, NUM_EXITS
 from distree.runtime import messages as m
-from distree.runtime.faults import AGGREGATOR, Fault, strike
+from distree.runtime.adaptive import AdaptConfig, Controller, ShadowCheck
+from distree.runtime.faults import AGGREGATOR, PACE_KINDS, Fault, strike
 from distree.runtime.group import Session
 from distree.runtime.heartbeat import Heartbeat
 from distree.runtime.links import Arrival, Link
@@ -51,8 +60,8 @@ class Aggregator:
     """Rank 0: runs each policy of the plan over the samples, on the devices of session."""
 
     def __init__(self, session: Session, model, plan: list[PolicySpec], deadlines: Deadlines, window: int,
-                 faults: list[Fault]):
-        self.model, self.plan, self.deadlines, self.window = model, plan, deadlines, window
+                 faults: list[Fault], adapt: AdaptConfig = None):
+        self.model, self.plan, self.deadlines, self.window, self.adapt = model, plan, deadlines, window, adapt
         self.n = session.num_devices
         self.feature_dim = model.students[0].heads[0].weight.shape[0]  # K (D if projected)
         self.inbox = queue.Queue()
@@ -67,6 +76,16 @@ class Aggregator:
         self.current = 0  # index of the policy streaming now
         self.num_samples = 0
         self.unanswered = [0] * self.n  # per device: inputs it has not yet answered with a message
+        self.pace_faults = [f for f in faults if f.kind in PACE_KINDS]
+        self.fault_began = {}  # index in pace_faults -> perf_counter time its device got input AT
+        self.sent = [0] * self.n  # inputs sent per device over the session (what fault AT counts)
+        adapting = [adapt is not None and s.path is not None for s in plan]
+        self.control = [Controller(adapt, self.n, len(s.path)) if a else None for s, a in zip(plan, adapting)]
+        self.shadow = [ShadowCheck(s.risk["epsilon"], s.risk["delta"]) if a else None for s, a in zip(plan, adapting)]
+        self.shadow_rng = random.Random(0)
+        self.shadows = {}  # (policy, seq) -> {"to": devices, "u": {device: u (D,)}, "pred": answer or None}
+        self.issued = {}  # (policy, seq) -> settings per device the sample was issued under
+        self.input_numel = 0
 
     def run(self, x: torch.Tensor, labels: torch.Tensor, chunk: int, between=None) -> list[PolicyRun]:
         """Every policy of the plan over samples x (S, C, H, W) with labels (S,) (-1: unknown).
@@ -75,7 +94,7 @@ class Aggregator:
         called after each turn of samples lo..hi-1) meet the same load on a shared machine and
         their ratios hold within one run.
         """
-        self.num_samples = len(x)
+        self.num_samples, self.input_numel = len(x), x[0].numel()
         self.runs = [PolicyRun(s.name, s.policy.local, s.thresholds.tolist(), self.n) for s in self.plan]
         for lo in range(0, len(x), chunk):
             hi = min(lo + chunk, len(x))
@@ -96,13 +115,27 @@ class Aggregator:
         for i in self.live:
             self.links[i].drain(timeout)
 
+    def fault_windows(self, run: PolicyRun) -> list[dict]:
+        """Per slow or link fault, the samples of run issued while it was in force: [start, end)."""
+        out = []
+        for k, f in enumerate(self.pace_faults):
+            began = self.fault_began.get(k)
+            start = end = len(run.issued_s)
+            if began is not None:
+                start = next((s for s, t in enumerate(run.issued_s) if t >= began), start)
+                if f.seconds > 0 and f.kind == "slow":
+                    end = next((s for s, t in enumerate(run.issued_s) if t >= began + f.seconds), end)
+            out.append({"fault": f"{f.kind}:{f.target}@{f.at}", "start": start, "end": end})
+        return out
+
     def _stream_local(self, p: int, x, labels, run: PolicyRun, lo: int, hi: int) -> None:
         """Samples lo..hi-1, up to `window` in flight; each device answers each sample once."""
         issued, pending = lo, {}  # sample -> (time it left, devices it went to)
         for s in range(lo, hi):
             while issued < hi and issued - s < self.window:
                 self.open[(p, issued)] = {}
-                pending[issued] = self._issue(p, issued, x[issued], self.window)
+                shadow = self.shadow[p] is not None and self.shadow_rng.random() < self.adapt.shadow_fraction
+                pending[issued] = self._issue(p, issued, x[issued], self.window, shadow)
                 issued += 1
             (t0, expected), got = pending.pop(s), self.open[(p, s)]
             run.deadline_s = self.deadlines.of(run)
@@ -110,7 +143,13 @@ class Aggregator:
             del self.open[(p, s)]
             if expected & self.live <= got.keys():
                 run.round_s.append(time.perf_counter() - t0)
-            self._answer(run, int(labels[s]), got, t0, slowest(got))
+            pred = self._answer(run, int(labels[s]), got, t0, slowest(got))
+            run.settings.append(self.issued.pop((p, s)))
+            if self.control[p] is not None:
+                self._adapt(p, s, run, expected, got, t0)
+                if (p, s) in self.shadows:
+                    self.shadows[(p, s)]["pred"] = pred
+                    self._compare(p, s)
 
     def _per_exit(self, p: int, x, labels, run: PolicyRun, lo: int, hi: int) -> None:
         """Samples lo..hi-1 one at a time; at each exit 2..7 every device sends, the aggregator decides for all."""
@@ -128,16 +167,61 @@ class Aggregator:
                     run.round_s.append(time.perf_counter() - t_round)
                 # a device late at this exit ends the sample: waiting another exit for it only adds latency
                 stop = (j == LAST_EXIT or not complete or not got
-                        or bool(spec.policy.stops(self._logits(got), spec.thresholds, j)))
+                        or bool(spec.policy.stops(self._logits({i: g[1] for i, g in got.items()}),
+                                                  spec.thresholds, j)))
                 for i in expected & self.live:
                     self.links[i].send(m.encode(m.STOP if stop else m.CONTINUE, s, p, j))
                     run.downlink_decisions += 1
                 t_round = time.perf_counter()
                 if stop:
                     self._answer(run, int(labels[s]), got, t0, compute)
+                    run.settings.append(self.issued.pop((p, s)))
                     break
 
-    def _issue(self, p: int, s: int, x: torch.Tensor, window: int) -> tuple[float, set]:
+    def _adapt(self, p: int, s: int, run: PolicyRun, expected: set, got: dict, t0: float) -> None:
+        """Feed each device's latency for sample s to the controller; tell the devices that move."""
+        if len(run.latency_s) <= self.adapt.warmup:
+            return
+        control, answered = self.control[p], run.latency_s[-1]
+        if control.calibrating(answered):
+            return
+        if got:
+            control.overhead.append(max(0.0, answered - (max(g[3] for g in got.values()) - t0)))
+        for i in sorted(expected & self.live):
+            latency = got[i][3] - t0 if i in got else answered  # one that missed the deadline took at least that
+            moved = control.observe(i, run.settings[-1][i], latency, got[i][2] / 1e6 if i in got else None)
+            if moved is not None:
+                self._tell(p, s, run, i, moved, "over budget" if moved > run.settings[-1][i] else "slack")
+
+    def _tell(self, p: int, s: int, run: PolicyRun, i: int, index: int, reason: str) -> None:
+        self.links[i].send(m.encode_thresholds(index, p, self.plan[p].path[index], self.input_numel))
+        run.moves.append({"sample": s, "device": i, "setting": index, "reason": reason})
+
+    def _compare(self, p: int, s: int) -> None:
+        """A shadow sample whose answer and every live device's exit-7 evidence are in: count it."""
+        shadow = self.shadows[(p, s)]
+        if shadow["pred"] is None or not shadow["to"] & self.live <= shadow["u"].keys():
+            return
+        del self.shadows[(p, s)]
+        if not shadow["to"] & self.live:
+            return
+        full = int(self._logits({i: u for i, u in shadow["u"].items() if i in self.live}).argmax())
+        run, check = self.runs[p], self.shadow[p]
+        run.shadow.append((s, shadow["pred"] != full))
+        fired = check.add(shadow["pred"] != full)
+        if fired is not None:
+            control = self.control[p]
+            cap = max(0, max(control.indices) - 1)
+            run.guard.append({"sample": s, "disagreements": fired[0], "shadows": fired[1], "epsilon": check.epsilon,
+                              "cap": cap})
+            print(f"aggregator: {run.name}: {fired[0]} of {fired[1]} shadow samples disagree with exit 7, over "
+                  f"epsilon {check.epsilon:g}; no device cheaper than setting {cap} from sample {s}",
+                  file=sys.stderr, flush=True)
+            for i, index in control.limit(cap).items():
+                if i in self.live:
+                    self._tell(p, s, run, i, index, "shadow disagreement")
+
+    def _issue(self, p: int, s: int, x: torch.Tensor, window: int, shadow: bool = False) -> tuple[float, set]:
         """Send sample s to every live device with fewer than `window` inputs unanswered; (time it left, those devices).
 
         A late device gets no new work until it has answered what it holds, so after a stall it
@@ -146,12 +230,21 @@ class Aggregator:
         device waiting for work forever; a per-exit sample takes one or more messages, hence the
         clamp at 0.
         """
-        msg = m.encode(m.INPUT, s, p, 0, x)
+        msg = m.encode(m.INPUT, s, p, m.SHADOW_RUN if shadow else 0, x)
         to = {i for i in self.live if self.unanswered[i] < window}
         t = time.perf_counter()
         for i in to:
             self.links[i].send(msg)
             self.unanswered[i] = max(self.unanswered[i], 0) + 1
+            for k, f in enumerate(self.pace_faults):
+                if f.target == i and f.at == self.sent[i]:
+                    self.fault_began[k] = t
+            self.sent[i] += 1
+        control = self.control[p]
+        self.issued[(p, s)] = control.indices if control is not None else [-1] * self.n
+        self.runs[p].issued_s.append(t)
+        if shadow and to:
+            self.shadows[(p, s)] = {"to": to, "u": {}, "pred": None}
         return t, to
 
     def _collect(self, done, deadline_at: float) -> None:
@@ -176,22 +269,38 @@ class Aggregator:
         if arrival.error is not None:
             self._lose(i, arrival.error)
             return
-        self.unanswered[i] -= 1
         run = self.runs[self.current]
+        try:
+            msg = m.decode(arrival.msg, (m.FEATURE, m.SHADOW), len(self.plan), NUM_EXITS, self.feature_dim,
+                           self.num_samples)
+        except m.BadMessage as err:
+            msg = None
+            print(f"aggregator: rejected a message from device {i}: {err}", file=sys.stderr, flush=True)
+        if msg is not None and msg.kind == m.SHADOW:  # an extra message: it answers no input
+            self._shadow_arrived(i, msg)
+            return
+        self.unanswered[i] -= 1
         run.uplink_messages += 1
         run.uplink_bytes += arrival.msg.numel() * arrival.msg.element_size()
-        try:
-            msg = m.decode(arrival.msg, (m.FEATURE,), len(self.plan), NUM_EXITS, self.feature_dim, self.num_samples)
-        except m.BadMessage as err:
+        if msg is None:
             run.rejected += 1
-            print(f"aggregator: rejected a message from device {i}: {err}", file=sys.stderr, flush=True)
             return
         local = self.plan[msg.policy].policy.local
         got = self.open.get((msg.policy, msg.seq) if local else (msg.policy, msg.seq, msg.exit))
         if got is None:
             run.stale += 1
         else:
-            got[i] = (msg.exit, msg.payload, msg.micros)
+            got[i] = (msg.exit, msg.payload, msg.micros, time.perf_counter())
+
+    def _shadow_arrived(self, i: int, msg: m.Message) -> None:
+        run = self.runs[msg.policy]
+        run.shadow_messages += 1
+        shadow = self.shadows.get((msg.policy, msg.seq))
+        if shadow is None:
+            run.stale += 1
+            return
+        shadow["u"][i] = msg.payload
+        self._compare(msg.policy, msg.seq)
 
     def _lose(self, i: int, reason: str) -> None:
         self.live.discard(i)
@@ -199,24 +308,33 @@ class Aggregator:
         print(f"aggregator: device {i} lost after {self.answered} answers ({reason}); answering without it",
               file=sys.stderr, flush=True)
 
-    def _logits(self, got: dict) -> torch.Tensor:
-        """z (1, K) from the evidence in got; a missing device contributes zeros."""
+    def _logits(self, evidence: dict) -> torch.Tensor:
+        """z (1, K) from {device: u (D,)}; a missing device contributes zeros."""
         u_sel = torch.zeros(self.n, 1, self.feature_dim)  # (N, 1, D)
-        for i, (_, u, _) in got.items():
+        for i, u in evidence.items():
             u_sel[i, 0] = u
         with torch.no_grad():
             return self.model.aggregate(u_sel)  # (1, K)
 
-    def _answer(self, run: PolicyRun, label: int, got: dict, t0: float, compute: float) -> None:
-        pred = int(self._logits(got).argmax())
+    def _answer(self, run: PolicyRun, label: int, got: dict, t0: float, compute: float) -> int:
+        """Answer one sample from the evidence in got; the prediction."""
+        pred = int(self._logits({i: g[1] for i, g in got.items()}).argmax())
         exits = [got[i][0] if i in got else -1 for i in range(self.n)]
         run.record(label, pred, exits, time.perf_counter() - t0, compute)
         self.answered += 1
         fault = self.faults.get(self.answered)
-        if fault is not None:
-            strike(fault)
+        if fault is not None and strike(fault):
+            self._corrupt_thresholds()
+        return pred
+
+    def _corrupt_thresholds(self) -> None:
+        """A `corrupt:agg` fault: send every live device a THRESHOLDS message past its policy's path."""
+        p = self.current
+        index = len(self.plan[p].path) if self.plan[p].path is not None else 0
+        for i in self.live:
+            self.links[i].send(m.encode_thresholds(index, p, self.plan[p].thresholds, self.input_numel))
 
 
 def slowest(got: dict) -> float:
     """Seconds the slowest device that answered computed for its message: what the round waited for."""
-    return max((micros for _, _, micros in got.values()), default=0) / 1e6
+    return max((g[2] for g in got.values()), default=0) / 1e6

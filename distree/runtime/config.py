@@ -28,6 +28,15 @@ class ServeConfig:
     backend: str = "auto"  # gloo, nccl or auto (NCCL when every rank has a GPU)
     connect_timeout_s: float = 60.0
     report: str = None  # default RUN/distributed.json
+    latency_target_ms: float = None  # None: static thresholds; else adapt each device (runtime/adaptive.py)
+    latency_target_x: float = None  # instead: the target is this x the median of the first healthy answers
+    percentile: float = 95.0  # of the latency held under the target
+    shadow_fraction: float = 0.02  # of samples also run to exit 7 on every device, under a target
+    threshold_path: str = None  # JSON {"POLICY": [[T2..T6], ...]}; default: the run's certified path
+    path_steps: int = 8  # settings of the path used, at most (evenly spaced, ends kept)
+    adapt_window: int = 30  # recent answers per device the controller looks at
+    consistency_epsilon: float = 0.01  # the shadow check's epsilon where the run certified none
+    timeline_window: int = 50  # samples per row of the report's timeline
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,6 +69,22 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default=d.backend, choices=("auto", "gloo", "nccl"))
     p.add_argument("--connect-timeout-s", type=float, default=d.connect_timeout_s)
     p.add_argument("--report", default=None, help="JSON report path (default RUN/distributed.json)")
+    p.add_argument("--latency-target-ms", type=float, default=None,
+                   help="hold each device's latency percentile under this by moving it along its certified "
+                        "threshold path (default: static thresholds)")
+    p.add_argument("--latency-target-x", type=float, default=None,
+                   help="instead of --latency-target-ms: this x the median latency of each adapting policy's "
+                        "first 30 answers (after --warmup), measured before anything moves")
+    p.add_argument("--percentile", type=float, default=d.percentile, help="latency percentile held under the target")
+    p.add_argument("--shadow-fraction", type=float, default=d.shadow_fraction,
+                   help="under a target, samples also run to exit 7 to watch the answers' disagreement")
+    p.add_argument("--threshold-path", default=None, metavar="FILE",
+                   help='JSON {"POLICY": [[T2,...,T6], ...]}, conservative first (default: the run\'s certified path)')
+    p.add_argument("--path-steps", type=int, default=d.path_steps, help="settings of the path used, at most")
+    p.add_argument("--adapt-window", type=int, default=d.adapt_window, help="recent answers per device judged")
+    p.add_argument("--consistency-epsilon", type=float, default=d.consistency_epsilon,
+                   help="disagreement with exit 7 the shadow check holds, where the run certified none")
+    p.add_argument("--timeline-window", type=int, default=d.timeline_window, help="samples per timeline row")
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
@@ -70,4 +95,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         deadline_ms=args.deadline_ms, deadline_factor=args.deadline_factor, dead_after_s=args.dead_after_s,
         link_delay_ms=args.link_delay_ms, link_mbps=args.link_mbps, link_jitter_ms=args.link_jitter_ms,
         faults=args.faults, reference_samples=args.reference_samples, warmup=args.warmup, threads=args.threads,
-        backend=args.backend, connect_timeout_s=args.connect_timeout_s, report=args.report)
+        backend=args.backend, connect_timeout_s=args.connect_timeout_s, report=args.report,
+        latency_target_ms=args.latency_target_ms, latency_target_x=args.latency_target_x, percentile=args.percentile, shadow_fraction=args.shadow_fraction,
+        threshold_path=args.threshold_path, path_steps=args.path_steps, adapt_window=args.adapt_window,
+        consistency_epsilon=args.consistency_epsilon, timeline_window=args.timeline_window)

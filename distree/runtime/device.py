@@ -9,6 +9,13 @@ A device blocked in a receive cannot watch a deadline, so its heartbeat thread d
 aggregator's heartbeat stops for `dead_after` seconds (frozen, or its store is gone), the
 watchdog prints the reason and ends the process. A dead aggregator is found sooner: its
 sockets close and the blocked receive raises.
+
+Under a latency target the aggregator may send THRESHOLDS between inputs: the device takes
+them only if they are well formed and exactly the setting its own copy of the policy's path
+holds at that index; anything else is dropped, counted and reported on stderr, and the setting
+in force stays. A shadow input (exit field SHADOW_RUN) is answered as usual, then run again to
+exit 7, whose evidence goes back as SHADOW. `slow` and `link` faults set the device's pace
+(runtime/pace.py).
 """
 import os
 import sys
@@ -19,11 +26,12 @@ import torch.distributed as dist
 
 from distree.errors import DistreeError
 from distree.runtime import messages as m
-from distree.runtime.faults import Fault, strike
+from distree.runtime.faults import PACE_KINDS, Fault, strike
 from distree.runtime.group import AGGREGATOR_RANK, Session
 from distree.runtime.heartbeat import Heartbeat
 from distree.runtime.links import Link, first_line
 from distree.runtime.netem import LinkModel
+from distree.runtime.pace import Pace
 from distree.inference.step import DeviceStep
 
 BAD_EXIT = 99  # what a `corrupt` fault writes in the exit field
@@ -38,11 +46,16 @@ class Device:
     """Student `index` (rank index + 1) serving one DeviceStep per policy, in the plan's order."""
 
     def __init__(self, session: Session, index: int, steps: list[DeviceStep], input_shape: tuple,
-                 link: LinkModel, faults: list[Fault], dead_after: float):
+                 link: LinkModel, faults: list[Fault], dead_after: float, paths: list = None,
+                 full: DeviceStep = None):
+        """paths[p]: policy p's threshold path (C, 5) or None; full: the walk to exit 7 for shadows."""
         self.index, self.steps, self.input_shape, self.device = index, steps, input_shape, session.device
         self.num_exits = len(steps[0].student.stages)
         self.input_numel = torch.Size(input_shape).numel()
-        self.faults = {f.at: f for f in faults if f.target == index}
+        self.faults = {f.at: f for f in faults if f.target == index and f.kind not in PACE_KINDS}
+        self.pace = Pace(faults, index, link)
+        self.paths, self.full = paths or [None] * len(steps), full
+        self.settings = ThresholdSettings(index, steps, self.paths)
         self.link = Link(AGGREGATOR_RANK, model=link, seed=index, device=session.device)
         self.heartbeat = Heartbeat(session.store, session.rank, [AGGREGATOR_RANK], dead_after=dead_after,
                                    on_silence=self._aggregator_silent)
@@ -52,11 +65,17 @@ class Device:
         received = 0
         pending = self._post(self.input_numel)
         while True:
-            msg = self._take(pending, (m.INPUT, m.END), self.input_numel)
+            msg = self._take(pending, (m.INPUT, m.END, m.THRESHOLDS), self.input_numel)
             began = time.perf_counter()
+            if msg is None or msg.kind == m.THRESHOLDS:
+                if msg is not None:
+                    self.settings.apply(msg)
+                pending = self._post(self.input_numel)
+                continue
             if msg.kind == m.END:
                 self.link.drain(timeout=1.0)
                 return 0
+            self.link.model = self.pace.on_input(received)
             fault = self.faults.get(received)
             received += 1
             corrupt = fault is not None and strike(fault)
@@ -64,13 +83,20 @@ class Device:
             if step.policy.local:
                 pending = self._post(self.input_numel)  # prefetch: the next input arrives while we compute
                 u, j = step.run_one(x, msg.seq)  # (K,)
+                self.pace.spend(began)
                 self._send(m.encode(m.FEATURE, msg.seq, msg.policy, BAD_EXIT if corrupt else j, u, micros(began)))
+                if msg.exit == m.SHADOW_RUN and self.full is not None:
+                    began = time.perf_counter()
+                    u, j = self.full.run_one(x, msg.seq)  # (K,) at exit 7
+                    self.pace.spend(began)
+                    self._send(m.encode(m.SHADOW, msg.seq, msg.policy, j, u, micros(began)))
             else:
                 self._per_exit(step, x, msg, corrupt, began)
                 pending = self._post(self.input_numel)
 
     def _per_exit(self, step: DeviceStep, x: torch.Tensor, msg: m.Message, corrupt: bool, began: float) -> None:
         for j, u in step.per_exit(x):
+            self.pace.spend(began)
             self._send(m.encode(m.FEATURE, msg.seq, msg.policy, BAD_EXIT if corrupt else j, u, micros(began)))
             corrupt = False
             decision = self._take(self._post(0), (m.CONTINUE, m.STOP), 0)
@@ -86,16 +112,21 @@ class Device:
         buf = torch.empty(m.message_size(payload_numel), dtype=torch.int32, device=self.device)
         return buf, dist.irecv(buf, AGGREGATOR_RANK)
 
-    def _take(self, pending, kinds: tuple, payload_numel: int) -> m.Message:
-        """Wait for a posted receive and check the message."""
+    def _take(self, pending, kinds: tuple, payload_numel: int) -> m.Message | None:
+        """Wait for a posted receive and check the message; None for a malformed THRESHOLDS (rejected)."""
         buf, work = pending
         try:
             work.wait()
         except RuntimeError as err:
             raise AggregatorLost(f"link to the aggregator broke ({first_line(err)})") from None
+        buf = buf.cpu()
         try:
-            return m.decode(buf.cpu(), kinds, len(self.steps), self.num_exits, payload_numel)
+            return m.decode(buf, kinds, len(self.steps), self.num_exits, payload_numel,
+                            num_settings=self.settings.lengths)
         except m.BadMessage as err:
+            if m.THRESHOLDS in kinds and int(buf[1]) == m.THRESHOLDS:  # a bad setting is not a broken protocol
+                self.settings.reject(str(err))
+                return None
             raise AggregatorLost(f"malformed message from the aggregator: {err}") from None
 
     def _send(self, msg: torch.Tensor) -> None:
@@ -108,6 +139,31 @@ class Device:
         print(f"error: device {self.index}: no heartbeat from the aggregator for {seconds:.1f} s; stopping",
               file=sys.stderr, flush=True)
         os._exit(LOST)
+
+
+class ThresholdSettings:
+    """The setting each policy of a device runs under, changed only to a setting of its own path."""
+
+    def __init__(self, index: int, steps: list[DeviceStep], paths: list):
+        self.index, self.steps, self.paths = index, steps, paths
+        self.lengths = [0 if path is None else len(path) for path in paths]
+        self.current = [0 if path is not None else None for path in paths]
+        self.rejected = 0
+
+    def apply(self, msg: m.Message) -> bool:
+        """Take a decoded THRESHOLDS message; whether it was taken (else it is rejected)."""
+        path = self.paths[msg.policy]
+        if not torch.equal(msg.payload, path[msg.seq]):
+            self.reject(f"setting {msg.seq} of policy {msg.policy} is not the path's {path[msg.seq].tolist()}")
+            return False
+        self.steps[msg.policy].set_thresholds(msg.payload)
+        self.current[msg.policy] = msg.seq
+        return True
+
+    def reject(self, why: str) -> None:
+        self.rejected += 1
+        print(f"device {self.index}: rejected a THRESHOLDS message ({why}); keeping the setting in force "
+              f"({self.rejected} rejected so far)", file=sys.stderr, flush=True)
 
 
 def micros(since: float) -> int:

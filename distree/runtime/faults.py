@@ -1,13 +1,20 @@
 """Injected faults, so the fault handling is tested against real process deaths and stalls.
 
-A fault is written KIND:TARGET@AT[:SECONDS]; TARGET is a device index or `agg`, AT counts the
+A fault is written KIND:TARGET@AT[:ARGS]; TARGET is a device index or `agg`, AT counts the
 inputs a device has received (or the answers the aggregator has given), from 0, over the
 whole session. Kinds:
   kill    the process SIGKILLs itself: no cleanup, sockets closed by the kernel
   freeze  the process SIGSTOPs itself: alive but silent, sockets open, heartbeat stopped
-  stall   the device sleeps SECONDS before answering; its heartbeat keeps beating
-  corrupt the device sends a malformed feature (exit index out of range) for that sample
+  stall   the device sleeps SECONDS before answering (kill:0@5 takes none, stall:0@5:2 one)
+  corrupt the device sends a malformed feature (exit index out of range) for that sample; the
+          aggregator (corrupt:agg@AT) sends every device a THRESHOLDS message whose setting index
+          is past its path, which the device must reject
+  slow    slow:DEVICE@AT:FACTOR[:SECONDS]: from input AT on (for SECONDS, else to the end) the
+          device's compute takes FACTOR (>= 1) times as long; it really sleeps (runtime/pace.py)
+  link    link:DEVICE@AT:DELAY_MS[:MBPS]: from input AT on the device's emulated link has this
+          delay (and bandwidth; 0 or none: unlimited); its jitter stays as configured
 """
+import math
 import os
 import signal
 import time
@@ -15,8 +22,9 @@ from dataclasses import dataclass
 
 from distree.errors import DistreeError
 
-DEVICE_KINDS = ("kill", "freeze", "stall", "corrupt")
-AGGREGATOR_KINDS = ("kill", "freeze")
+DEVICE_KINDS = ("kill", "freeze", "stall", "corrupt", "slow", "link")
+AGGREGATOR_KINDS = ("kill", "freeze", "corrupt")
+PACE_KINDS = ("slow", "link")  # faults that change a device's pace for a while; the others strike once
 AGGREGATOR = "agg"
 
 
@@ -25,27 +33,41 @@ class Fault:
     kind: str
     target: object  # device index (int) or AGGREGATOR
     at: int
-    seconds: float = 0.0
+    seconds: float = 0.0  # stall: how long; slow: how long the slowdown lasts (0: to the end)
+    factor: float = 1.0  # slow: compute takes this many times as long
+    delay_ms: float = 0.0  # link: the new per-message delay
+    mbps: float = 0.0  # link: the new bandwidth (0: unlimited)
 
 
 def parse_fault(spec: str, num_devices: int) -> Fault:
-    """A Fault from KIND:TARGET@AT[:SECONDS], or a DistreeError saying what is wrong."""
+    """A Fault from KIND:TARGET@AT[:ARGS], or a DistreeError saying what is wrong."""
     try:
         kind, rest = spec.split(":", 1)
         target, rest = rest.split("@", 1)
-        at, _, seconds = rest.partition(":")
-        fault = Fault(kind, target if target == AGGREGATOR else int(target), int(at), float(seconds or 0))
+        at, *args = rest.split(":")
+        values = [float(v) for v in args]
+        target, at = target if target == AGGREGATOR else int(target), int(at)
     except ValueError:
-        raise DistreeError(f"bad fault {spec!r}; write KIND:TARGET@AT[:SECONDS], e.g. kill:1@20 or stall:0@5:2") \
-            from None
-    kinds = AGGREGATOR_KINDS if fault.target == AGGREGATOR else DEVICE_KINDS
-    if fault.kind not in kinds:
+        raise DistreeError(f"bad fault {spec!r}; write KIND:TARGET@AT[:ARGS], e.g. kill:1@20, stall:0@5:2, "
+                           "slow:1@50:3:10 or link:0@100:40:2") from None
+    kinds = AGGREGATOR_KINDS if target == AGGREGATOR else DEVICE_KINDS
+    if kind not in kinds:
         raise DistreeError(f"fault {spec!r}: kind must be one of {', '.join(kinds)} for this target")
-    if fault.target != AGGREGATOR and not 0 <= fault.target < num_devices:
+    if target != AGGREGATOR and not 0 <= target < num_devices:
         raise DistreeError(f"fault {spec!r}: device must be in 0..{num_devices - 1} or {AGGREGATOR}")
-    if fault.at < 0 or fault.seconds < 0 or (fault.kind == "stall") != (fault.seconds > 0):
-        raise DistreeError(f"fault {spec!r}: AT must be >= 0, and SECONDS > 0 is given for (and only for) stall")
-    return fault
+    if at < 0 or any(not math.isfinite(v) or v < 0 for v in values):
+        raise DistreeError(f"fault {spec!r}: AT and every value must be finite and >= 0")
+    if kind == "slow":
+        if not 1 <= len(values) <= 2 or values[0] < 1:
+            raise DistreeError(f"fault {spec!r}: write slow:DEVICE@AT:FACTOR[:SECONDS] with FACTOR >= 1")
+        return Fault(kind, target, at, seconds=values[1] if len(values) == 2 else 0.0, factor=values[0])
+    if kind == "link":
+        if not 1 <= len(values) <= 2:
+            raise DistreeError(f"fault {spec!r}: write link:DEVICE@AT:DELAY_MS[:MBPS]")
+        return Fault(kind, target, at, delay_ms=values[0], mbps=values[1] if len(values) == 2 else 0.0)
+    if len(values) != (kind == "stall") or (kind == "stall" and values[0] <= 0):
+        raise DistreeError(f"fault {spec!r}: SECONDS > 0 is given for (and only for) stall")
+    return Fault(kind, target, at, seconds=values[0] if values else 0.0)
 
 
 def strike(fault: Fault) -> bool:

@@ -7,7 +7,8 @@ cancelled, `Work.is_completed()` never turns true for gloo point-to-point work, 
 * send: `isend` from the caller (the transfer starts at once), and a per-link thread waits for
   each send to finish, in order, so a stalled peer never blocks the caller. With an emulated
   link the thread sleeps the link's delay first and then sends, as a radio transmits while
-  its device computes.
+  its device computes; the link model can change between sends (a `link` fault), each message
+  pays the model in force when it was sent.
 * receive (the aggregator's side): a per-link thread receives fixed-size messages in a loop
   and puts them in an inbox that the caller reads with a deadline (`queue.get(timeout=...)`),
   which it can give up on at no cost. A peer that dies closes its sockets: the blocked call
@@ -43,6 +44,7 @@ class Link:
                  device: torch.device = torch.device("cpu"), recv_numel: int = 0):
         self.peer, self.inbox, self.model, self.device = peer, inbox, model, device
         self.error = None  # set once a send failed
+        self._emulated = False  # whether any send so far went through an emulated link
         self._rng = random.Random(seed)
         self._out = queue.Queue()  # (message to delay and send) or (send in flight to wait for)
         self._pending = 0  # sends not finished yet
@@ -55,11 +57,12 @@ class Link:
         """Send msg (int32 (M,)) to the peer after the link's delay; returns at once."""
         with self._idle:
             self._pending += 1
-        msg = msg.to(self.device)
-        if self.model.active:
-            self._out.put((msg, None))
+        msg, model = msg.to(self.device), self.model  # a `link` fault may change the model between sends
+        self._emulated |= model.active
+        if self._emulated:  # once emulated, always through the thread, so no send overtakes a delayed one
+            self._out.put((msg, model, None))
         else:
-            self._out.put((None, dist.isend(msg, self.peer)))
+            self._out.put((None, None, dist.isend(msg, self.peer)))
 
     def drain(self, timeout: float) -> bool:
         """Wait up to timeout seconds for every send to finish; whether they did."""
@@ -68,10 +71,10 @@ class Link:
 
     def _send_loop(self) -> None:
         while True:
-            msg, work = self._out.get()
+            msg, model, work = self._out.get()
             try:
                 if msg is not None:
-                    time.sleep(self.model.seconds(msg.numel() * msg.element_size(), self._rng))
+                    time.sleep(model.seconds(msg.numel() * msg.element_size(), self._rng))
                     dist.send(msg, self.peer)
                 else:
                     work.wait()

@@ -3,13 +3,21 @@
     header (6 x int32): MAGIC, kind, seq, policy, exit, micros
     payload: float32 values bit-cast into the int32 tail (none for decisions)
 
-| kind     | direction           | payload          | fields used                          |
-| -------- | ------------------- | ---------------- | ------------------------------------ |
-| INPUT    | aggregator -> device | image (C*H*W,)  | seq (sample id), policy (its index)  |
-| END      | aggregator -> device | zeros, INPUT size | none: the device stops              |
-| FEATURE  | device -> aggregator | evidence (K,)   | seq, policy, exit (0-based), micros  |
-| CONTINUE | aggregator -> device | none            | seq, exit: per-exit policies only    |
-| STOP     | aggregator -> device | none            | seq, exit: per-exit policies only    |
+| kind       | direction            | payload                 | fields used                            |
+| ---------- | -------------------- | ----------------------- | -------------------------------------- |
+| INPUT      | aggregator -> device | image (C*H*W,)          | seq (sample id), policy, exit: SHADOW_RUN or 0 |
+| END        | aggregator -> device | zeros, INPUT size       | none: the device stops                 |
+| THRESHOLDS | aggregator -> device | T2..T6, zeros to INPUT size | seq (setting index on the policy's path), policy |
+| FEATURE    | device -> aggregator | evidence (K,)           | seq, policy, exit (0-based), micros    |
+| SHADOW     | device -> aggregator | exit 7's evidence (K,)  | seq, policy, exit (always 6), micros   |
+| CONTINUE   | aggregator -> device | none                    | seq, exit: per-exit policies only      |
+| STOP       | aggregator -> device | none                    | seq, exit: per-exit policies only      |
+
+An INPUT whose exit field is SHADOW_RUN is a shadow sample: the device answers it as usual and
+then also sends its evidence at exit 7 (SHADOW), so the aggregator can compare its answer with
+the full-depth one. THRESHOLDS travels in an INPUT-sized message because the device's posted
+receive has that size (as END does); its thresholds may be +-inf (never / always stop there)
+but never NaN, and the rest of its payload must be zeros.
 
 `micros` is the device's compute time for the message (from its input, or from the previous
 decision, to the send), so the aggregator can split latency into compute and communication.
@@ -22,10 +30,14 @@ from dataclasses import dataclass
 
 import torch
 
+from distree.policies import LAST_EXIT, NUM_THRESHOLDS
+
 MAGIC = 0x44453031  # "DE01": protocol version 1
 HEADER = 6
-INPUT, END, FEATURE, CONTINUE, STOP = 1, 2, 3, 4, 5
-KIND_NAMES = {INPUT: "INPUT", END: "END", FEATURE: "FEATURE", CONTINUE: "CONTINUE", STOP: "STOP"}
+INPUT, END, FEATURE, CONTINUE, STOP, THRESHOLDS, SHADOW = 1, 2, 3, 4, 5, 6, 7
+KIND_NAMES = {INPUT: "INPUT", END: "END", FEATURE: "FEATURE", CONTINUE: "CONTINUE", STOP: "STOP",
+              THRESHOLDS: "THRESHOLDS", SHADOW: "SHADOW"}
+SHADOW_RUN = LAST_EXIT  # in an INPUT's exit field: also run this sample to exit 7
 
 
 class BadMessage(ValueError):
@@ -39,7 +51,7 @@ class Message:
     policy: int
     exit: int
     micros: int
-    payload: torch.Tensor  # float32 (P,), empty for decisions
+    payload: torch.Tensor  # float32 (P,), empty for decisions; (5,) for THRESHOLDS
 
 
 def encode(kind: int, seq: int = 0, policy: int = 0, exit: int = 0, payload: torch.Tensor = None,
@@ -52,17 +64,25 @@ def encode(kind: int, seq: int = 0, policy: int = 0, exit: int = 0, payload: tor
     return msg
 
 
+def encode_thresholds(index: int, policy: int, thresholds: torch.Tensor, input_numel: int) -> torch.Tensor:
+    """A THRESHOLDS message: setting `index` of policy's path, thresholds (5,), padded to the INPUT size."""
+    payload = torch.zeros(input_numel)  # (C*H*W,)
+    payload[:NUM_THRESHOLDS] = thresholds
+    return encode(THRESHOLDS, index, policy, 0, payload)
+
+
 def message_size(payload_numel: int) -> int:
     """Number of int32 elements of a message with a payload of payload_numel floats."""
     return HEADER + payload_numel
 
 
 def decode(msg: torch.Tensor, kinds: tuple, num_policies: int, num_exits: int, payload_numel: int,
-           num_samples: int = None) -> Message:
+           num_samples: int = None, num_settings: list = None) -> Message:
     """The checked message in msg, or BadMessage naming the first broken field.
 
     kinds: the kinds the receiver can accept here; payload_numel: the payload it expects for
-    them (0 for decisions; END carries an INPUT-sized payload of zeros); num_samples bounds seq.
+    them (0 for decisions; END and THRESHOLDS carry INPUT-sized payloads); num_samples bounds
+    seq; num_settings[p], the length of policy p's path (0: none), bounds a THRESHOLDS' seq.
     """
     if msg.dtype != torch.int32 or msg.dim() != 1 or msg.numel() < HEADER:
         raise BadMessage(f"expected a 1-D int32 message, got {msg.dtype} of shape {tuple(msg.shape)}")
@@ -75,15 +95,25 @@ def decode(msg: torch.Tensor, kinds: tuple, num_policies: int, num_exits: int, p
     if msg.numel() != HEADER + payload_numel:
         got = msg.numel() - HEADER
         raise BadMessage(f"{KIND_NAMES[kind]} message has {got} payload values, expected {payload_numel}")
-    if seq < 0 or (num_samples is not None and seq >= num_samples):
-        raise BadMessage(f"sample id {seq} out of range [0, {num_samples})")
     if not 0 <= policy < num_policies:
         raise BadMessage(f"policy index {policy} out of range [0, {num_policies})")
+    if kind == THRESHOLDS:
+        settings = num_settings[policy] if num_settings is not None else 0
+        if not 0 <= seq < settings:
+            raise BadMessage(f"setting index {seq} out of range [0, {settings}) for policy {policy}")
+    elif seq < 0 or (num_samples is not None and seq >= num_samples):
+        raise BadMessage(f"sample id {seq} out of range [0, {num_samples})")
     if not 0 <= exit < num_exits:
         raise BadMessage(f"exit index {exit} out of range [0, {num_exits})")
     if micros < 0:
         raise BadMessage(f"negative compute time {micros} us")
     payload = msg[HEADER:].view(torch.float32)
-    if kind in (INPUT, FEATURE) and not torch.isfinite(payload).all():
+    if kind in (INPUT, FEATURE, SHADOW) and not torch.isfinite(payload).all():
         raise BadMessage(f"{KIND_NAMES[kind]} payload holds NaN or infinite values")
+    if kind == THRESHOLDS:
+        if payload.numel() < NUM_THRESHOLDS or torch.isnan(payload[:NUM_THRESHOLDS]).any():
+            raise BadMessage(f"THRESHOLDS payload needs {NUM_THRESHOLDS} thresholds, none NaN")
+        if (payload[NUM_THRESHOLDS:] != 0).any():
+            raise BadMessage("THRESHOLDS payload has values past its thresholds")
+        payload = payload[:NUM_THRESHOLDS]
     return Message(kind, seq, policy, exit, micros, payload)

@@ -21,6 +21,8 @@ from distree.data import SIZE
 from distree.errors import DistreeError
 from distree.inference.evidence import bias_share
 from distree.runtime import single_process
+from distree.policies import make_policy
+from distree.runtime.adaptive import AdaptConfig
 from distree.runtime.aggregator import Aggregator, Deadlines
 from distree.runtime.config import ServeConfig, add_serve_arguments, config_from_args
 from distree.runtime.device import Device, run_device
@@ -28,13 +30,17 @@ from distree.runtime.faults import parse_fault
 from distree.runtime.group import AGGREGATOR_RANK, Session, init_group
 from distree.runtime.inputs import load_samples
 from distree.runtime.netem import link_models
-from distree.runtime.plan import make_plan, parse_thresholds
+from distree.runtime.plan import make_plan, parse_thresholds, with_paths
 from distree.runtime.summary import summarise
+from distree.runtime.timeline import phases, timeline, timeline_table
 from distree.inference.step import DeviceStep
-from distree.run_dir import DISTRIBUTED, class_names, load_student_model, read_config
+from distree.run_dir import DISTRIBUTED, class_names, jsonable_thresholds, load_student_model, read_config
+
+TIMELINE_PLOT = "adaptive_timeline.png"  # beside the report, under a latency target
 
 def serve(config: ServeConfig) -> int:
     """This rank's part of the session; the process exit code."""
+    check_adaptive_options(config)  # before joining: under torchrun a bad option must not wait for peers
     session = init_group(config.backend, config.connect_timeout_s)
     torch.set_num_threads(config.threads)
     model = load_student_model(config.run)
@@ -50,10 +56,18 @@ def serve(config: ServeConfig) -> int:
         i = session.rank - 1
         student = model.students[i].to(session.device)  # on its GPU under NCCL; the aggregator's sums stay on the CPU
         steps = [DeviceStep(student, i, s.policy, s.thresholds, bias_share(model)) for s in plan]
-        return run_device(Device(session, i, steps, input_shape, links[i], faults, config.dead_after_s))
+        paths = [s.path for s in plan]
+        last = make_policy("last-exit")
+        full = DeviceStep(student, i, last, last.default_thresholds(), bias_share(model)) if any(
+            p is not None for p in paths) else None  # the shadows' walk to exit 7
+        return run_device(Device(session, i, steps, input_shape, links[i], faults, config.dead_after_s, paths, full))
     deadlines = Deadlines(fixed_s=config.deadline_ms / 1e3, factor=config.deadline_factor,
                           dead_after_s=config.dead_after_s)
-    aggregator = Aggregator(session, model, plan, deadlines, config.window, faults)
+    adapt = None if not adapting(config) else AdaptConfig(
+        None if config.latency_target_ms is None else config.latency_target_ms / 1e3, config.latency_target_x,
+        percentile=config.percentile, window=config.adapt_window, shadow_fraction=config.shadow_fraction,
+        warmup=config.warmup)
+    aggregator = Aggregator(session, model, plan, deadlines, config.window, faults, adapt)
     x, labels = load_samples(config.run, config.split, config.samples, config.images)
     single = single_process.SingleProcess(model, plan) if config.reference_samples > 0 else None
 
@@ -66,13 +80,21 @@ def serve(config: ServeConfig) -> int:
     report = build_report(config, session, model, plan, links, aggregator, runs, x, single)
     path = Path(config.report or Path(config.run) / DISTRIBUTED)
     path.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
+    if adapting(config):
+        from distree.report.timeline_plot import adaptive_timeline  # matplotlib only where a plot is drawn
+
+        adaptive_timeline(report, path.parent / TIMELINE_PLOT)
     print_table(report, path)
     return 0
 
 
 def check_options(config: ServeConfig, n: int):
     """The plan, faults and links config asks for, or a DistreeError before any process starts."""
+    check_adaptive_options(config)
     plan = make_plan(config.policies, parse_thresholds(config.thresholds), config.run)
+    if adapting(config):
+        plan = with_paths(plan, config.run, config.threshold_path, config.path_steps, config.consistency_epsilon,
+                          delta=0.1)
     faults = [parse_fault(f, n) for f in config.faults]
     links = link_models(config.link_delay_ms, config.link_mbps, config.link_jitter_ms, n)
     if min(config.window, config.chunk) < 1 or min(config.samples, config.deadline_ms) < 0 or config.dead_after_s <= 0:
@@ -80,8 +102,45 @@ def check_options(config: ServeConfig, n: int):
     return plan, faults, links
 
 
+def adapting(config: ServeConfig) -> bool:
+    return config.latency_target_ms is not None or config.latency_target_x is not None
+
+
+def check_adaptive_options(config: ServeConfig) -> None:
+    target, x = config.latency_target_ms, config.latency_target_x
+    if target is not None and not target > 0:
+        raise DistreeError(f"--latency-target-ms must be > 0, got {target:g}")
+    if x is not None and (not x > 0 or target is not None):
+        raise DistreeError(f"--latency-target-x must be > 0 and not given with --latency-target-ms, got {x:g}")
+    if not 0 < config.percentile < 100:
+        raise DistreeError(f"--percentile must be in (0, 100), got {config.percentile:g}")
+    if not 0 <= config.shadow_fraction <= 1:
+        raise DistreeError(f"--shadow-fraction must be in [0, 1], got {config.shadow_fraction:g}")
+    if not 0 < config.consistency_epsilon < 1:
+        raise DistreeError(f"--consistency-epsilon must be in (0, 1), got {config.consistency_epsilon:g}")
+    if min(config.path_steps, config.adapt_window) < 2 or config.timeline_window < 1:
+        raise DistreeError("--path-steps and --adapt-window must be >= 2, --timeline-window >= 1")
+
+
+def adaptive_entry(spec, run, check, control) -> dict:
+    """What a policy's adaptation did: its path, target, moves and shadow check."""
+    target = control.target_s
+    return {"path": [jsonable_thresholds(t) for t in spec.path], "risk": spec.risk,
+            "target_ms": None if target is None else target * 1e3, "target_x": control.config.target_x,
+            "percentile": control.config.percentile,
+            "moves": run.moves, "threshold_messages": len(run.moves), "shadow": check.summary(),
+            "shadow_guard": run.guard, "shadow_samples": [[s, bool(d)] for s, d in run.shadow],
+            "shadow_messages": run.shadow_messages}
+
+
 def build_report(config, session: Session, model, plan, links, aggregator, runs, x, single) -> dict:
     policies = {run.name: summarise(run, config.warmup) for run in runs}
+    for p, (spec, run) in enumerate(zip(plan, runs)):
+        entry, faults = policies[run.name], aggregator.fault_windows(run)
+        entry.update(timeline=timeline(run, faults, config.timeline_window), phases=phases(run, faults),
+                     latency_ms_per_sample=[1e3 * t for t in run.latency_s], settings_per_sample=run.settings)
+        if aggregator.control[p] is not None:
+            entry["adaptive"] = adaptive_entry(spec, run, aggregator.shadow[p], aggregator.control[p])
     ref = x[:config.reference_samples]
     if single is not None:
         table = single_process.flop_table(model, ref)
@@ -102,7 +161,9 @@ def build_report(config, session: Session, model, plan, links, aggregator, runs,
         "samples": len(x), "links": [vars(link) for link in links], "faults": config.faults,
         "lost_devices": {str(i): reason for i, reason in aggregator.lost.items()},
         "reference_samples": len(ref), "flops_per_s_measured": rate if single is not None else None,
-        "chunk": config.chunk,
+        "chunk": config.chunk, "timeline_window": config.timeline_window, "latency_target_ms": config.latency_target_ms,
+        "latency_target_x": config.latency_target_x, "percentile": config.percentile,
+        "shadow_fraction": config.shadow_fraction if adapting(config) else 0.0,
         "class_names": class_names(read_config(config.run)),
         "policies": policies,
         "targets": targets(policies),
@@ -137,6 +198,9 @@ def print_table(report: dict, path: Path) -> None:
         for name, p in report["policies"].items():
             shown = ", ".join(names[c] if 0 <= c < len(names) else "-" for c in p["predictions"][:8])
             print(f"{name}: {shown}{', ...' if len(p['predictions']) > 8 else ''}")
+    for name, p in report["policies"].items():
+        if "adaptive" in p or p["phases"]:
+            print(timeline_table(name, p))
     for i, reason in report["lost_devices"].items():
         print(f"device {i} lost: {reason}")
     sys.stdout.flush()

@@ -31,6 +31,12 @@ class PolicyRun:
     rejected: int = 0  # malformed messages dropped
     stale: int = 0  # well-formed messages that came after their sample was answered
     deadline_s: float = 0.0  # the last deadline in force
+    settings: list = field(default_factory=list)  # per answer, per device: its setting on the path (-1: static)
+    issued_s: list = field(default_factory=list)  # per sample: perf_counter time it left the aggregator
+    moves: list = field(default_factory=list)  # THRESHOLDS sent: {"sample", "device", "setting", "reason"}
+    shadow: list = field(default_factory=list)  # (sample, whether the answer differs from exit 7's)
+    shadow_messages: int = 0
+    guard: list = field(default_factory=list)  # the shadow check's step backs
 
     def record(self, label: int, pred: int, exits: list, latency: float, compute: float) -> None:
         self.labels.append(label)

@@ -1,0 +1,270 @@
+"""Thresholds that follow the devices: slow and link faults, the latency target, the THRESHOLDS
+message and the shadow check, with real processes on loopback where a session is needed.
+
+Sessions run the synthetic set's 128 test samples on untrained students, one sample in flight
+(window 1) so a sample's latency is its devices' compute and messages, bounded by a timeout. The
+latency target is 1.8x the session's own median before anything moves (`latency_target_x`), so
+the test does not depend on how fast the machine is: with WRN-16-6 students, whose exit 2 costs about an
+eighth of exit 7, a `slow:1@50:4` device is over it at full depth (2x to 4x slower: a sleeping
+device leaves the other more of the CPU) and well under it at the cheap end of the path, and
+back at full depth the unslowed device has slack. A shared machine's pace can change by 2x
+within seconds, so the session checks that premise on its own samples and runs again where it
+did not hold.
+"""
+import json
+import time
+
+import pytest
+import torch
+
+from distree import cli
+from distree.errors import DistreeError
+from distree.inference.evidence import bias_share
+from distree.inference.step import DeviceStep
+from distree.policies import make_policy
+from distree.runtime import messages as m
+from distree.runtime.adaptive import AdaptConfig, Controller, ShadowCheck
+from distree.runtime.config import ServeConfig
+from distree.runtime.deploy import deploy
+from distree.runtime.device import ThresholdSettings
+from distree.runtime.faults import parse_fault
+from distree.runtime.inputs import load_samples
+from distree.runtime.plan import make_plan, with_paths
+from distree.runtime.rank import check_options
+from distree.run_dir import load_student_model
+from test_runtime import make_run, median_thresholds
+
+INF = float("inf")
+SESSION_TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="module")
+def wide2(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("wide2"), 2, width=6)
+
+
+@pytest.fixture(scope="module")
+def wide3(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("wide3"), 3, width=2)
+
+
+def path_file(run: str, directory) -> str:
+    """A 3-setting DistrEE path: every exit off, each exit's median score, every sample at exit 2."""
+    median = [float(v) for v in median_thresholds(run, "distree").split("=")[1].split(",")]
+    path = directory / "path.json"
+    path.write_text(json.dumps({"distree": [["inf"] * 5, median, ["-inf"] * 5]}))
+    return str(path)
+
+
+def seconds_per_sample(run: str, device: int, thresholds: float) -> float:
+    """One thread's median time for one sample of the test split on student `device`."""
+    model = load_student_model(run)
+    x, _ = load_samples(run, "test", 24)
+    step = DeviceStep(model.students[device], device, make_policy("distree"), torch.full((5,), thresholds),
+                      bias_share(model))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times = []
+        for k in range(len(x)):
+            began = time.perf_counter()
+            step.run_one(x[k], k)
+            times.append(time.perf_counter() - began)
+    finally:
+        torch.set_num_threads(threads)
+    return sorted(times)[len(times) // 2]
+
+
+def session(run: str, n: int, tmp_path, **options):
+    """Deploy a session (by default over the whole test split); (outcome, report or None)."""
+    tmp_path.mkdir(exist_ok=True)
+    options = {"samples": 0, "reference_samples": 0, "window": 1, **options}
+    config = ServeConfig(run=run, policies=["distree"], report=str(tmp_path / "report.json"), **options)
+    outcome = deploy(config, n, timeout_s=SESSION_TIMEOUT)
+    path = tmp_path / "report.json"
+    return outcome, (json.loads(path.read_text()) if path.exists() else None)
+
+
+# -- no processes ---------------------------------------------------------------------------------------
+
+def test_threshold_messages_are_checked():
+    t = torch.tensor([INF, 1.2, 1.1, -INF, 1.0])
+    msg = m.decode(m.encode_thresholds(2, 0, t, 12), (m.THRESHOLDS,), 1, 7, 12, num_settings=[3])
+    assert (msg.kind, msg.seq, msg.policy) == (m.THRESHOLDS, 2, 0) and torch.equal(msg.payload, t)
+    bad = [(m.encode_thresholds(3, 0, t, 12), "setting index 3"),
+           (m.encode_thresholds(0, 1, t, 12), "setting index 0 out of range \\[0, 0\\)"),  # a policy with no path
+           (m.encode_thresholds(0, 0, torch.tensor([float("nan")] * 5), 12), "NaN"),
+           (m.encode(m.THRESHOLDS, 0, 0, 0, torch.ones(12)), "past its thresholds"),
+           (m.encode_thresholds(0, 0, t, 11), "expected 12")]
+    for raw, error in bad:
+        with pytest.raises(m.BadMessage, match=error):
+            m.decode(raw, (m.THRESHOLDS,), 2, 7, 12, num_settings=[3, 0])
+
+
+def test_device_takes_only_its_paths_settings(capsys):
+    from distree.training.presets import run_config
+    from distree.run_dir import build_students
+
+    model = build_students(run_config("smoke"))
+    path = torch.tensor([[INF] * 5, [-INF] * 5])  # (2, 5)
+    step = DeviceStep(model.students[0], 0, make_policy("distree"), path[0], bias_share(model))
+    settings = ThresholdSettings(0, [step], [path])
+    x = torch.randn(3, 32, 32)
+    assert step.run_one(x, 0)[1] == 6  # every exit off: the last
+    assert settings.apply(m.decode(m.encode_thresholds(1, 0, path[1], 8), (m.THRESHOLDS,), 1, 7, 8, num_settings=[2]))
+    assert step.run_one(x, 0)[1] == 1 and settings.current == [1]  # the fused gate's thresholds changed in place
+    off_path = m.decode(m.encode_thresholds(0, 0, torch.full((5,), 1.5), 8), (m.THRESHOLDS,), 1, 7, 8,
+                        num_settings=[2])
+    assert not settings.apply(off_path)
+    assert settings.rejected == 1 and settings.current == [1] and torch.equal(step.thresholds, path[1])
+    assert "rejected a THRESHOLDS message" in capsys.readouterr().err
+
+
+def test_controller_moves_with_hysteresis():
+    config = AdaptConfig(target_s=0.010, window=10, react=3)  # p95; slack at 7 ms
+    control = Controller(config, 2, length=4)
+    observe = lambda index, seconds, times, device=0, compute=None: [  # noqa: E731
+        control.observe(device, index, seconds, seconds - 0.0005 if compute is None else compute) for _ in range(times)]
+    assert observe(0, 0.020, 3) == [None, None, 1]  # over budget: one step cheaper once `react` answers agree
+    assert observe(0, 0.008, 30, device=1) == [None] * 30  # under budget, not under slack: stays
+    assert observe(0, 0.001, 1) == [None]  # issued under the old setting: says nothing
+    assert observe(1, 0.005, 10) == [None] * 10  # slack, but setting 0 computes 4.3x as long: no step back
+    assert control.devices[0].ratios == {0: pytest.approx(0.0195 / 0.0045)}
+    assert observe(1, 0.0012, 9, compute=0.0007) == [None] * 8 + [0]  # faster now (5.6 ms predicted): step back
+    assert observe(0, 0.020, 3) == [None, None, 1] and control.devices[0].relax_wait == 20  # it failed: wait longer
+    assert observe(1, 0.004, 29) == [None] * 29  # 20 ms predicted at setting 0 from the ratio just measured
+    assert observe(1, 0.004, 1) == [0]  # after 3 windows the old ratio is not trusted: try
+    assert control.limit(0) == {} and control.indices == [0, 0]
+    assert observe(0, 0.020, 5) == [None] * 5  # capped at the conservative end: nowhere cheaper to go
+
+
+def test_shadow_check_acts_only_on_significant_disagreement():
+    check = ShadowCheck(epsilon=0.01, delta=0.1)
+    assert [check.add(False) for _ in range(17)] == [None] * 17
+    assert check.add(True) is None  # 1 of 18: P(X >= 1) = 0.17 at 1%, no evidence against it
+    assert check.add(True) == (2, 19)  # 2 of 19: P(X >= 2) = 0.015 <= delta
+    assert (check.k, check.n) == (0, 0)
+    s = check.summary()
+    assert (s["shadows"], s["disagreements"]) == (19, 2) and s["estimate"] < s["upper_bound"] < 0.3
+
+
+def test_evaluation_stores_the_certified_path():
+    from distree.evaluation import certified_entry
+    from distree.inference.outcome import PolicyEvaluator
+    from distree.risk import RiskSpec, path_losses
+    from inference_cases import synthetic_evidence, synthetic_flops
+
+    e = PolicyEvaluator(make_policy("local-confidence"), synthetic_evidence(b=800, seed=3), synthetic_flops())
+    path = torch.stack([torch.full((5,), q) for q in (INF, 0.9, 0.6, 0.3, -INF)])  # (5, 5)
+    spec = RiskSpec("consistency", 0.2, 0.1)
+    entry = certified_entry("local-confidence", e.policy, path, spec, path_losses(e, path, "consistency"), e, 0.5)
+    assert entry["certified"] and len(entry["path"]) == entry["candidate"] + 1
+    assert entry["path"][0] == ["inf"] * 5 and entry["path"][-1] == entry["thresholds"]
+
+
+def test_plan_reads_the_certified_path(tmp_path):
+    path = [["inf"] * 5, [1.3] * 5, [1.2] * 5, [1.1] * 5, [1.05] * 5]
+    certified = [{"risk": "consistency", "epsilon": 0.02, "delta": 0.1,
+                  "policies": [{"policy": "distree", "certified": True, "candidate": 4, "path": path},
+                               {"policy": "entropy", "certified": False, "candidate": -1}]}]
+    (tmp_path / "report.json").write_text(json.dumps({"policies": [], "certified": certified}))
+    plan = with_paths(make_plan(["distree", "entropy"], {}, tmp_path), tmp_path, None, steps=3, epsilon=0.01,
+                      delta=0.1)
+    assert plan[0].path.tolist() == [[INF] * 5, pytest.approx([1.2] * 5), pytest.approx([1.05] * 5)]
+    assert plan[0].thresholds[0] == INF and plan[0].risk["epsilon"] == 0.02  # starts conservative
+    assert plan[1].path is None
+    with pytest.raises(DistreeError, match="threshold path"):
+        with_paths(make_plan(["entropy"], {}, tmp_path), tmp_path, None, 3, 0.01, 0.1)
+
+
+@pytest.mark.parametrize("option, error", [
+    ({"latency_target_ms": 0.0}, "--latency-target-ms"), ({"latency_target_ms": -5.0}, "--latency-target-ms"),
+    ({"latency_target_ms": 10.0, "percentile": 100.0}, "--percentile"), ({"percentile": 0.0}, "--percentile"),
+    ({"faults": ["slow:1@5:0.5"]}, "FACTOR >= 1"), ({"faults": ["slow:2@5:2"]}, "device must be in 0..1"),
+    ({"faults": ["link:3@5:10"]}, "device must be in 0..1"), ({"faults": ["link:0@5"]}, "DELAY_MS"),
+])
+def test_bad_options_are_refused_before_any_process(tmp_path, option, error):
+    with pytest.raises(DistreeError, match=error):
+        check_options(ServeConfig(run=str(tmp_path), **option), 2)
+
+
+@pytest.fixture(scope="module")
+def run2_small(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("small2"), 2)
+
+
+def test_cli_exits_2_on_a_bad_target(run2_small, capsys):
+    for argv in (["deploy", "--run", run2_small, "--latency-target-ms", "0"],
+                 ["deploy", "--run", run2_small, "--percentile", "120"],
+                 ["deploy", "--run", run2_small, "--fault", "slow:5@1:2"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_parse_slow_and_link_faults():
+    assert parse_fault("slow:1@50:4", 2).factor == 4 and parse_fault("slow:1@50:4", 2).seconds == 0
+    assert parse_fault("slow:1@50:4:2.5", 2).seconds == 2.5
+    f = parse_fault("link:0@10:40:2", 2)
+    assert (f.delay_ms, f.mbps) == (40, 2)
+
+
+# -- sessions -------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_slow_device_moves_cheaper_and_returns(wide2, tmp_path):
+    full_s = seconds_per_sample(wide2, 1, INF)
+    slow_s = full_s * (6 * 4 + 30 * 1.5)  # some 6 samples' reaction at full depth, then about 30 at the cheap end
+    for attempt in range(3):  # a shared machine's pace can change by 2x within seconds: then again
+        outcome, report = session(wide2, 2, tmp_path, faults=[f"slow:1@50:4:{slow_s:.3f}"], latency_target_x=1.8,
+                                  percentile=50, adapt_window=10, warmup=5, deadline_ms=5000,  # never degraded
+                                  threshold_path=path_file(wide2, tmp_path))
+        assert outcome.codes == [0, 0, 0]
+        p = report["policies"]["distree"]
+        latency, target_ms = p["latency_ms_per_sample"], p["adaptive"]["target_ms"]  # 1.8x samples 5..34's median
+        # the premise: nothing moved before the slowdown, unslowed with slack, slowed over the target
+        quiet = all(mv["sample"] >= 50 for mv in p["adaptive"]["moves"])
+        if quiet and sorted(latency[40:50])[5] < target_ms / 1.45 and sorted(latency[50:55])[2] > target_ms:
+            break
+    else:
+        pytest.fail(f"the machine's pace kept changing: latency {[round(v) for v in latency[30:55]]} ms against a "
+                    f"target of {target_ms:.1f} ms")
+    window = p["phases"]["slow:1@50"]
+    start, end = window["start"], window["end"]
+    assert start == 50 and end < 110
+    moves = [mv for mv in p["adaptive"]["moves"] if mv["device"] == 1 and mv["sample"] >= start]
+    assert moves[0]["reason"] == "over budget" and moves[0]["sample"] - start <= 12  # a bounded reaction
+    settings = [s[1] for s in p["settings_per_sample"]]
+    cheaper = [k for k in range(start, end) if settings[k] > 0]  # slowed, issued under a cheaper setting
+    assert len(cheaper) >= 10
+    latency = sorted(p["latency_ms_per_sample"][k] for k in cheaper)
+    assert latency[len(latency) // 2] < target_ms  # back under the target while still slowed
+    back = next(k for k in range(end, len(settings)) if settings[k] == 0)  # the slowdown over, device 1 returned
+    assert back - end <= 25
+    assert max(s[0] for s in p["settings_per_sample"][:back]) == 0  # device 0, never slowed, never moved
+    assert p["timeline"] and {"before", "during", "after"} <= set(window)
+    assert (tmp_path / "adaptive_timeline.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_no_target_moves_nothing_but_slow_and_link_faults_cost_time(wide3, tmp_path):
+    full = seconds_per_sample(wide3, 2, INF)
+    outcome, report = session(wide3, 3, tmp_path, faults=["slow:2@30:4", "link:0@80:40"])
+    assert outcome.codes == [0, 0, 0, 0]
+    p = report["policies"]["distree"]
+    assert "adaptive" not in p and all(s == [-1, -1, -1] for s in p["settings_per_sample"])
+    slow, link = p["phases"]["slow:2@30"], p["phases"]["link:0@80"]
+    assert (slow["start"], slow["end"], link["start"]) == (30, 128, 80)
+    assert slow["during"]["latency_ms"]["median"] - slow["before"]["latency_ms"]["median"] >= 1e3 * 2 * full
+    assert link["before"]["latency_ms"]["median"] < 40 <= link["during"]["latency_ms"]["median"]
+
+
+@pytest.mark.slow
+def test_out_of_range_thresholds_are_rejected_by_the_devices(run2_small, tmp_path, capfd):
+    outcome, report = session(run2_small, 2, tmp_path, faults=["corrupt:agg@10"], latency_target_ms=1e4,
+                              threshold_path=path_file(run2_small, tmp_path))
+    assert outcome.codes == [0, 0, 0]
+    err = capfd.readouterr().err
+    assert err.count("rejected a THRESHOLDS message") == 2  # one per device, and neither stopped
+    p = report["policies"]["distree"]
+    assert p["samples"] == 128 and p["degraded"] == 0 and p["adaptive"]["moves"] == []
