@@ -8,13 +8,14 @@ ONNX Runtime: input "image" (1, C, H, W) float32 -> "evidence" (1, K) float32, "
 import contextlib
 import io
 import logging
+import warnings
 from pathlib import Path
 
 import torch
 
 from distree.export.onnx_ops import OPSET, translation_table
+from distree.export.onnx_session import INPUT, OUTPUTS
 
-INPUT, OUTPUTS = "image", ("evidence", "exit")
 _QUIET = ("torch.onnx", "onnxscript", "onnx_ir")  # loggers that narrate every export step
 
 
@@ -26,7 +27,8 @@ def _quiet():
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecations
             yield
     finally:
         for lg, level in zip(loggers, levels):
