@@ -9,19 +9,18 @@ torch.ops.distree.*) and nothing of `distree`:
     walk = torch._inductor.aoti_load_package("student0.pt2")
     u, exit = walk(x)  # x (1, C, H, W) float32 -> (1, K) float32, () int64
 """
-import contextlib
-import io
 from pathlib import Path
 
 import torch
+
+from distree.export.quiet import quiet
 
 
 def export_pt2(walk: torch.nn.Module, x: torch.Tensor, path) -> Path:
     """Writes walk (a GraphWalk) traced on x (1, C, H, W) to path as an AOTInductor package."""
     path = Path(path)
-    with torch.no_grad():
+    with torch.no_grad(), quiet():
         program = torch.export.export(walk, (x,))
-    with contextlib.redirect_stdout(io.StringIO()):
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
     return path
 

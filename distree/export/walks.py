@@ -70,7 +70,9 @@ def make_plan(run_dir, policy_name: str | None = None, given: dict | None = None
     for i, student in enumerate(model.students):
         try:
             walks.append(GraphWalk(DeviceStep(student, i, policy, thresholds, share), example).eval())
-        except ValueError as err:
-            raise DistreeError(f"cannot export policy {name!r}: {err}") from None
+        except ValueError:  # GraphWalk: the policy decides in Python, outside the fused op
+            fused = ", ".join(n for n, cls in POLICIES.items() if getattr(cls, "rule", None))
+            raise DistreeError(f"policy {name!r} is not decided by the exit gate (the fused op), so an exported walk "
+                               f"cannot take its decision; export one of {fused}, or last-exit") from None
     return ExportPlan(str(run_dir), policy, thresholds, model, walks, example,
                       test.mean.flatten().tolist(), test.std.flatten().tolist())
