@@ -132,6 +132,7 @@ def _gate_case(rule, probabilities, inclusive, K=6):
     threshold amid the reference scores so that the case decides both ways; and the reference's outputs."""
     args = make_gate_args(4, 8, 3, 5, K, True, probabilities)
     x, weight, bias, first, previous, bias_share, gate_weight, gate_bias = args
+    first[0], previous[1] = 0, 0  # a zero norm: its cosine reads 1
     score = distree_kernels.exit_gate_reference(*args, torch.tensor(0.0), rule, inclusive)[1]  # (4,)
     finite = score[score.isfinite()].sort().values
     threshold = finite[len(finite) // 2 - 1:len(finite) // 2 + 1].mean()  # between two scores, not at one

@@ -80,6 +80,7 @@ def build_manifest(plan, fmt: str, files: list[Path], class_names: list[str], op
         "thresholds": jsonable_thresholds(plan.thresholds),  # exits 2..6
         "input": {"name": "image", "shape": list(x.shape), "dtype": "float32",
                   "normalisation": {"formula": "(pixels / 255 - mean) / std, per channel",
+                                    "pixels": "Pillow's L (grey)" if x.shape[1] == 1 else "RGB",
                                     "mean": plan.mean, "std": plan.std}},
         "outputs": {"evidence": {"shape": [1, len(class_names)], "dtype": "float32"},
                     "exit": {"shape": [], "dtype": "int64", "note": "0-based: 0 is exit 1, 6 is exit 7"}},
