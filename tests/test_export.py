@@ -127,6 +127,19 @@ def test_check_names_the_student_and_sample_that_disagree(onnx_out, tmp_path):
         check_export(changed, SAMPLES)
 
 
+@needs_onnx
+def test_onnx_student_runs_with_onnxruntime_and_numpy_only(onnx_out):
+    """OnnxStudent in a fresh interpreter: it answers, and torch is never imported."""
+    script = ("import sys, numpy as np\n"
+              "from distree.export.onnx_session import OnnxStudent\n"
+              f"u, exit = OnnxStudent({str(onnx_out / 'student1.onnx')!r}).run(np.zeros((1, 3, 32, 32), np.float32))\n"
+              "assert u.shape == (1, 10) and u.dtype == np.float32 and 0 <= exit <= 6\n"
+              "assert 'torch' not in sys.modules\n"
+              "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 def _gate_case(rule, probabilities, inclusive, K=6):
     """A one-op model: the exit gate with `rule` on (x, first, previous), the rest as constants, with the
     threshold amid the reference scores so that the case decides both ways; and the reference's outputs."""

@@ -35,11 +35,19 @@ def _runner(fmt: str, path: Path):
         from distree.export.onnx_session import OnnxStudent
 
         student = OnnxStudent(path)
-        return lambda x: (lambda u, e: (torch.from_numpy(u), e))(*student.run(x.numpy()))
+
+        def run_onnx(x):
+            u, exit_index = student.run(x.numpy())
+            return torch.from_numpy(u), exit_index
+        return run_onnx
     from distree.export.pt2_export import load_pt2
 
     walk = load_pt2(path)
-    return lambda x: (lambda u, e: (u, int(e)))(*walk(x))
+
+    def run_pt2(x):
+        u, exit_index = walk(x)
+        return u, int(exit_index)
+    return run_pt2
 
 
 def _engine(manifest: dict):
