@@ -1,4 +1,5 @@
 """export_run: every student of a run as artifacts of one format, with manifest.json beside them."""
+import importlib.util
 from pathlib import Path
 
 from distree.errors import DistreeError
@@ -12,6 +13,9 @@ FORMATS = ("onnx", "pt2")
 def _exporter(fmt: str):
     """(export function, opset) of a format; imported here so that pt2 needs no onnx installed."""
     if fmt == "onnx":
+        missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise DistreeError(f"--format onnx needs {', '.join(missing)}: pip install -r requirements.txt")
         from distree.export.onnx_export import export_onnx
         from distree.export.onnx_ops import OPSET
         return export_onnx, OPSET
@@ -31,9 +35,9 @@ def export_run(run_dir, fmt: str, out=None, policy: str | None = None, threshold
     """
     if fmt not in FORMATS:
         raise DistreeError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    export, opset = _exporter(fmt)
     plan = make_plan(run_dir, policy, thresholds)
     out = clear_output(default_out(run_dir, fmt) if out is None else out)
-    export, opset = _exporter(fmt)
     files = [out / f"student{i}.{fmt}" for i in range(len(plan.walks))]
     try:
         for walk, path in zip(plan.walks, files):

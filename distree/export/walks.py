@@ -31,7 +31,7 @@ class ExportPlan:
     std: list
 
 
-def default_policy(run_dir) -> str:
+def default_policy() -> str:
     """The first of deploy's default policies that exits early on the device: DistrEE's rule."""
     return next(name for name in DEFAULT_POLICIES if getattr(POLICIES[name], "rule", None))
 
@@ -59,7 +59,7 @@ def make_plan(run_dir, policy_name: str | None = None, given: dict | None = None
     """The walks of every student of run_dir under the policy (default: default_policy)."""
     config = read_config(run_dir)
     model = load_student_model(run_dir)
-    name = policy_name or default_policy(run_dir)
+    name = policy_name or default_policy()
     policy = load_policy(name, run_dir)
     check_exportable(policy)
     thresholds = choose_thresholds(name, given or {}, run_dir) if policy.exits_early else policy.default_thresholds()
