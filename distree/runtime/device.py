@@ -25,6 +25,7 @@ from distree.runtime.heartbeat import Heartbeat
 from distree.runtime.links import Link, first_line
 from distree.runtime.netem import LinkModel
 from distree.inference.step import DeviceStep
+from distree.policies import NUM_EXITS
 
 BAD_EXIT = 99  # what a `corrupt` fault writes in the exit field
 LOST = 3  # exit code of a device whose aggregator is gone
@@ -37,10 +38,10 @@ class AggregatorLost(DistreeError):
 class Device:
     """Student `index` (rank index + 1) serving one DeviceStep per policy, in the plan's order."""
 
-    def __init__(self, session: Session, index: int, steps: list[DeviceStep], input_shape: tuple,
+    def __init__(self, session: Session, index: int, steps: list, input_shape: tuple,
                  link: LinkModel, faults: list[Fault], dead_after: float):
         self.index, self.steps, self.input_shape, self.device = index, steps, input_shape, session.device
-        self.num_exits = len(steps[0].student.stages)
+        self.num_exits = NUM_EXITS
         self.input_numel = torch.Size(input_shape).numel()
         self.faults = {f.at: f for f in faults if f.target == index}
         self.link = Link(AGGREGATOR_RANK, model=link, seed=index, device=session.device)

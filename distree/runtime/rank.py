@@ -28,6 +28,7 @@ from distree.runtime.faults import parse_fault
 from distree.runtime.group import AGGREGATOR_RANK, Session, init_group
 from distree.runtime.inputs import load_samples
 from distree.runtime.netem import link_models
+from distree.runtime.onnx_device import check_artifacts, onnx_steps
 from distree.runtime.plan import make_plan, parse_thresholds
 from distree.runtime.summary import summarise
 from distree.inference.step import DeviceStep
@@ -37,20 +38,20 @@ def serve(config: ServeConfig) -> int:
     """This rank's part of the session; the process exit code."""
     session = init_group(config.backend, config.connect_timeout_s)
     torch.set_num_threads(config.threads)
-    model = load_student_model(config.run)
-    n = len(model.students)
+    run_config = read_config(config.run)
+    n = run_config["students"]["num_students"]
     if session.num_devices != n:
         raise DistreeError(f"the run has {n} students but {session.num_devices} device ranks were started; "
                            f"start {n + 1} processes")
     plan, faults, links = check_options(config, n)
-    shape = read_config(config.run)["data_shape"]
+    shape = run_config["data_shape"]
     size = shape.get("image_size", SIZE)  # runs from before image sizes were kept are 32x32
     input_shape = (shape["in_channels"], size, size)
     if session.rank != AGGREGATOR_RANK:
         i = session.rank - 1
-        student = model.students[i].to(session.device)  # on its GPU under NCCL; the aggregator's sums stay on the CPU
-        steps = [DeviceStep(student, i, s.policy, s.thresholds, bias_share(model)) for s in plan]
+        steps = device_steps(config, plan, i, session)
         return run_device(Device(session, i, steps, input_shape, links[i], faults, config.dead_after_s))
+    model = load_student_model(config.run)
     deadlines = Deadlines(fixed_s=config.deadline_ms / 1e3, factor=config.deadline_factor,
                           dead_after_s=config.dead_after_s)
     aggregator = Aggregator(session, model, plan, deadlines, config.window, faults)
@@ -70,11 +71,24 @@ def serve(config: ServeConfig) -> int:
     return 0
 
 
+def device_steps(config: ServeConfig, plan: list, i: int, session: Session) -> list:
+    """What device i computes each policy of the plan with: its PyTorch student, or its ONNX file."""
+    if config.device_backend == "onnxruntime":
+        return onnx_steps(config.artifacts, plan, i, config.threads)  # students.pt is not even read
+    model = load_student_model(config.run)
+    student = model.students[i].to(session.device)  # on its GPU under NCCL; the aggregator's sums stay on the CPU
+    return [DeviceStep(student, i, s.policy, s.thresholds, bias_share(model)) for s in plan]
+
+
 def check_options(config: ServeConfig, n: int):
     """The plan, faults and links config asks for, or a DistreeError before any process starts."""
     plan = make_plan(config.policies, parse_thresholds(config.thresholds), config.run)
     faults = [parse_fault(f, n) for f in config.faults]
     links = link_models(config.link_delay_ms, config.link_mbps, config.link_jitter_ms, n)
+    if config.device_backend == "onnxruntime":
+        check_artifacts(config.artifacts, plan, n)
+    elif config.artifacts is not None:
+        raise DistreeError("--artifacts is for --device-backend onnxruntime")
     if min(config.window, config.chunk) < 1 or min(config.samples, config.deadline_ms) < 0 or config.dead_after_s <= 0:
         raise DistreeError("--window and --chunk must be >= 1, --samples and --deadline-ms >= 0, --dead-after-s > 0")
     return plan, faults, links
