@@ -16,6 +16,8 @@ if DEVICE == "cpu":  # Triton runs on CPU tensors only in its interpreter, set b
 RESULTS: dict[tuple, dict[str, tuple[float, int]]] = {}
 # Lines of the GPU measurements (bandwidth, launches), printed after the table.
 GPU_LINES: list[str] = []
+# Lines of the exported students' latency table (test_bench_export.py), printed last.
+EXPORT_LINES: list[str] = []
 
 # (pass, B) -> {baseline: least speed-up of the fastest op backend over it}
 TARGETS = {("fwd", 128): {"eager": 3.0, "compiled": 1.5}, ("fwd", 1): {"eager": 8.0, "compiled": 8.0},

@@ -15,6 +15,7 @@ COMMANDS = [
     "evaluate",
     "demo",
     "levers",
+    "export",
 ]
 
 

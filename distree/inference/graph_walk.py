@@ -33,7 +33,7 @@ class GraphWalk(nn.Module):
                              "GraphWalk runs policies with an exit-gate rule, or last-exit")
         self.step = step
         with torch.inference_mode():  # the shape and layout each stage gives, for the skipped branches
-            self.outputs = [(h.shape, _memory_format(h)) for h in step.student(x)[1]]
+            self.outputs = [(tuple(h.shape), _memory_format(h)) for h in step.student(x)[1]]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         student, gates = self.step.student, self.step.gates

@@ -3,6 +3,7 @@ import argparse
 from dataclasses import dataclass, field
 
 DEFAULT_POLICIES = ("distree", "last-exit", "confidence", "entropy")
+DEVICE_BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass
@@ -25,6 +26,8 @@ class ServeConfig:
     reference_samples: int = 100  # samples timed in one process for comparison (0: none)
     warmup: int = 2  # answers per policy left out of the latency figures
     threads: int = 1  # torch threads per process
+    device_backend: str = "torch"  # or onnxruntime: the devices serve exported ONNX students (artifacts)
+    artifacts: str = None  # the `distree export --format onnx` folder onnxruntime devices serve
     backend: str = "auto"  # gloo, nccl or auto (NCCL when every rank has a GPU)
     connect_timeout_s: float = 60.0
     report: str = None  # default RUN/distributed.json
@@ -67,6 +70,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=d.warmup, help="answers per policy left out of latency figures")
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads per process")
     p.add_argument("--backend", default=d.backend, choices=("auto", "gloo", "nccl"))
+    p.add_argument("--device-backend", default=d.device_backend, choices=DEVICE_BACKENDS,
+                   help="what each device computes with: its PyTorch student, or its exported ONNX file under "
+                        "ONNX Runtime (with --artifacts)")
+    p.add_argument("--artifacts", default=None, help="the `distree export --format onnx` folder the devices serve")
     p.add_argument("--connect-timeout-s", type=float, default=d.connect_timeout_s)
     p.add_argument("--report", default=None, help="JSON report path (default RUN/distributed.json)")
     p.add_argument("--latency-target-ms", type=float, default=None,
@@ -95,7 +102,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         deadline_ms=args.deadline_ms, deadline_factor=args.deadline_factor, dead_after_s=args.dead_after_s,
         link_delay_ms=args.link_delay_ms, link_mbps=args.link_mbps, link_jitter_ms=args.link_jitter_ms,
         faults=args.faults, reference_samples=args.reference_samples, warmup=args.warmup, threads=args.threads,
-        backend=args.backend, connect_timeout_s=args.connect_timeout_s, report=args.report,
+        backend=args.backend, device_backend=args.device_backend, artifacts=args.artifacts,
+        connect_timeout_s=args.connect_timeout_s, report=args.report,
         latency_target_ms=args.latency_target_ms, latency_target_x=args.latency_target_x, percentile=args.percentile, shadow_fraction=args.shadow_fraction,
         threshold_path=args.threshold_path, path_steps=args.path_steps, adapt_window=args.adapt_window,
         consistency_epsilon=args.consistency_epsilon, timeline_window=args.timeline_window)

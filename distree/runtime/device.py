@@ -33,6 +33,7 @@ from distree.runtime.links import Link, first_line
 from distree.runtime.netem import LinkModel
 from distree.runtime.pace import Pace
 from distree.inference.step import DeviceStep
+from distree.policies import NUM_EXITS
 
 BAD_EXIT = 99  # what a `corrupt` fault writes in the exit field
 LOST = 3  # exit code of a device whose aggregator is gone
@@ -43,14 +44,15 @@ class AggregatorLost(DistreeError):
 
 
 class Device:
-    """Student `index` (rank index + 1) serving one DeviceStep per policy, in the plan's order."""
+    """Student `index` (rank index + 1) serving one step per policy, in the plan's order: a DeviceStep, or an
+    OnnxStep (runtime/onnx_device.py) where the device runs its exported ONNX student."""
 
-    def __init__(self, session: Session, index: int, steps: list[DeviceStep], input_shape: tuple,
+    def __init__(self, session: Session, index: int, steps: list, input_shape: tuple,
                  link: LinkModel, faults: list[Fault], dead_after: float, paths: list = None,
                  full: DeviceStep = None):
         """paths[p]: policy p's threshold path (C, 5) or None; full: the walk to exit 7 for shadows."""
         self.index, self.steps, self.input_shape, self.device = index, steps, input_shape, session.device
-        self.num_exits = len(steps[0].student.stages)
+        self.num_exits = NUM_EXITS
         self.input_numel = torch.Size(input_shape).numel()
         self.faults = {f.at: f for f in faults if f.target == index and f.kind not in PACE_KINDS}
         self.pace = Pace(faults, index, link)

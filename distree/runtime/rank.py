@@ -30,6 +30,7 @@ from distree.runtime.faults import parse_fault
 from distree.runtime.group import AGGREGATOR_RANK, Session, init_group
 from distree.runtime.inputs import load_samples
 from distree.runtime.netem import link_models
+from distree.runtime.onnx_device import check_artifacts, onnx_steps
 from distree.runtime.plan import make_plan, parse_thresholds, with_paths
 from distree.runtime.summary import summarise
 from distree.runtime.timeline import phases, timeline, timeline_table
@@ -43,24 +44,20 @@ def serve(config: ServeConfig) -> int:
     check_adaptive_options(config)  # before joining: under torchrun a bad option must not wait for peers
     session = init_group(config.backend, config.connect_timeout_s)
     torch.set_num_threads(config.threads)
-    model = load_student_model(config.run)
-    n = len(model.students)
+    run_config = read_config(config.run)
+    n = run_config["students"]["num_students"]
     if session.num_devices != n:
         raise DistreeError(f"the run has {n} students but {session.num_devices} device ranks were started; "
                            f"start {n + 1} processes")
     plan, faults, links = check_options(config, n)
-    shape = read_config(config.run)["data_shape"]
+    shape = run_config["data_shape"]
     size = shape.get("image_size", SIZE)  # runs from before image sizes were kept are 32x32
     input_shape = (shape["in_channels"], size, size)
     if session.rank != AGGREGATOR_RANK:
         i = session.rank - 1
-        student = model.students[i].to(session.device)  # on its GPU under NCCL; the aggregator's sums stay on the CPU
-        steps = [DeviceStep(student, i, s.policy, s.thresholds, bias_share(model)) for s in plan]
-        paths = [s.path for s in plan]
-        last = make_policy("last-exit")
-        full = DeviceStep(student, i, last, last.default_thresholds(), bias_share(model)) if any(
-            p is not None for p in paths) else None  # the shadows' walk to exit 7
+        steps, paths, full = device_steps(config, plan, i, session)
         return run_device(Device(session, i, steps, input_shape, links[i], faults, config.dead_after_s, paths, full))
+    model = load_student_model(config.run)
     deadlines = Deadlines(fixed_s=config.deadline_ms / 1e3, factor=config.deadline_factor,
                           dead_after_s=config.dead_after_s)
     adapt = None if not adapting(config) else AdaptConfig(
@@ -88,6 +85,21 @@ def serve(config: ServeConfig) -> int:
     return 0
 
 
+def device_steps(config: ServeConfig, plan: list, i: int, session: Session):
+    """What device i computes each policy of the plan with (its PyTorch student, or its ONNX file),
+    the plan's threshold paths and, where a path adapts, the walk to exit 7 for shadow samples."""
+    paths = [s.path for s in plan]
+    if config.device_backend == "onnxruntime":  # thresholds baked in: check_options allows no path
+        return onnx_steps(config.artifacts, plan, i, config.threads), paths, None  # students.pt is not read
+    model = load_student_model(config.run)
+    student = model.students[i].to(session.device)  # on its GPU under NCCL; the aggregator's sums stay on the CPU
+    steps = [DeviceStep(student, i, s.policy, s.thresholds, bias_share(model)) for s in plan]
+    last = make_policy("last-exit")
+    full = DeviceStep(student, i, last, last.default_thresholds(), bias_share(model)) if any(
+        p is not None for p in paths) else None  # the shadows' walk to exit 7
+    return steps, paths, full
+
+
 def check_options(config: ServeConfig, n: int):
     """The plan, faults and links config asks for, or a DistreeError before any process starts."""
     check_adaptive_options(config)
@@ -97,6 +109,13 @@ def check_options(config: ServeConfig, n: int):
                           delta=0.1)
     faults = [parse_fault(f, n) for f in config.faults]
     links = link_models(config.link_delay_ms, config.link_mbps, config.link_jitter_ms, n)
+    if config.device_backend == "onnxruntime":
+        if adapting(config):
+            raise DistreeError("a latency target moves each device's thresholds, and an exported ONNX student has "
+                               "its thresholds inside: use --device-backend torch with --latency-target-ms")
+        check_artifacts(config.artifacts, plan, n)
+    elif config.artifacts is not None:
+        raise DistreeError("--artifacts is for --device-backend onnxruntime")
     if min(config.window, config.chunk) < 1 or min(config.samples, config.deadline_ms) < 0 or config.dead_after_s <= 0:
         raise DistreeError("--window and --chunk must be >= 1, --samples and --deadline-ms >= 0, --dead-after-s > 0")
     return plan, faults, links

@@ -1,0 +1,37 @@
+"""`distree export`: each student of a run as one ONNX file or AOTInductor package, exits inside."""
+import time
+
+from distree.export.conformance import check_export
+from distree.export.run import FORMATS, export_run
+from distree.runtime.plan import parse_thresholds
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("export", help="export each student as one artifact that stops at its own exit "
+                                             "(ONNX or AOTInductor), with manifest.json")
+    p.add_argument("--run", required=True, help="run directory with trained students (students.pt)")
+    p.add_argument("--format", required=True, metavar="|".join(FORMATS), help="onnx (ONNX Runtime) or pt2 "
+                                                                             "(AOTInductor package)")
+    p.add_argument("--out", help="output folder (default RUN/export-FORMAT); an earlier export there is replaced")
+    p.add_argument("--policy", help="local exit policy baked in (default: distree)")
+    p.add_argument("--threshold", dest="thresholds", action="append", default=[], metavar="POLICY=T[,...]",
+                   help="thresholds for exits 2..6 (one value or five); default: the run's calibration")
+    p.add_argument("--check", action="store_true", help="run every artifact against the PyTorch engine")
+    p.add_argument("--samples", type=int, default=1000, help="test samples --check compares on (default 1000)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    start = time.perf_counter()
+    out, manifest = export_run(args.run, args.format, args.out, args.policy, parse_thresholds(args.thresholds))
+    print(f"wrote {len(manifest['students'])} {args.format} students and {out / 'manifest.json'} "
+          f"(policy {manifest['policy']}) in {time.perf_counter() - start:.1f} s")
+    if args.check:
+        start = time.perf_counter()
+        result = check_export(out, args.samples)
+        print(f"conformance: {result.samples} samples, exits identical, class evidence within "
+              f"{result.max_abs_evidence_error:.2g} of the engine's, predictions identical "
+              f"(accuracy {100 * result.accuracy:.2f}%), in {time.perf_counter() - start:.1f} s")
+        for i, counts in enumerate(result.exit_histogram):
+            print(f"  student {i} exits 1..7: {counts}")
+    return 0

@@ -1,0 +1,25 @@
+"""One student's walk as one ONNX file: its stages as `If` nodes, the fused ops in standard ops.
+
+torch.onnx.export (dynamo=True) traces the walk with torch.export; each stage's torch.cond
+becomes an ONNX `If` on the exit gate's decision, and the translation table (onnx_ops.py)
+rewrites distree::exit_head and distree::exit_gate into plain ONNX ops. The file runs on stock
+ONNX Runtime: input "image" (1, C, H, W) float32 -> "evidence" (1, K) float32, "exit" () int64.
+"""
+from pathlib import Path
+
+import torch
+
+from distree.export.onnx_ops import OPSET, translation_table
+from distree.export.onnx_session import INPUT, OUTPUTS
+from distree.export.quiet import quiet
+
+
+def export_onnx(walk: torch.nn.Module, x: torch.Tensor, path) -> Path:
+    """Writes walk (a GraphWalk) traced on x (1, C, H, W) to path as one self-contained .onnx file."""
+    path = Path(path)
+    with torch.no_grad(), quiet():
+        program = torch.onnx.export(walk, (x,), dynamo=True, opset_version=OPSET,
+                                    custom_translation_table=translation_table(),
+                                    input_names=[INPUT], output_names=list(OUTPUTS), verbose=False)
+        program.save(str(path), external_data=False)
+    return path

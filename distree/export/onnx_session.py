@@ -1,0 +1,26 @@
+"""An exported ONNX student on ONNX Runtime, with numpy only: what an edge device runs.
+
+Nothing here imports torch or distree's models, so a device process that serves an export needs
+onnxruntime and numpy for its compute:
+
+    student = OnnxStudent("export/student0.onnx")
+    u, exit = student.run(x)  # x (1, C, H, W) float32 -> u (1, K) float32, 0-based exit int
+"""
+import numpy as np
+import onnxruntime as ort
+
+INPUT, OUTPUTS = "image", ("evidence", "exit")  # the names onnx_export.py gives
+
+
+class OnnxStudent:
+    """One student's .onnx file in an ONNX Runtime session (one intra-op thread by default)."""
+
+    def __init__(self, path, threads: int = 1):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, int]:
+        """x (1, C, H, W) float32 -> (u (1, K) float32, 0-based exit)."""
+        u, exit_index = self.session.run(list(OUTPUTS), {INPUT: np.ascontiguousarray(x, dtype=np.float32)})
+        return u, int(exit_index)
