@@ -64,6 +64,7 @@ def sha256(path) -> str:
 def check_manifest(out, fmt: str, thresholds: str):
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["kind"] == KIND and manifest["format"] == fmt and manifest["policy"] == "distree"
+    assert manifest["setting"] == "given" and manifest["rule"] == "inverse_cos" and manifest["inclusive"] is False
     assert manifest["thresholds"] == pytest.approx([float(v) for v in thresholds.split("=")[1].split(",")])
     assert manifest["input"]["shape"] == [1, 3, 32, 32] and len(manifest["input"]["normalisation"]["mean"]) == 3
     assert manifest["class_names"] == [str(k) for k in range(10)]
@@ -235,3 +236,23 @@ def test_an_earlier_export_is_replaced_and_nothing_else(tmp_path):
     (out / "notes.txt").write_text("keep me")
     clear_output(out)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_thresholds_come_from_the_given_then_the_report_setting(tmp_path):
+    from distree.export.walks import choose_thresholds
+
+    certified = [{"policy": "distree", "certified": True, "thresholds": [1.2, 1.2, 1.2, 1.2, "inf"]},
+                 {"policy": "similarity", "certified": False, "thresholds": None}]
+    report = {"policies": [{"policy": "distree", "setting": "calibrated", "thresholds": [1.1] * 5}],
+              "certified": [{"risk": "accuracy", "policies": certified}]}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert choose_thresholds("distree", {}, tmp_path).tolist() == pytest.approx([1.1] * 5)
+    assert choose_thresholds("distree", {}, tmp_path, "certified-accuracy").tolist() == pytest.approx(
+        [1.2] * 4 + [float("inf")])
+    assert choose_thresholds("distree", parse_thresholds(["distree=2"]), tmp_path).tolist() == [2.0] * 5
+    with pytest.raises(DistreeError, match="no certified-accuracy thresholds for 'similarity'"):
+        choose_thresholds("similarity", {}, tmp_path, "certified-accuracy")
+    with pytest.raises(DistreeError, match="unknown --setting 'best'"):
+        choose_thresholds("distree", {}, tmp_path, "best")
+    with pytest.raises(DistreeError, match="--threshold given for confidence"):
+        choose_thresholds("distree", parse_thresholds(["confidence=0.5"]), tmp_path)

@@ -3,6 +3,7 @@ import time
 
 from distree.export.conformance import check_export
 from distree.export.run import FORMATS, export_run
+from distree.run_dir import CALIBRATED
 from distree.runtime.plan import parse_thresholds
 
 
@@ -16,6 +17,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--policy", help="local exit policy baked in (default: distree)")
     p.add_argument("--threshold", dest="thresholds", action="append", default=[], metavar="POLICY=T[,...]",
                    help="thresholds for exits 2..6 (one value or five); default: the run's calibration")
+    p.add_argument("--setting", default=CALIBRATED, help="report.json thresholds to take without --threshold: "
+                                                         "calibrated (default) or certified-RISK, e.g. certified-accuracy")
     p.add_argument("--check", action="store_true", help="run every artifact against the PyTorch engine")
     p.add_argument("--samples", type=int, default=1000, help="test samples --check compares on (default 1000)")
     p.set_defaults(func=run)
@@ -23,9 +26,10 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     start = time.perf_counter()
-    out, manifest = export_run(args.run, args.format, args.out, args.policy, parse_thresholds(args.thresholds))
+    out, manifest = export_run(args.run, args.format, args.out, args.policy, parse_thresholds(args.thresholds),
+                               args.setting)
     print(f"wrote {len(manifest['students'])} {args.format} students and {out / 'manifest.json'} "
-          f"(policy {manifest['policy']}) in {time.perf_counter() - start:.1f} s")
+          f"(policy {manifest['policy']}, {manifest['setting']} thresholds) in {time.perf_counter() - start:.1f} s")
     if args.check:
         start = time.perf_counter()
         result = check_export(out, args.samples)
