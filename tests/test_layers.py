@@ -18,7 +18,7 @@ LAYERS = [
     ("distree.losses", "distree.training"),
     ("distree.costs", "distree.calibration", "distree.risk", "distree.inference"),
     ("distree.evaluation",),
-    ("distree.report", "distree.runtime", "distree.experiment", "distree.levers", "distree.serve"),
+    ("distree.report", "distree.runtime", "distree.export", "distree.experiment", "distree.levers", "distree.serve"),
     ("distree.commands", "distree.cli", "distree.__main__", "distree"),
 ]
 

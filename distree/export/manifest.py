@@ -9,12 +9,11 @@ import os
 from importlib import metadata
 from pathlib import Path
 
-import distree
 from distree.errors import DistreeError
 from distree.run_dir import jsonable_thresholds
 
 MANIFEST, KIND = "manifest.json", "distree-export"
-VERSIONED = ("torch", "onnx", "onnxscript", "onnxruntime")
+VERSIONED = ("distree", "torch", "onnx", "onnxscript", "onnxruntime")
 
 
 def sha256(path) -> str:
@@ -27,7 +26,7 @@ def sha256(path) -> str:
 
 def versions() -> dict:
     """The versions an export was made with (None for a package that is not installed)."""
-    out = {"distree": distree.__version__}
+    out = {}
     for name in VERSIONED:
         try:
             out[name] = metadata.version(name)
