@@ -192,6 +192,11 @@ def test_predictions_equal_the_engine_n3_with_emulated_links(run3, tmp_path):
 def test_killed_device_leaves_every_sample_answered(run2, tmp_path):
     outcome, report = session(run2, 2, tmp_path, ("distree", "confidence"), faults=["kill:1@8"])
     assert outcome.codes[:2] == [0, 0] and outcome.codes[2] == -9  # SIGKILL
+    check_device_1_killed_at_8(report)
+
+
+def check_device_1_killed_at_8(report: dict) -> None:
+    """What a session of distree and confidence reports after `kill:1@8`: every sample answered."""
     assert "1" in report["lost_devices"]
     for name in ("distree", "confidence"):
         p = report["policies"][name]
