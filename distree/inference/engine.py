@@ -24,6 +24,7 @@ MODES = ("dense", "compacting", "streaming")
 class Result:
     logits: torch.Tensor  # (B, K) aggregated
     exits: torch.Tensor  # (N, B) 0-based exit index of every student
+    sent: torch.Tensor | None = None  # (N, B, K) the evidence each student sent, under a local policy (else None)
 
 
 class InferenceEngine:
@@ -51,12 +52,13 @@ class InferenceEngine:
     def compacting(self, x: torch.Tensor, index: torch.Tensor) -> Result:
         if self.policy.local:
             sent, exits = self._compacting_local(x, index)
-            return Result(self.aggregate(sent), exits)
+            return Result(self.aggregate(sent), exits, sent)
         return self._compacting_per_exit(x)
 
     def streaming(self, x: torch.Tensor, index: torch.Tensor) -> Result:
         results = [self._stream_one(x[b:b + 1], index[b:b + 1]) for b in range(x.shape[0])]
-        return Result(torch.cat([r.logits for r in results]), torch.cat([r.exits for r in results], dim=1))
+        sent = torch.cat([r.sent for r in results], dim=1) if self.policy.local else None  # (N, B, K)
+        return Result(torch.cat([r.logits for r in results]), torch.cat([r.exits for r in results], dim=1), sent)
 
     def _compacting_local(self, x, index):
         """Each student runs alone; after each exit its finished samples leave the batch."""
@@ -97,4 +99,4 @@ class InferenceEngine:
         if not self.policy.local:
             return self._compacting_per_exit(x)
         sent, exits = self._compacting_local(x, index)
-        return Result(self.aggregate(sent), exits)
+        return Result(self.aggregate(sent), exits, sent)
