@@ -28,6 +28,7 @@ from distree.policies.random_exit import RandomPolicy, matching_thresholds, unif
 from distree.inference.diagnostics import flops_saved, oracle, score_aurocs
 from distree.risk import (PathLosses, RiskSpec, candidate_path, certify, max_losses, path_losses, resplit_check,
                           upper_bound)
+from distree.risk_grid import certify_grid, device_path
 from distree.run_dir import (CALIBRATED, class_names, jsonable_thresholds, load_student_model, read_config, run_splits,
                              save_learned_gate, teacher_accuracy)
 
@@ -49,6 +50,7 @@ class EvaluateConfig:
     risks: list[RiskSpec] = field(default_factory=lambda: [RiskSpec("accuracy", 0.005, 0.1),
                                                            RiskSpec("consistency", 0.01, 0.1)])
     risk_candidates: int = 64  # candidates per policy on the certification path, at most
+    grid_steps: int = 8  # settings per device of the adaptive runtime's certified combinations, at most
     risk_path: CalibrationConfig = field(default_factory=lambda: CalibrationConfig(quantiles=16, lambdas=8))  # its front
     resplits: int = 200  # random calibration / held-out halves of val + test in the guarantee check; 0: none
     resplit_epsilons: tuple[float, ...] = (0.0025, 0.005, 0.01, 0.02, 0.04)  # the check's curve
@@ -214,7 +216,6 @@ def certified_entry(name: str, policy: Policy, path: torch.Tensor, spec: RiskSpe
     on_test = test_eval(cert.thresholds)
     risk = path_losses(test_eval, cert.thresholds[None], spec.risk).loss.double().mean().item()
     out.update(thresholds=jsonable_thresholds(cert.thresholds),
-               path=[jsonable_thresholds(t) for t in path[:cert.index + 1]],  # every one certified: the runtime's range
                test={"accuracy": on_test.accuracy, "accuracy_change": on_test.accuracy - last_accuracy, "risk": risk,
                      "flops_reduction": on_test.flops_reduction, "latency_ms_simulated": 1e3 * on_test.latency_s})
     return out
@@ -226,9 +227,12 @@ def candidate_paths(train: Evidence, val_eval: dict, config: EvaluateConfig) -> 
                                  config.risk_candidates) for name, val in val_eval.items() if name != "last-exit"}
 
 
-def certify_policies(spec: RiskSpec, paths: dict, val_eval: dict, test_eval: dict, config: EvaluateConfig) -> dict:
+def certify_policies(spec: RiskSpec, paths: dict, val_eval: dict, test_eval: dict, config: EvaluateConfig,
+                     train: Evidence = None) -> dict:
     """Per policy: its certificate on val, its certified setting's test numbers and (config.resplits > 0)
-    the resplit check on val + test pooled."""
+    the resplit check on val + test pooled; for a local policy under the consistency risk also the
+    combinations of per-device settings the adaptive runtime may use (`distree.risk_grid`), its
+    path cut and thinned on the training evidence `train`."""
     began = time.perf_counter()
     last = test_eval["last-exit"](test_eval["last-exit"].policy.default_thresholds())
     n = val_eval["last-exit"].evidence.u.shape[2]
@@ -237,6 +241,11 @@ def certify_policies(spec: RiskSpec, paths: dict, val_eval: dict, test_eval: dic
         val = val_eval[name]
         on_val = path_losses(val, path, spec.risk)
         rows.append(certified_entry(name, val.policy, path, spec, on_val, test_eval[name], last.accuracy))
+        if spec.risk == "consistency" and val.policy.local and train is not None:
+            ordering = PolicyEvaluator(val.policy, train, val.flops, val.costs)
+            grid = certify_grid(val, device_path(ordering, path, spec.epsilon, config.grid_steps), spec.epsilon,
+                                spec.delta)
+            rows[-1]["grid"] = grid.to_json()
         if config.resplits:
             on_test = path_losses(test_eval[name], path, spec.risk)
             pool = PathLosses(torch.cat([on_val.loss, on_test.loss], 1), torch.cat([on_val.flops, on_test.flops], 1))
@@ -263,7 +272,7 @@ def evaluate_model(model, splits, config: EvaluateConfig = EvaluateConfig()) -> 
                    for s in settings]
         began_risk = time.perf_counter()
         paths = candidate_paths(train, val_eval, config) if config.risks else {}
-        certified = [certify_policies(spec, paths, val_eval, test_eval, config) for spec in config.risks]
+        certified = [certify_policies(spec, paths, val_eval, test_eval, config, train) for spec in config.risks]
         certification_s = time.perf_counter() - began_risk
     exit_cost = None
     if config.measure_time:

@@ -16,7 +16,7 @@ LAYERS = [
     ("distree.policies",),
     ("distree.run_dir",),
     ("distree.losses", "distree.training"),
-    ("distree.costs", "distree.calibration", "distree.risk", "distree.inference"),
+    ("distree.costs", "distree.calibration", "distree.risk", "distree.risk_grid", "distree.inference"),
     ("distree.evaluation",),
     ("distree.report", "distree.runtime", "distree.export", "distree.experiment", "distree.levers", "distree.serve"),
     ("distree.commands", "distree.cli", "distree.__main__", "distree"),

@@ -1,0 +1,112 @@
+"""Per-device settings certified together: what the adaptive runtime may combine.
+
+The runtime moves each device along the same path of settings on its own, so a session runs
+combinations: device i at path[j_i]. A path certified one setting at a time (`distree.risk`)
+says nothing of a combination, say a slow device at a cheap setting while a fast one stays
+conservative. So every combination of a path of C settings for N devices is tested at once, on
+the calibration samples: H_c, "the consistency risk of combination c exceeds epsilon", rejected
+when its exact binomial p-value is at most delta / C^N (Bonferroni), so that with probability at
+least 1 - delta every combination called certified has risk at most epsilon, however the
+runtime moves among them.
+
+The path is the certification's candidate order (fixed on training-split evidence, most
+conservative first), cut where no single device moving alone stays within epsilon on the
+training evidence any more (further settings could only fail), and thinned to `steps` settings
+evenly spaced, both ends kept. Neither choice looks at the calibration samples.
+"""
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from distree.costs import student_flops
+from distree.inference.outcome import PolicyEvaluator
+from distree.policies import check_thresholds
+from distree.risk import binomial_cdf, last_answer, upper_bound
+from distree.run_dir import jsonable_thresholds
+
+
+@dataclass
+class GridCertificate:
+    """Every combination of per-device settings of `path`, tested at once."""
+
+    path: torch.Tensor  # (C, 5) conservative first
+    n: int  # calibration samples
+    losses: torch.Tensor  # (C,) * N int64: calibration samples whose answer differs from exit 7's
+    certified: torch.Tensor  # (C,) * N bool
+    epsilon: float
+    delta: float
+    cost: torch.Tensor  # (C, N): the 95th percentile of device i's FLOPs per sample at setting j, on calibration
+
+    def bound(self, index: tuple, extra_losses: int = 0, extra_n: int = 0) -> float:
+        """Upper confidence bound (1 - delta) on the risk of combination `index`, its calibration
+        samples pooled with `extra_n` more of which `extra_losses` lost, at the certificate's
+        Bonferroni level: a certified combination's own bound is at most epsilon."""
+        return upper_bound(int(self.losses[index]) + extra_losses, self.n + extra_n, self.delta / self.losses.numel())
+
+    def to_json(self) -> dict:
+        return {"path": [jsonable_thresholds(t) for t in self.path], "devices": self.losses.dim(), "n": self.n,
+                "epsilon": self.epsilon, "delta": self.delta, "losses": self.losses.flatten().tolist(),
+                "certified": self.certified.flatten().tolist(), "cost": self.cost.tolist()}
+
+    @staticmethod
+    def from_json(entry: dict) -> "GridCertificate":
+        """The certificate `to_json` wrote; a KeyError, ValueError or TypeError where entry is not one."""
+        path = torch.stack([check_thresholds([float(v) for v in t]) for t in entry["path"]])  # (C, 5)
+        shape = (len(path),) * int(entry["devices"])
+        return GridCertificate(path, int(entry["n"]), torch.tensor(entry["losses"], dtype=torch.long).view(shape),
+                               torch.tensor(entry["certified"], dtype=torch.bool).view(shape),
+                               float(entry["epsilon"]), float(entry["delta"]),
+                               torch.tensor(entry["cost"], dtype=torch.float64).view(len(path), -1))
+
+
+def combination_losses(evaluator: PolicyEvaluator, path: torch.Tensor) -> torch.Tensor:
+    """Per combination of per-device settings, (C,) * N, the samples whose answer differs from exit 7's."""
+    ev = evaluator.evidence
+    exits = torch.stack([evaluator.exits(t) for t in path])  # (C, N, B)
+    c, n = exits.shape[:2]
+    last = last_answer(ev)  # (B,)
+    out = torch.zeros((c,) * n, dtype=torch.long)
+    devices = torch.arange(n)
+    for index in itertools.product(range(c), repeat=n):
+        answer = ev.logits_at(exits[list(index), devices]).argmax(-1)  # (B,)
+        out[index] = int((answer != last).sum())
+    return out
+
+
+def alone_risks(evaluator: PolicyEvaluator, path: torch.Tensor) -> torch.Tensor:
+    """Per setting (C,), the largest consistency risk of one device at it, the others at path[0]."""
+    ev = evaluator.evidence
+    exits = torch.stack([evaluator.exits(t) for t in path])  # (C, N, B)
+    last = last_answer(ev)  # (B,)
+    risks = torch.zeros(len(path), dtype=torch.float64)
+    for j in range(len(path)):
+        for i in range(exits.shape[1]):
+            e = exits[0].clone()  # (N, B)
+            e[i] = exits[j, i]
+            risks[j] = max(risks[j], (ev.logits_at(e).argmax(-1) != last).double().mean())
+    return risks
+
+
+def device_path(ordering: PolicyEvaluator, candidates: torch.Tensor, epsilon: float, steps: int) -> torch.Tensor:
+    """The candidates (C, 5) up to the last one some device alone keeps within epsilon on the
+    ordering (training) evidence, at most `steps` of them, evenly spaced, both ends kept."""
+    within = (alone_risks(ordering, candidates) <= epsilon).nonzero()
+    last = int(within.max()) if len(within) else 0
+    keep = torch.linspace(0, last, min(steps, last + 1)).round().long().unique()
+    return candidates[keep]  # (C', 5)
+
+
+def certify_grid(calibration: PolicyEvaluator, path: torch.Tensor, epsilon: float, delta: float) -> GridCertificate:
+    """Every combination of per-device settings of `path` tested at once on the calibration evidence."""
+    losses = combination_losses(calibration, path)  # (C,) * N
+    n = calibration.evidence.u.shape[2]
+    p = binomial_cdf(n, epsilon)[losses]  # (C,) * N: P(Binom(n, epsilon) <= losses)
+    return GridCertificate(path, n, losses, p <= delta / losses.numel(), epsilon, delta, device_costs(calibration, path))
+
+
+def device_costs(evaluator: PolicyEvaluator, path: torch.Tensor) -> torch.Tensor:
+    """(C, N): the 95th percentile over samples of the FLOPs device i spends at setting j (its own
+    exits only: a device's cost does not depend on the others' settings)."""
+    flops = [student_flops(evaluator.flops, evaluator.exits(t), evaluator.policy) for t in path]  # C x (N, B)
+    return torch.stack([f.quantile(0.95, dim=1) for f in flops])  # (C, N)
