@@ -31,6 +31,7 @@ from distree.runtime.faults import parse_fault
 from distree.runtime.inputs import load_samples
 from distree.runtime.plan import make_plan, with_paths
 from distree.runtime.rank import check_options
+from distree.risk_grid import GridCertificate
 from distree.run_dir import load_student_model
 from test_runtime import make_run, median_thresholds
 
@@ -139,42 +140,119 @@ def test_controller_moves_with_hysteresis():
 
 
 def test_shadow_check_acts_only_on_significant_disagreement():
-    check = ShadowCheck(epsilon=0.01, delta=0.1)
-    assert [check.add(False) for _ in range(17)] == [None] * 17
-    assert check.add(True) is None  # 1 of 18: P(X >= 1) = 0.17 at 1%, no evidence against it
-    assert check.add(True) == (2, 19)  # 2 of 19: P(X >= 2) = 0.015 <= delta
+    check = ShadowCheck(epsilon=0.01, delta=0.1)  # no grid: the drift rule alone
+    assert [check.add((1, 0), False) for _ in range(17)] == [None] * 17
+    assert check.add((1, 0), True) is None  # 1 of 18: P(X >= 1) = 0.17 at 1%, no evidence against it
+    assert check.add((0, 1), True) == {"rule": "drift", "disagreements": 2, "shadows": 19}  # P(X >= 2) = 0.015
     assert (check.k, check.n) == (0, 0)
     s = check.summary()
     assert (s["shadows"], s["disagreements"]) == (19, 2) and s["estimate"] < s["upper_bound"] < 0.3
+    assert [r["shadows"] for r in s["per_setting"]] == [1, 18] and s["per_setting"][0]["bound"] is None
 
 
-def test_evaluation_stores_the_certified_path():
-    from distree.evaluation import certified_entry
+def small_grid(losses, n=1000, epsilon=0.05, delta=0.1) -> GridCertificate:
+    """A grid of 2 devices x 3 settings whose calibration lost `losses` (3, 3) of n samples."""
+    from distree.risk import binomial_cdf
+    losses = torch.tensor(losses)
+    certified = binomial_cdf(n, epsilon)[losses] <= delta / losses.numel()
+    cost = torch.tensor([[8.0, 8.0], [4.0, 4.0], [1.0, 1.0]], dtype=torch.float64)  # (C, N)
+    return GridCertificate(torch.tensor([[INF] * 5, [1.2] * 5, [-INF] * 5]), n, losses, certified, epsilon, delta,
+                           cost)
+
+
+def test_the_grid_certifies_every_combination_at_once():
     from distree.inference.outcome import PolicyEvaluator
-    from distree.risk import RiskSpec, path_losses
+    from distree.risk_grid import certify_grid, combination_losses, device_path
     from inference_cases import synthetic_evidence, synthetic_flops
 
-    e = PolicyEvaluator(make_policy("local-confidence"), synthetic_evidence(b=800, seed=3), synthetic_flops())
-    path = torch.stack([torch.full((5,), q) for q in (INF, 0.9, 0.6, 0.3, -INF)])  # (5, 5)
-    spec = RiskSpec("consistency", 0.2, 0.1)
-    entry = certified_entry("local-confidence", e.policy, path, spec, path_losses(e, path, "consistency"), e, 0.5)
-    assert entry["certified"] and len(entry["path"]) == entry["candidate"] + 1
-    assert entry["path"][0] == ["inf"] * 5 and entry["path"][-1] == entry["thresholds"]
+    e = PolicyEvaluator(make_policy("local-confidence"), synthetic_evidence(b=2000, seed=3), synthetic_flops())
+    candidates = torch.stack([torch.full((5,), q) for q in (INF, 0.9, 0.8, 0.6, 0.3, -INF)])  # (6, 5)
+    losses = combination_losses(e, candidates)  # (6, 6)
+    exits = torch.stack([e.exits(t) for t in candidates])  # (6, N, B)
+    full = e.evidence.logits_at(torch.full_like(exits[0], 6)).argmax(-1)  # exit 7's answer
+    answer = e.evidence.logits_at(torch.stack([exits[3, 0], exits[1, 1]])).argmax(-1)
+    assert losses[3, 1] == (answer != full).sum() and losses[0, 0] == 0
+    assert losses[5, 5] > losses[5, 0] > 0
+    path = device_path(e, candidates, 0.05, steps=4)  # cut where one device alone passes 5% on this evidence
+    assert torch.equal(path[0], candidates[0]) and len(path) <= 4
+    grid = certify_grid(e, path, 0.05, 0.1)
+    assert grid.certified[0, 0] and not grid.certified[-1, -1]
+    for index in torch.nonzero(grid.certified).tolist():  # certified: its own bound within epsilon
+        assert grid.bound(tuple(index)) <= 0.05
+    assert grid.cost.shape == (len(path), 2) and (grid.cost[:-1] >= grid.cost[1:]).all()  # cheaper along it
+    back = GridCertificate.from_json(json.loads(json.dumps(grid.to_json())))
+    assert torch.equal(back.losses, grid.losses) and torch.equal(back.certified, grid.certified)
+    assert torch.equal(back.path, grid.path) and torch.allclose(back.cost, grid.cost)
 
 
-def test_plan_reads_the_certified_path(tmp_path):
-    path = [["inf"] * 5, [1.3] * 5, [1.2] * 5, [1.1] * 5, [1.05] * 5]
-    certified = [{"risk": "consistency", "epsilon": 0.02, "delta": 0.1,
-                  "policies": [{"policy": "distree", "certified": True, "candidate": 4, "path": path},
+def test_controller_runs_only_certified_combinations_and_jumps_by_cost():
+    grid = small_grid([[0, 10, 40], [10, 20, 80], [40, 80, 90]])  # at 5% of 1000, delta / 9: 34 or fewer certify
+    assert grid.certified.tolist() == [[True, True, False], [True, True, False], [False, False, False]]
+    control = Controller(AdaptConfig(target_s=0.010, window=10, react=3), 2, length=3, grid=grid)
+    # 40 ms at setting 0, nearly all of it compute: setting 1 (cost 4 of 8) predicts 20 ms, setting 2 may not run
+    assert [control.observe(1, 0, 0.040, 0.039) for _ in range(3)] == [None, None, 1]
+    assert [control.observe(1, 1, 0.040, 0.039) for _ in range(3)] == [None] * 3  # (0, 2) may not run: stays
+    grid.certified[0, 2] = True  # now it may, and the jump goes as far as the cost says it must
+    control = Controller(AdaptConfig(target_s=0.010, window=10, react=3), 2, length=3, grid=grid)
+    assert [control.observe(1, 0, 0.040, 0.039) for _ in range(3)] == [None, None, 2]  # cost 8 -> 1: 5.9 ms
+    assert [control.observe(0, 0, 0.020, 0.019) for _ in range(3)] == [None] * 3  # (1, 2) is not certified
+    control.rule_out((0, 2))  # the shadow check stopped it: back to a combination that may run
+    assert control.limit(control.cap) == {1: 1} and control.indices == [0, 1] and control.cap == 1
+
+
+def test_shadow_check_keeps_each_combinations_pooled_bound_within_epsilon():
+    grid = small_grid([[0, 10, 40], [10, 34, 80], [40, 80, 90]])
+    check = ShadowCheck(0.05, 0.1, grid)
+    assert grid.certified[1, 1] and grid.bound((1, 1)) <= 0.05  # 34 of 1000: certified, just
+    assert [check.add((0, 0), False) for _ in range(100)] == [None] * 100  # the floor agrees: no drift either
+    fired, count = None, 0
+    while fired is None:
+        fired = check.add((1, 1), True)
+        count += 1
+    assert fired["rule"] == "bound" and fired["setting"] == [1, 1] and fired["bound"] > 0.05 and count <= 3
+    assert grid.bound((1, 1), count - 1, count - 1) <= 0.05 < grid.bound((1, 1), count, count)  # the first past it
+    row = next(r for r in check.summary()["per_setting"] if r["setting"] == [1, 1])
+    assert (row["calibration_losses"], row["shadows"], row["disagreements"]) == (34, count, count)
+
+
+def test_evaluation_stores_the_certified_grid():
+    from distree.evaluation import EvaluateConfig, certify_policies
+    from distree.inference.outcome import PolicyEvaluator
+    from distree.risk import RiskSpec
+    from inference_cases import synthetic_evidence, synthetic_flops
+
+    val, test, train = (synthetic_evidence(b=800, seed=s) for s in (3, 4, 5))
+    evals = [{n: PolicyEvaluator(make_policy(n), ev, synthetic_flops()) for n in ("last-exit", "local-confidence")}
+             for ev in (val, test)]
+    path = {"local-confidence": torch.stack([torch.full((5,), q) for q in (INF, 0.9, 0.6, 0.3, -INF)])}  # (5, 5)
+    config = EvaluateConfig(resplits=0, grid_steps=3)
+    out = certify_policies(RiskSpec("consistency", 0.2, 0.1), path, evals[0], evals[1], config, train)
+    grid = GridCertificate.from_json(out["policies"][0]["grid"])
+    assert len(grid.path) <= 3 and grid.path[0][0] == INF and grid.n == 800 and grid.certified[0, 0]
+    accuracy = certify_policies(RiskSpec("accuracy", 0.2, 0.1), path, evals[0], evals[1], config, train)
+    assert "grid" not in accuracy["policies"][0]  # the shadows watch consistency: only its certificate has one
+
+
+def test_plan_reads_the_certified_grid(tmp_path):
+    grid = small_grid([[0, 10, 40], [10, 20, 80], [40, 80, 90]]).to_json()
+    certified = [{"risk": "consistency", "epsilon": 0.05, "delta": 0.1,
+                  "policies": [{"policy": "distree", "certified": True, "candidate": 4, "grid": grid},
                                {"policy": "entropy", "certified": False, "candidate": -1}]}]
     (tmp_path / "report.json").write_text(json.dumps({"policies": [], "certified": certified}))
-    plan = with_paths(make_plan(["distree", "entropy"], {}, tmp_path), tmp_path, None, steps=3, epsilon=0.01,
-                      delta=0.1)
-    assert plan[0].path.tolist() == [[INF] * 5, pytest.approx([1.2] * 5), pytest.approx([1.05] * 5)]
-    assert plan[0].thresholds[0] == INF and plan[0].risk["epsilon"] == 0.02  # starts conservative
+    plan = with_paths(make_plan(["distree", "entropy"], {}, tmp_path), tmp_path, None, steps=2, epsilon=0.01,
+                      delta=0.1, num_devices=2)
+    assert plan[0].path.tolist() == [[INF] * 5, pytest.approx([1.2] * 5), [-INF] * 5]  # a grid is not thinned
+    assert plan[0].thresholds[0] == INF and plan[0].risk["epsilon"] == 0.05 and plan[0].grid.n == 1000
     assert plan[1].path is None
-    with pytest.raises(DistreeError, match="threshold path"):
-        with_paths(make_plan(["entropy"], {}, tmp_path), tmp_path, None, 3, 0.01, 0.1)
+    with pytest.raises(DistreeError, match="certified grid for 3 devices"):
+        with_paths(make_plan(["distree"], {}, tmp_path), tmp_path, None, 3, 0.01, 0.1, num_devices=3)
+    listed = tmp_path / "path.json"
+    listed.write_text(json.dumps({"distree": [["inf"] * 5, [1.3] * 5, [1.2] * 5, [1.1] * 5, [1.05] * 5]}))
+    plan = with_paths(make_plan(["distree"], {}, tmp_path), tmp_path, str(listed), 3, 0.01, 0.1, num_devices=2)
+    assert plan[0].grid is None and len(plan[0].path) == 3 and plan[0].risk["epsilon"] == 0.01  # certifies nothing
+    listed.write_text(json.dumps({"distree": {**grid, "losses": grid["losses"][:4]}}))
+    with pytest.raises(DistreeError, match="--threshold-path"):
+        with_paths(make_plan(["distree"], {}, tmp_path), tmp_path, str(listed), 3, 0.01, 0.1, num_devices=2)
 
 
 @pytest.mark.parametrize("option, error", [

@@ -7,36 +7,55 @@ Latency (`Controller`): per device, the latencies of its recent answers (from th
 sample left the aggregator to the moment that device's evidence arrived; the deadline where it
 never did), counted only under the setting in force, so a move is judged on what it did. Its
 budget is the target less the aggregator's own share (the recent median time from the last
-device's evidence to the answer), as the devices work in parallel. It moves one step:
-- cheaper as soon as `react` answers under the setting put their P-th percentile over budget;
-- back toward the conservative end once a full window of answers under the setting predicts
-  that the conservative neighbour would be under `slack` x budget; never cheaper than `cap`
-  (the shadow check's limit).
-The prediction adds to the percentile now the compute the conservative neighbour would add:
-the device's median compute time now (each FEATURE reports it) times the ratio of the two
+device's evidence to the answer), as the devices work in parallel.
+- Cheaper as soon as `react` answers under the setting put their P-th percentile over budget,
+  half of the last `react` of them over it too (with few answers a high percentile is their
+  largest, and one hiccup of the messages, which no setting shortens, would move the device).
+  With a grid that knows each setting's cost (the 95th percentile of the device's FLOPs per
+  sample on calibration) it goes straight to the most conservative setting predicted within
+  `margin` x budget: the messages' share (percentile of latency less percentile of compute) plus
+  the compute scaled by the ratio of the two settings' costs; where none is, to the cheapest.
+  Without costs, one step.
+- Back toward the conservative end once a full window of answers under the setting predicts
+  that it would stay under budget there: with a grid, straight to the most conservative setting
+  its costs predict under `margin` x budget (the percentile now plus the median compute now
+  times the cost ratio, less one); without, one step, predicted under `slack` x budget as below.
+- Only to combinations of the devices' settings that may run: those the grid certified (the
+  all-conservative one always may) and the shadow check has not ruled out.
+Without a grid the step-back prediction adds to the percentile now the compute the conservative
+neighbour would add: the device's median compute time now (each FEATURE reports it) times the ratio of the two
 settings' median compute times measured around the last move between them, less one. A slow
 device is slow at every setting alike, so the compute ratio holds through a slowdown (the
 messages' time, which does not slow, is left out of it): a device does not step back into a
 setting it has just left for being too slow, yet it does step back once the slowdown ends.
 Without a measured ratio the prediction is the percentile itself, and so it is after 3 windows
 at one setting (a ratio measured as the device's pace changed, say a slowdown that ended just as
-it moved, must not hold it cheap for long). The asymmetry is the hysteresis: a step that breaks the target is undone
-within a few samples, a step back waits for a full window of evidence. A step back that has to
-be undone anyway doubles the wait before the next one (up to 8 windows); one that holds resets it.
+it moved, must not hold it cheap for long). The asymmetry is the hysteresis: a step that breaks
+the target is undone within a few samples, a step back waits for a full window of evidence. A
+step back that has to be undone anyway doubles the wait before the next one (up to 8 windows);
+one that holds resets it.
 
 Accuracy (`ShadowCheck`): a fraction of samples also runs to exit 7 on every device; a shadow
 disagrees when the adaptive answer differs from the full-depth one (the consistency risk, which
-needs no labels). The check acts when the disagreements since its last action make "risk <=
-epsilon" implausible: P(Binom(n, epsilon) >= k) <= delta, the one-sided exact test at the
-certificate's own delta. Then every device steps back toward the conservative end and none may go
-cheaper than the new cap; the counts restart for the new settings. The report gives the estimate
-k/n over the whole run with its Clopper-Pearson upper bound at 1 - delta (`distree.risk.upper_bound`).
+needs no labels). Each shadow counts for the combination of settings it ran under. The check
+acts in two cases:
+- bound: with a grid, the combination's running estimate pools its calibration samples with its
+  shadows, and its upper confidence bound (at the grid's Bonferroni level, where certification
+  put it within epsilon) must stay within epsilon: when a shadow takes it past, the combination
+  is ruled out for the rest of the session.
+- drift: the disagreements since the last action make "risk <= epsilon" implausible on the
+  shadows alone, P(Binom(n, epsilon) >= k) <= delta; this reacts to a deployment drifting away
+  from its calibration long before the pooled bound does (2 of 19 shadows at epsilon 1%).
+Either way every device steps back toward the conservative end and none may go cheaper than the
+new cap; the drift counts restart. The report gives the shadows' estimate k/n over the run with
+its Clopper-Pearson upper bound at 1 - delta (`distree.risk.upper_bound`), and per combination
+the pooled estimate and bound.
 
-Why a test, not "upper bound <= epsilon": with 2% of samples as shadows a run of 900 has 18, and
-0 of 18 already bounds the risk only at 12% (delta 0.1); an epsilon of 1% needs about 230 shadows
-before any upper bound falls below it, so that rule would hold every device at the conservative
-end for 11,500 samples. The certificate from calibration is what licenses the path; the shadows
-watch for the deployment drifting away from it.
+Why not the shadows' own bound: with 2% of samples as shadows a run of 900 has 18, and 0 of 18
+bounds the risk only at 12% (delta 0.1); an epsilon of 1% needs about 230 shadows before any
+bound on shadows alone falls below it, so that rule would hold every device at the conservative
+end for 11,500 samples. Calibration already measured each combination on thousands of samples;
+the shadows extend that count online.
 """
 from collections import deque
 from dataclasses import dataclass, field
@@ -44,6 +63,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from distree.risk import p_value, upper_bound
+from distree.risk_grid import GridCertificate
 
 MAX_RELAX_WINDOWS = 8
 RATIO_WINDOWS = 3  # a compute ratio older than this many windows at one setting is not trusted
@@ -58,6 +78,7 @@ class AdaptConfig:
     window: int = 30  # answers per device kept (and needed before a step back)
     react: int = 6  # answers under a setting before it may be judged too slow
     slack: float = 0.7  # step back only below this fraction of the budget
+    margin: float = 0.8  # a jump cheaper aims at this fraction of the budget
     shadow_fraction: float = 0.02
     warmup: int = 2  # a policy's first answers, slow while the processes warm up, judge nothing
 
@@ -75,17 +96,27 @@ class DeviceState:
 
 
 class Controller:
-    """The per-device settings of one policy's path of `length` settings, for N devices."""
+    """The per-device settings of one policy's path of `length` settings, for N devices; `grid`
+    (None: every combination runs, one step at a time) says which combinations may run and what
+    each setting costs."""
 
-    def __init__(self, config: AdaptConfig, num_devices: int, length: int):
-        self.config, self.length, self.cap = config, length, length - 1
+    def __init__(self, config: AdaptConfig, num_devices: int, length: int, grid: GridCertificate = None):
+        self.config, self.length, self.cap, self.grid = config, length, length - 1, grid
         self.target_s, self.healthy = config.target_s, []  # healthy: latencies measured for a relative target
         self.devices = [DeviceState(relax_wait=config.window) for _ in range(num_devices)]
         self.overhead = deque(maxlen=config.window)  # seconds from the last evidence to the answer
+        self.ruled_out = set()  # combinations the shadow check stopped
 
     @property
     def indices(self) -> list[int]:
         return [d.index for d in self.devices]
+
+    def allowed(self, indices) -> bool:
+        """Whether this combination of settings may run."""
+        indices = tuple(indices)
+        if not any(indices):
+            return True
+        return indices not in self.ruled_out and (self.grid is None or bool(self.grid.certified[indices]))
 
     def budget(self) -> float:
         return self.target_s - (float(np.median(self.overhead)) if self.overhead else 0.0)
@@ -119,23 +150,63 @@ class Controller:
             (k, before), d.left = d.left, None
             if abs(k - d.index) == 1 and before > 0:
                 d.ratios[min(k, d.index)] = before / compute if k < d.index else compute / before
-        if d.since >= c.react and p > budget and d.index < self.cap:
-            if d.relaxed:  # the step back did not hold: wait longer before the next
-                d.relax_wait = min(2 * d.relax_wait, MAX_RELAX_WINDOWS * c.window)
-            return self._move(d, d.index + 1, relaxed=False)
+        recent = list(d.latencies)[-c.react:]
+        over = 2 * sum(v > budget for v in recent) >= len(recent)  # half of the last `react`: not one hiccup
+        if d.since >= c.react and p > budget and over and d.index < self.cap:
+            cheaper = self._cheaper(i, p, budget)
+            if cheaper is not None:
+                if d.relaxed:  # the step back did not hold: wait longer before the next
+                    d.relax_wait = min(2 * d.relax_wait, MAX_RELAX_WINDOWS * c.window)
+                return self._move(d, cheaper, relaxed=False)
         if d.relaxed and d.since >= d.relax_wait:  # the step back held for a full wait
             d.relaxed, d.relax_wait = False, c.window
+        if d.since < max(d.relax_wait, c.window) or d.index == 0:
+            return None
+        if self.grid is not None:  # the most conservative setting the costs predict within margin x budget
+            cost = self.grid.cost[:, i]  # (C,)
+            back = [j for j in range(d.index) if self.allowed(self._with(i, j))
+                    and p + compute * max(0.0, float(cost[j] / cost[d.index]) - 1) < c.margin * budget]
+            return self._move(d, back[0], relaxed=True) if back else None
         stale = d.since >= RATIO_WINDOWS * c.window  # a ratio from long ago may be a transient's: try anyway
         ratio = 1.0 if stale else d.ratios.get(d.index - 1, 1.0)
         predicted = p + compute * max(0.0, ratio - 1)  # at the conservative neighbour
-        if d.since >= max(d.relax_wait, c.window) and predicted < c.slack * budget and d.index > 0:
+        if predicted < c.slack * budget and self.allowed(self._with(i, d.index - 1)):
             return self._move(d, d.index - 1, relaxed=True)
         return None
 
+    def _with(self, i: int, index: int) -> list[int]:
+        indices = self.indices
+        indices[i] = index
+        return indices
+
+    def _cheaper(self, i: int, p: float, budget: float) -> int | None:
+        """Device i's setting to go to, its latency percentile p over budget; None where no cheaper one may run."""
+        d = self.devices[i]
+        options = [j for j in range(d.index + 1, self.cap + 1) if self.allowed(self._with(i, j))]
+        if not options or self.grid is None:
+            return options[0] if options else None
+        compute = float(np.percentile(d.computes, self.config.percentile)) if d.computes else 0.0
+        messages, cost = max(0.0, p - compute), self.grid.cost[:, i]  # (C,)
+        for j in options:
+            if messages + compute * float(cost[j] / cost[d.index]) <= self.config.margin * budget:
+                return j
+        return options[-1]
+
     def limit(self, cap: int) -> dict[int, int]:
-        """No device cheaper than setting `cap` from now on; {device: new setting} for those that move."""
-        self.cap = cap
-        return {i: self._move(d, cap, relaxed=False) for i, d in enumerate(self.devices) if d.index > cap}
+        """No device cheaper than setting `cap` from now on, nor in a combination that may not run;
+        {device: new setting} for those that move."""
+        moved = {}
+        while True:
+            self.cap = cap
+            for i, d in enumerate(self.devices):
+                if d.index > cap:
+                    moved[i] = self._move(d, cap, relaxed=False)
+            if cap == 0 or self.allowed(self.indices):
+                return moved
+            cap -= 1
+
+    def rule_out(self, indices) -> None:
+        self.ruled_out.add(tuple(indices))
 
     def _move(self, d: DeviceState, index: int, relaxed: bool) -> int:
         d.left = (d.index, float(np.median(d.computes))) if d.computes else None
@@ -146,25 +217,47 @@ class Controller:
 
 
 class ShadowCheck:
-    """Disagreement of the adaptive answer with the full-depth one, on the shadow samples."""
+    """Disagreement of the adaptive answer with the full-depth one, on the shadow samples, per
+    combination of settings they ran under; `grid` (None: none) holds each combination's calibration."""
 
-    def __init__(self, epsilon: float, delta: float):
-        self.epsilon, self.delta = epsilon, delta
+    def __init__(self, epsilon: float, delta: float, grid: GridCertificate = None):
+        self.epsilon, self.delta, self.grid = epsilon, delta, grid
         self.k = self.n = 0  # since the last action
         self.total_k = self.total_n = 0
+        self.counts = {}  # combination -> [disagreements, shadows]
 
-    def add(self, disagrees: bool) -> tuple[int, int] | None:
-        """Count one shadow; (disagreements, shadows) since the last action when they exceed epsilon
-        significantly (the caller then steps back and the counts restart), else None."""
+    def add(self, indices, disagrees: bool) -> dict | None:
+        """Count one shadow that ran under the combination `indices`; what fired (the caller then
+        steps back), else None."""
+        indices = tuple(indices)
         self.k, self.n = self.k + disagrees, self.n + 1
         self.total_k, self.total_n = self.total_k + disagrees, self.total_n + 1
-        if self.k == 0 or 1 - p_value(self.k - 1, self.n, self.epsilon) > self.delta:  # P(X >= k) > delta
+        counts = self.counts.setdefault(indices, [0, 0])
+        counts[0], counts[1] = counts[0] + disagrees, counts[1] + 1
+        fired = None
+        if self.grid is not None and any(indices) and self.bound(indices) > self.epsilon:
+            fired = {"rule": "bound", "setting": list(indices), "bound": self.bound(indices)}
+        elif self.k and 1 - p_value(self.k - 1, self.n, self.epsilon) <= self.delta:  # P(X >= k) <= delta
+            fired = {"rule": "drift"}
+        if fired is None:
             return None
-        fired, self.k, self.n = (self.k, self.n), 0, 0
+        fired.update(disagreements=self.k, shadows=self.n)
+        self.k = self.n = 0
         return fired
+
+    def bound(self, indices) -> float | None:
+        """The pooled upper bound of combination `indices`: calibration and shadows (None without a grid)."""
+        if self.grid is None:
+            return None
+        k, n = self.counts.get(tuple(indices), (0, 0))
+        return self.grid.bound(tuple(indices), k, n)
 
     def summary(self) -> dict:
         n, k = self.total_n, self.total_k
+        rows = [{"setting": list(c), "shadows": n_c, "disagreements": k_c, "bound": self.bound(c),
+                 "calibration_losses": None if self.grid is None else int(self.grid.losses[c])}
+                for c, (k_c, n_c) in sorted(self.counts.items())]
         return {"shadows": n, "disagreements": k, "estimate": k / n if n else None,
                 "upper_bound": upper_bound(k, n, self.delta) if n else None,
-                "epsilon": self.epsilon, "delta": self.delta}
+                "epsilon": self.epsilon, "delta": self.delta,
+                "calibration_samples": None if self.grid is None else self.grid.n, "per_setting": rows}

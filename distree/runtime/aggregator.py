@@ -80,10 +80,11 @@ class Aggregator:
         self.fault_began = {}  # index in pace_faults -> perf_counter time its device got input AT
         self.sent = [0] * self.n  # inputs sent per device over the session (what fault AT counts)
         adapting = [adapt is not None and s.path is not None for s in plan]
-        self.control = [Controller(adapt, self.n, len(s.path)) if a else None for s, a in zip(plan, adapting)]
-        self.shadow = [ShadowCheck(s.risk["epsilon"], s.risk["delta"]) if a else None for s, a in zip(plan, adapting)]
+        self.control = [Controller(adapt, self.n, len(s.path), s.grid) if a else None for s, a in zip(plan, adapting)]
+        self.shadow = [ShadowCheck(s.risk["epsilon"], s.risk["delta"], s.grid) if a else None
+                       for s, a in zip(plan, adapting)]
         self.shadow_rng = random.Random(0)
-        self.shadows = {}  # (policy, seq) -> {"to": devices, "u": {device: u (D,)}, "pred": answer or None}
+        self.shadows = {}  # (policy, seq) -> {"to": devices, "u": {device: u (D,)}, "pred": answer or None, "setting"}
         self.issued = {}  # (policy, seq) -> settings per device the sample was issued under
         self.input_numel = 0
 
@@ -123,8 +124,11 @@ class Aggregator:
             start = end = len(run.issued_s)
             if began is not None:
                 start = next((s for s, t in enumerate(run.issued_s) if t >= began), start)
-                if f.seconds > 0 and f.kind == "slow":
-                    end = next((s for s, t in enumerate(run.issued_s) if t >= began + f.seconds), end)
+                ends = [began + f.seconds] if f.seconds > 0 and f.kind == "slow" else []
+                ends += [self.fault_began[j] for j, g in enumerate(self.pace_faults)  # a later one replaces it
+                         if g.kind == f.kind and g.target == f.target and g.at > f.at and j in self.fault_began]
+                if ends:
+                    end = next((s for s, t in enumerate(run.issued_s) if t >= min(ends)), end)
             out.append({"fault": f"{f.kind}:{f.target}@{f.at}", "start": start, "end": end})
         return out
 
@@ -208,16 +212,22 @@ class Aggregator:
         full = int(self._logits({i: u for i, u in shadow["u"].items() if i in self.live}).argmax())
         run, check = self.runs[p], self.shadow[p]
         run.shadow.append((s, shadow["pred"] != full))
-        fired = check.add(shadow["pred"] != full)
+        fired = check.add(shadow["setting"], shadow["pred"] != full)
         if fired is not None:
             control = self.control[p]
-            cap = max(0, max(control.indices) - 1)
-            run.guard.append({"sample": s, "disagreements": fired[0], "shadows": fired[1], "epsilon": check.epsilon,
-                              "cap": cap})
-            print(f"aggregator: {run.name}: {fired[0]} of {fired[1]} shadow samples disagree with exit 7, over "
-                  f"epsilon {check.epsilon:g}; no device cheaper than setting {cap} from sample {s}",
+            if fired["rule"] == "bound":  # that combination no longer, and the current one only if it may run
+                control.rule_out(fired["setting"])
+                why = (f"the bound of settings {fired['setting']} passed epsilon {check.epsilon:g} "
+                       f"({fired['bound']:.4f})")
+                moved = control.limit(control.cap)
+            else:
+                why = (f"{fired['disagreements']} of {fired['shadows']} shadow samples disagree with exit 7, "
+                       f"over epsilon {check.epsilon:g}")
+                moved = control.limit(max(0, max(control.indices) - 1))
+            run.guard.append({"sample": s, **fired, "epsilon": check.epsilon, "cap": control.cap})
+            print(f"aggregator: {run.name}: {why}; no device cheaper than setting {control.cap} from sample {s}",
                   file=sys.stderr, flush=True)
-            for i, index in control.limit(cap).items():
+            for i, index in moved.items():
                 if i in self.live:
                     self._tell(p, s, run, i, index, "shadow disagreement")
 
@@ -244,7 +254,7 @@ class Aggregator:
         self.issued[(p, s)] = control.indices if control is not None else [-1] * self.n
         self.runs[p].issued_s.append(t)
         if shadow and to:
-            self.shadows[(p, s)] = {"to": to, "u": {}, "pred": None}
+            self.shadows[(p, s)] = {"to": to, "u": {}, "pred": None, "setting": self.issued[(p, s)]}
         return t, to
 
     def _collect(self, done, deadline_at: float) -> None:

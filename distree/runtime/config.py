@@ -35,10 +35,10 @@ class ServeConfig:
     latency_target_x: float = None  # instead: the target is this x the median of the first healthy answers
     percentile: float = 95.0  # of the latency held under the target
     shadow_fraction: float = 0.02  # of samples also run to exit 7 on every device, under a target
-    threshold_path: str = None  # JSON {"POLICY": [[T2..T6], ...]}; default: the run's certified path
-    path_steps: int = 8  # settings of the path used, at most (evenly spaced, ends kept)
+    threshold_path: str = None  # JSON {"POLICY": [[T2..T6], ...] or a grid}; default: the run's certified grid
+    path_steps: int = 8  # settings of a given list used, at most (evenly spaced, ends kept)
     adapt_window: int = 30  # recent answers per device the controller looks at
-    consistency_epsilon: float = 0.01  # the shadow check's epsilon where the run certified none
+    consistency_epsilon: float = 0.01  # the shadow check's epsilon for a given list, which certifies nothing
     timeline_window: int = 50  # samples per row of the report's timeline
 
 
@@ -86,11 +86,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shadow-fraction", type=float, default=d.shadow_fraction,
                    help="under a target, samples also run to exit 7 to watch the answers' disagreement")
     p.add_argument("--threshold-path", default=None, metavar="FILE",
-                   help='JSON {"POLICY": [[T2,...,T6], ...]}, conservative first (default: the run\'s certified path)')
-    p.add_argument("--path-steps", type=int, default=d.path_steps, help="settings of the path used, at most")
+                   help='JSON {"POLICY": [[T2,...,T6], ...]}, conservative first, or a grid as report.json stores '
+                        "it (default: the run's certified grid)")
+    p.add_argument("--path-steps", type=int, default=d.path_steps, help="settings of a --threshold-path list used, at most")
     p.add_argument("--adapt-window", type=int, default=d.adapt_window, help="recent answers per device judged")
     p.add_argument("--consistency-epsilon", type=float, default=d.consistency_epsilon,
-                   help="disagreement with exit 7 the shadow check holds, where the run certified none")
+                   help="disagreement with exit 7 the shadow check holds on a --threshold-path list (a grid says its own)")
     p.add_argument("--timeline-window", type=int, default=d.timeline_window, help="samples per timeline row")
 
 

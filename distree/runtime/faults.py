@@ -10,7 +10,8 @@ whole session. Kinds:
           aggregator (corrupt:agg@AT) sends every device a THRESHOLDS message whose setting index
           is past its path, which the device must reject
   slow    slow:DEVICE@AT:FACTOR[:SECONDS]: from input AT on (for SECONDS, else to the end) the
-          device's compute takes FACTOR (>= 1) times as long; it really sleeps (runtime/pace.py)
+          device's compute takes FACTOR (>= 1) times as long; it really sleeps (runtime/pace.py);
+          a later slow fault of the same device replaces it (slow:1@300:3 slow:1@600:1: inputs 300..599)
   link    link:DEVICE@AT:DELAY_MS[:MBPS]: from input AT on the device's emulated link has this
           delay (and bandwidth; 0 or none: unlimited); its jitter stays as configured
 """

@@ -5,11 +5,14 @@ its policy by its index in the plan and nothing else needs to travel. Thresholds
 command line, else from the run's calibration (`distree evaluate` writes the setting chosen on
 validation into report.json), else the policy's defaults, which stop nobody early.
 
-Under a latency target a local policy also gets a path: the settings it may move along, most
-conservative first (`with_paths`). It is the certified calibration path `distree evaluate`
-stores in report.json (candidates 0..k of the certification's fixed sequence, every one
-certified, k the cheapest), or a path given in a JSON file; at most `steps` settings of it,
-evenly spaced, both ends kept. The setting starts at the conservative end.
+Under a latency target a local policy also gets a path: the settings each device may move
+along, most conservative first (`with_paths`), and which combinations of per-device settings
+it may run. From the run, that is the grid `distree evaluate` certifies and stores in report.json
+(`distree.risk_grid`: every combination tested at once, so any of them the runtime moves among
+keeps the consistency risk within epsilon). A path given in a JSON file is either such a grid or
+a plain list of settings, which certifies nothing: every combination of it may run, and at
+most `steps` of its settings, evenly spaced, both ends kept, are used. Every device starts at the
+conservative end.
 """
 import json
 from dataclasses import dataclass, field
@@ -19,9 +22,10 @@ import torch
 
 from distree.errors import DistreeError
 from distree.policies import LearnedGatePolicy, Policy, check_thresholds, make_policy
+from distree.risk_grid import GridCertificate
 from distree.run_dir import REPORT, calibrated_thresholds, load_learned_gate
 
-PATH_RISKS = ("consistency", "accuracy")  # the certified path taken from report.json, in this preference
+
 
 
 @dataclass
@@ -30,6 +34,7 @@ class PolicySpec:
     policy: Policy
     thresholds: torch.Tensor  # (5,) for exits 2..6
     path: torch.Tensor = None  # (C, 5) settings to adapt along, conservative first; None: static
+    grid: GridCertificate = None  # the combinations certified together; None: a given path, every combination runs
     risk: dict = field(default_factory=dict)  # the consistency risk the shadow check holds: epsilon, delta, source
 
 
@@ -67,32 +72,36 @@ def make_plan(names: list[str], given: dict[str, torch.Tensor], run_dir) -> list
     return plan
 
 
-def read_path_file(path) -> dict[str, torch.Tensor]:
-    """{policy: (C, 5)} from a JSON file {"POLICY": [[T2, ..., T6], ...]} ("inf" and "-inf" allowed)."""
+def read_path_file(path, num_devices: int) -> dict[str, tuple[torch.Tensor, GridCertificate | None]]:
+    """{policy: (path (C, 5), its grid or None)} from a JSON file whose values are lists
+    [[T2, ..., T6], ...] ("inf" and "-inf" allowed) or grids as report.json stores them."""
     try:
         given = json.loads(Path(path).read_text())
-        return {name: torch.stack([check_thresholds([float(v) for v in t]) for t in settings])
-                for name, settings in given.items() if settings}
-    except (OSError, ValueError, TypeError, AttributeError, DistreeError) as err:
+        out = {}
+        for name, value in given.items():
+            if isinstance(value, dict):
+                grid = GridCertificate.from_json(value)
+                if grid.losses.dim() != num_devices:
+                    raise ValueError(f"the grid of {name} is for {grid.losses.dim()} devices, not {num_devices}")
+                out[name] = grid.path, grid
+            elif value:
+                out[name] = torch.stack([check_thresholds([float(v) for v in t]) for t in value]), None
+        return out
+    except (OSError, ValueError, TypeError, AttributeError, KeyError, RuntimeError, DistreeError) as err:
         raise DistreeError(f"--threshold-path {path}: write {{\"POLICY\": [[T2, ..., T6], ...]}}, "
-                           f"conservative first ({err})") from None
+                           f"conservative first, or a grid from report.json ({err})") from None
 
 
-def certified_paths(run_dir) -> dict[str, tuple[torch.Tensor, dict]]:
-    """{policy: (path (C, 5), the consistency risk it is certified for, or None)} from the certified
-    entries of the run's report.json; {} without one."""
+def certified_grids(run_dir, num_devices: int) -> dict[str, GridCertificate]:
+    """{policy: its grid} from the consistency certificate of the run's report.json; {} without one."""
     report = Path(run_dir) / REPORT
     if not report.exists():
         return {}
-    specs = {c["risk"]: c for c in json.loads(report.read_text()).get("certified", [])}
-    out = {}
-    for risk in reversed(PATH_RISKS):  # the preferred risk written last
-        for e in specs.get(risk, {}).get("policies", []):
-            if e.get("path"):
-                held = {"epsilon": specs[risk]["epsilon"], "delta": specs[risk]["delta"],
-                        "source": f"{report}: certified consistency"} if risk == "consistency" else None
-                out[e["policy"]] = (torch.stack([check_thresholds([float(v) for v in t]) for t in e["path"]]), held)
-    return out
+    for spec in json.loads(report.read_text()).get("certified", []):
+        if spec["risk"] == "consistency":
+            grids = {e["policy"]: GridCertificate.from_json(e["grid"]) for e in spec["policies"] if e.get("grid")}
+            return {name: g for name, g in grids.items() if g.losses.dim() == num_devices}
+    return {}
 
 
 def thin_path(path: torch.Tensor, steps: int) -> torch.Tensor:
@@ -101,25 +110,36 @@ def thin_path(path: torch.Tensor, steps: int) -> torch.Tensor:
     return path[keep]  # (C', 5)
 
 
-def with_paths(plan: list[PolicySpec], run_dir, path_file, steps: int, epsilon: float, delta: float) -> list[PolicySpec]:
-    """The plan with a path on every local policy that has one (given in path_file, else certified);
-    a DistreeError if none has."""
-    given = read_path_file(path_file) if path_file else {}
+def with_paths(plan: list[PolicySpec], run_dir, path_file, steps: int, epsilon: float, delta: float,
+               num_devices: int) -> list[PolicySpec]:
+    """The plan with a path on every local policy that has one (given in path_file, else the run's
+    certified grid); a DistreeError if none has. epsilon and delta are the shadow check's where no
+    grid says which risk the settings were certified for."""
+    given = read_path_file(path_file, num_devices) if path_file else {}
     unknown = set(given) - {s.name for s in plan}
     if unknown:
         raise DistreeError(f"--threshold-path gives {', '.join(sorted(unknown))}, which --policies does not run")
-    stored = certified_paths(run_dir)
-    fallback = {"epsilon": epsilon, "delta": delta, "source": "--consistency-epsilon"}
+    stored = certified_grids(run_dir, num_devices)
     for spec in plan:
         if spec.name in given and not spec.policy.local:
             raise DistreeError(f"--threshold-path: {spec.name} decides at the aggregator; only local policies adapt")
-        path, risk = (given[spec.name], None) if spec.name in given else stored.get(spec.name, (None, None))
-        if path is None or not spec.policy.local:
+        if not spec.policy.local:
             continue
-        spec.path, spec.risk = thin_path(path, steps), risk or fallback
+        if spec.name in given:
+            path, grid = given[spec.name]
+            source = f"--threshold-path {path_file}"
+        elif spec.name in stored:
+            grid = stored[spec.name]
+            path, source = grid.path, f"{Path(run_dir) / REPORT}: certified consistency"
+        else:
+            continue
+        spec.path, spec.grid = (path, grid) if grid is not None else (thin_path(path, steps), None)
+        spec.risk = ({"epsilon": grid.epsilon, "delta": grid.delta, "source": source} if grid is not None else
+                     {"epsilon": epsilon, "delta": delta, "source": "--consistency-epsilon"})
         spec.thresholds = spec.path[0]
     if all(s.path is None for s in plan):
         raise DistreeError(f"a latency target needs a local policy with a threshold path: none of "
-                           f"{', '.join(s.name for s in plan)} has a certified one in {Path(run_dir) / REPORT} "
-                           "(run `distree evaluate` again to store it) and --threshold-path gives none")
+                           f"{', '.join(s.name for s in plan)} has a certified grid for {num_devices} devices in "
+                           f"{Path(run_dir) / REPORT} (run `distree evaluate` again to store it) and "
+                           "--threshold-path gives none")
     return plan

@@ -106,7 +106,7 @@ def check_options(config: ServeConfig, n: int):
     plan = make_plan(config.policies, parse_thresholds(config.thresholds), config.run)
     if adapting(config):
         plan = with_paths(plan, config.run, config.threshold_path, config.path_steps, config.consistency_epsilon,
-                          delta=0.1)
+                          delta=0.1, num_devices=n)
     faults = [parse_fault(f, n) for f in config.faults]
     links = link_models(config.link_delay_ms, config.link_mbps, config.link_jitter_ms, n)
     if config.device_backend == "onnxruntime":

@@ -69,7 +69,13 @@ def timeline_table(name: str, entry: dict) -> str:
                      f"{s['shadows']} disagree with exit 7" + (f" (upper bound {s['upper_bound']:.3f} at "
                                                               f"1 - {s['delta']:g}; epsilon {s['epsilon']:g})"
                                                               if s["shadows"] else ""))
+        bounds = [r["bound"] for r in s.get("per_setting", []) if r["bound"] is not None and any(r["setting"])]
+        if bounds:
+            lines.append(f"pooled with {s['calibration_samples']} calibration samples, the largest bound of a "
+                         f"setting run off the conservative end: {max(bounds):.4f} (epsilon {s['epsilon']:g})")
         for g in adaptive["shadow_guard"]:
-            lines.append(f"shadow check at sample {g['sample']}: {g['disagreements']} of {g['shadows']} disagree, "
-                         f"over epsilon {g['epsilon']:g}: every device at setting {g['cap']} or more conservative")
+            why = (f"the bound of settings {g['setting']} passed epsilon {g['epsilon']:g}" if g.get("rule") == "bound"
+                   else f"{g['disagreements']} of {g['shadows']} disagree, over epsilon {g['epsilon']:g}")
+            lines.append(f"shadow check at sample {g['sample']}: {why}: every device at setting {g['cap']} or "
+                         "more conservative")
     return "\n".join(lines)
