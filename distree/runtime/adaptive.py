@@ -18,8 +18,9 @@ device's evidence to the answer), as the devices work in parallel.
   Without costs, one step.
 - Back toward the conservative end once a full window of answers under the setting predicts
   that it would stay under budget there: with a grid, straight to the most conservative setting
-  its costs predict under `margin` x budget (the percentile now plus the median compute now
-  times the cost ratio, less one); without, one step, predicted under `slack` x budget as below.
+  its costs predict under budget (the percentile now plus the median compute now times the cost
+  ratio, less one; the jump cheaper aimed at `margin` x budget, and the wait is the hysteresis);
+  without, one step, predicted under `slack` x budget as below.
 - Only to combinations of the devices' settings that may run: those the grid certified (the
   all-conservative one always may) and the shadow check has not ruled out.
 Without a grid the step-back prediction adds to the percentile now the compute the conservative
@@ -162,10 +163,10 @@ class Controller:
             d.relaxed, d.relax_wait = False, c.window
         if d.since < max(d.relax_wait, c.window) or d.index == 0:
             return None
-        if self.grid is not None:  # the most conservative setting the costs predict within margin x budget
+        if self.grid is not None:  # the most conservative setting the costs predict within budget
             cost = self.grid.cost[:, i]  # (C,)
             back = [j for j in range(d.index) if self.allowed(self._with(i, j))
-                    and p + compute * max(0.0, float(cost[j] / cost[d.index]) - 1) < c.margin * budget]
+                    and p + compute * max(0.0, float(cost[j] / cost[d.index]) - 1) < budget]
             return self._move(d, back[0], relaxed=True) if back else None
         stale = d.since >= RATIO_WINDOWS * c.window  # a ratio from long ago may be a transient's: try anyway
         ratio = 1.0 if stale else d.ratios.get(d.index - 1, 1.0)
