@@ -18,9 +18,12 @@ device's evidence to the answer), as the devices work in parallel.
   Without costs, one step.
 - Back toward the conservative end once a full window of answers under the setting predicts
   that it would stay under budget there: with a grid, straight to the most conservative setting
-  its costs predict under budget (the percentile now plus the median compute now times the cost
-  ratio, less one; the jump cheaper aimed at `margin` x budget, and the wait is the hysteresis);
-  without, one step, predicted under `slack` x budget as below.
+  predicted under budget (the jump cheaper aimed at `margin` x budget, and the wait is the
+  hysteresis). Where the device has run at that setting, the prediction is the percentile it
+  measured there times how much slower it now computes per unit of cost (the 3x of a slowdown
+  keeps it cheap; its end brings it back within a window); else the percentile now plus the
+  median compute now times the cost ratio, less one. Without a grid, one step, predicted under
+  `slack` x budget as below.
 - Only to combinations of the devices' settings that may run: those the grid certified (the
   all-conservative one always may) and the shadow check has not ruled out.
 Without a grid the step-back prediction adds to the percentile now the compute the conservative
@@ -94,6 +97,7 @@ class DeviceState:
     relaxed: bool = False  # the last move was a step back, not yet confirmed by a full wait
     left: tuple = None  # (setting, its median compute) just before the last move, until the ratio is measured
     ratios: dict = field(default_factory=dict)  # k -> median compute at setting k over that at k + 1
+    seen: dict = field(default_factory=dict)  # k -> (percentile, median compute) when the device last left k
 
 
 class Controller:
@@ -166,7 +170,7 @@ class Controller:
         if self.grid is not None:  # the most conservative setting the costs predict within budget
             cost = self.grid.cost[:, i]  # (C,)
             back = [j for j in range(d.index) if self.allowed(self._with(i, j))
-                    and p + compute * max(0.0, float(cost[j] / cost[d.index]) - 1) < budget]
+                    and self._predicted(d, j, p, compute, cost) < budget]
             return self._move(d, back[0], relaxed=True) if back else None
         stale = d.since >= RATIO_WINDOWS * c.window  # a ratio from long ago may be a transient's: try anyway
         ratio = 1.0 if stale else d.ratios.get(d.index - 1, 1.0)
@@ -209,7 +213,23 @@ class Controller:
     def rule_out(self, indices) -> None:
         self.ruled_out.add(tuple(indices))
 
+    def _predicted(self, d: DeviceState, j: int, p: float, compute: float, cost) -> float:
+        """Device d's latency percentile at setting j, from its percentile p and median compute now.
+
+        Where it has run at j, what it measured there, times how much slower it computes now per
+        unit of cost (never less: a faster pace is not counted on); else p plus the compute j adds
+        by the costs."""
+        now = float(cost[d.index])
+        if j in d.seen and compute > 0 and d.seen[j][1] > 0:
+            then_p, then_compute = d.seen[j]
+            return then_p * max(1.0, (compute / now) / (then_compute / float(cost[j])))
+        return p + compute * max(0.0, float(cost[j]) / now - 1)
+
     def _move(self, d: DeviceState, index: int, relaxed: bool) -> int:
+        react = self.config.react
+        before = list(d.latencies)[:-react] if index > d.index else list(d.latencies)  # not what made it move
+        if len(before) >= react and d.computes:
+            d.seen[d.index] = (float(np.percentile(before, self.config.percentile)), float(np.median(d.computes)))
         d.left = (d.index, float(np.median(d.computes))) if d.computes else None
         d.index, d.relaxed, d.since = index, relaxed, 0
         d.latencies.clear()

@@ -120,6 +120,8 @@ class Aggregator:
         """Per slow or link fault, the samples of run issued while it was in force: [start, end)."""
         out = []
         for k, f in enumerate(self.pace_faults):
+            if f.kind == "slow" and f.factor == 1:  # the end of an earlier slowdown, not a fault of its own
+                continue
             began = self.fault_began.get(k)
             start = end = len(run.issued_s)
             if began is not None:

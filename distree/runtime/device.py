@@ -14,12 +14,15 @@ Under a latency target the aggregator may send THRESHOLDS between inputs: the de
 them only if they are well formed and exactly the setting its own copy of the policy's path
 holds at that index; anything else is dropped, counted and reported on stderr, and the setting
 in force stays. A shadow input (exit field SHADOW_RUN) is answered as usual, then run again to
-exit 7, whose evidence goes back as SHADOW. `slow` and `link` faults set the device's pace
-(runtime/pace.py).
+exit 7, whose evidence goes back as SHADOW. That walk is background work: it advances a stage at
+a time only while no message waits, so the inputs after a shadow are not held up by a whole
+walk to exit 7 (on a slowed device, three times a full walk) but by one stage at most. `slow`
+and `link` faults set the device's pace (runtime/pace.py), shadow stages included.
 """
 import os
 import sys
 import time
+from collections import deque
 
 import torch
 import torch.distributed as dist
@@ -66,7 +69,10 @@ class Device:
         """Answer inputs until END (returns 0); AggregatorLost when the aggregator is gone."""
         received = 0
         pending = self._post(self.input_numel)
+        shadows = deque()  # (message, its walk to exit 7), oldest first
         while True:
+            while shadows and not pending[1].is_completed():  # idle: a stage of the oldest shadow
+                self._shadow_stage(shadows)
             msg = self._take(pending, (m.INPUT, m.END, m.THRESHOLDS), self.input_numel)
             began = time.perf_counter()
             if msg is None or msg.kind == m.THRESHOLDS:
@@ -88,13 +94,20 @@ class Device:
                 self.pace.spend(began)
                 self._send(m.encode(m.FEATURE, msg.seq, msg.policy, BAD_EXIT if corrupt else j, u, micros(began)))
                 if msg.exit == m.SHADOW_RUN and self.full is not None:
-                    began = time.perf_counter()
-                    u, j = self.full.run_one(x, msg.seq)  # (K,) at exit 7
-                    self.pace.spend(began)
-                    self._send(m.encode(m.SHADOW, msg.seq, msg.policy, j, u, micros(began)))
+                    shadows.append((msg, self.full.per_exit(x)))
             else:
                 self._per_exit(step, x, msg, corrupt, began)
                 pending = self._post(self.input_numel)
+
+    def _shadow_stage(self, shadows: deque) -> None:
+        """Advance the oldest shadow's walk by one exit; at exit 7 send its evidence as SHADOW."""
+        msg, walk = shadows[0]
+        began = time.perf_counter()
+        j, u = next(walk)  # (K,)
+        self.pace.spend(began)
+        if j == NUM_EXITS - 1:
+            shadows.popleft()
+            self._send(m.encode(m.SHADOW, msg.seq, msg.policy, j, u, micros(began)))
 
     def _per_exit(self, step: DeviceStep, x: torch.Tensor, msg: m.Message, corrupt: bool, began: float) -> None:
         for j, u in step.per_exit(x):
