@@ -5,15 +5,16 @@
 N = 2 local processes on loopback, DistrEE only, one sample in flight, three sessions in a row:
 (a) static thresholds (the run's calibrated ones), no fault: its median latency sets the target,
     p95 <= 1.3 x that median;
-(b) the same static thresholds with device 1 slowed 3x from the middle third's first sample for
-    as long as a third of the samples takes at the target pace (`slow:1@S/3:3:SECONDS`);
-(c) the same fault under the target, moving each device along the run's certified consistency
-    path (conservative first) with shadow samples checking the answers against exit 7.
+(b) the same static thresholds with device 1 slowed 3x for the middle third of the samples
+    (`slow:1@S/3:3 slow:1@2S/3:1`: the second fault ends the first);
+(c) the same fault under the target, each device moving along the run's certified grid (every
+    combination of per-device settings tested at once on val), shadow samples checking the
+    answers against exit 7.
 The true disagreement of (c) with exit 7 is measured afterwards on every sample, in one
-process, and set against the shadow estimate and its bound. Nothing is written into the run:
-the certified path goes to OUT/path.json (rebuilt as `distree evaluate` builds it, on training
-evidence, where the run's report.json predates stored paths, and checked against the certified
-setting), the reports to OUT/{static,static_slow,adaptive}.json, the figures to OUT/summary.json.
+process, and set against the shadow estimate's interval. Nothing is written into the run: the
+grid goes to OUT/path.json (built again as `distree evaluate` builds it where `--epsilon` is
+given or the run's report.json predates stored grids), the reports to
+OUT/{static,static_slow,adaptive}.json, the figures to OUT/summary.json.
 """
 import argparse
 import json
@@ -28,40 +29,41 @@ from distree.inference.engine import InferenceEngine
 from distree.inference.evidence import collect_evidence
 from distree.inference.outcome import PolicyEvaluator
 from distree.policies import make_policy
-from distree.risk import RiskSpec, candidate_path, certify, path_losses
+from distree.risk import candidate_path, upper_bound
+from distree.risk_grid import certify_grid, device_path
 from distree.runtime.config import ServeConfig
 from distree.runtime.deploy import deploy
 from distree.runtime.inputs import load_samples
-from distree.run_dir import REPORT, jsonable_thresholds, load_student_model, read_config, run_splits
+from distree.run_dir import REPORT, load_student_model, read_config, run_splits
 
 POLICY = "distree"
 
 
-def certified_path(run: str, epsilon: float | None) -> tuple[list, float]:
-    """The run's certified consistency path for POLICY (candidates 0..k, conservative first) as JSON
-    thresholds, and its epsilon; with `epsilon`, certified again on val at that epsilon."""
+def certified_grid(run: str, epsilon: float | None) -> dict:
+    """The run's certified grid for POLICY (report.json's, as JSON); with `epsilon`, or where the
+    report predates stored grids, built again as `distree evaluate` builds it: the candidate order
+    on training evidence (checked against the run's certified setting), then every combination
+    tested on val."""
     spec = next(c for c in json.loads((Path(run) / REPORT).read_text())["certified"] if c["risk"] == "consistency")
     entry = next(e for e in spec["policies"] if e["policy"] == POLICY)
-    if entry.get("path") and epsilon is None:
-        return entry["path"], spec["epsilon"]
+    if entry.get("grid") and epsilon is None:
+        return entry["grid"]
     config, model = EvaluateConfig(), load_student_model(run)
     splits = run_splits(run, read_config(run))
     train = collect_evidence(model, splits.train, config.batch_size, config.gate_samples)
     sample, _ = splits.test.batch(torch.arange(1))
     flops = count_flops(model, sample.contiguous(memory_format=torch.channels_last))
-    path = candidate_path(PolicyEvaluator(make_policy(POLICY), train, flops, config.costs), config.risk_path,
-                          config.risk_candidates)  # (C, 5)
-    if epsilon is not None:
-        val = PolicyEvaluator(make_policy(POLICY), collect_evidence(model, splits.val, config.batch_size), flops,
-                              config.costs)
-        index = certify(path, path_losses(val, path, "consistency"), RiskSpec("consistency", epsilon, spec["delta"])).index
-        return [jsonable_thresholds(t) for t in path[:index + 1]], epsilon
-    path = path[:entry["candidate"] + 1]  # (k + 1, 5)
-    certified = torch.tensor([float(v) for v in entry["thresholds"]])
-    if len(path) != entry["candidate"] + 1 or not torch.allclose(path[-1], certified):
-        raise SystemExit(f"the path rebuilt here ends at {path[-1].tolist()}, not at the certified "
-                         f"{certified.tolist()}: the run's evaluation used other settings")
-    return [jsonable_thresholds(t) for t in path], spec["epsilon"]
+    ordering = PolicyEvaluator(make_policy(POLICY), train, flops, config.costs)
+    candidates = candidate_path(ordering, config.risk_path, config.risk_candidates)  # (C, 5)
+    if entry["certified"] and not torch.allclose(candidates[entry["candidate"]],
+                                                 torch.tensor([float(v) for v in entry["thresholds"]])):
+        raise SystemExit(f"candidate {entry['candidate']} rebuilt here is {candidates[entry['candidate']].tolist()}, "
+                         f"not the certified {entry['thresholds']}: the run's evaluation used other settings")
+    val = PolicyEvaluator(make_policy(POLICY), collect_evidence(model, splits.val, config.batch_size), flops,
+                          config.costs)
+    epsilon = spec["epsilon"] if epsilon is None else epsilon
+    path = device_path(ordering, candidates, epsilon, config.grid_steps)
+    return certify_grid(val, path, epsilon, spec["delta"]).to_json()
 
 
 def session(out: Path, name: str, **options) -> dict:
@@ -86,8 +88,10 @@ def main() -> None:
     p.add_argument("--out", required=True, help="a new or empty directory for the reports")
     p.add_argument("--samples", type=int, default=900)
     p.add_argument("--factor", type=float, default=3.0)
-    p.add_argument("--target-x", type=float, default=1.3, help="target p95 = this x the static median")
-    p.add_argument("--epsilon", type=float, help="certify the consistency path again on val at this epsilon "
+    p.add_argument("--target-x", type=float, default=1.3, help="target p95 = this x the static median (or p95)")
+    p.add_argument("--target-of", choices=("median", "p95"), default="median",
+                   help="which latency of the static run the target multiplies")
+    p.add_argument("--epsilon", type=float, help="certify the grid again on val at this epsilon "
                                                  "(default: the run's certificate)")
     args = p.parse_args()
     out = Path(args.out)
@@ -95,26 +99,27 @@ def main() -> None:
     if any(out.glob("*.json")):
         raise SystemExit(f"{out} holds reports already; give a new directory")
     path_file = out / "path.json"
-    path, epsilon = certified_path(args.run, args.epsilon)
-    if not path:
-        raise SystemExit(f"nothing on the path of {POLICY} is certified at epsilon {epsilon:g}")
-    path_file.write_text(json.dumps({POLICY: path}))
+    grid = certified_grid(args.run, args.epsilon)
+    epsilon = grid["epsilon"]
+    path_file.write_text(json.dumps({POLICY: grid}))
     common = {"run": args.run, "samples": args.samples}
     static = session(out, "static", **common)
     median = static["latency_ms_measured"]["median"]
-    target = args.target_x * median
+    target = args.target_x * static["latency_ms_measured"][args.target_of]
     third = args.samples // 3
-    fault = f"slow:1@{third}:{args.factor:g}:{third * target / 1e3:.3f}"
-    slow = session(out, "static_slow", faults=[fault], **common)
-    adaptive = session(out, "adaptive", faults=[fault], latency_target_ms=target, threshold_path=str(path_file),
-                       consistency_epsilon=epsilon, **common)
+    faults = [f"slow:1@{third}:{args.factor:g}", f"slow:1@{2 * third}:1"]  # the middle third of the inputs
+    slow = session(out, "static_slow", faults=faults, **common)
+    adaptive = session(out, "adaptive", faults=faults, latency_target_ms=target, threshold_path=str(path_file),
+                       **common)
     full = full_depth_predictions(args.run, args.samples)
     disagree = sum(a != f for a, f in zip(adaptive["predictions"], full)) / len(full)
     static_disagree = sum(a != f for a, f in zip(static["predictions"], full)) / len(full)
     key = f"slow:1@{third}"
     summary = {
-        "load_average": os.getloadavg(), "samples": args.samples, "fault": fault, "target_ms": target,
-        "epsilon": epsilon, "path": path,
+        "load_average": os.getloadavg(), "samples": args.samples, "faults": faults, "target_ms": target,
+        "target": f"{args.target_x:g} x static {args.target_of}",
+        "epsilon": epsilon, "path": grid["path"], "certified_combinations": sum(grid["certified"]),
+        "combinations": len(grid["certified"]),
         "static": {"median_ms": median, "p95_ms": static["latency_ms_measured"]["p95"],
                    "accuracy": static["accuracy"], "disagreement_with_exit7": static_disagree},
         "static_slow": {"window": [slow["phases"][key]["start"], slow["phases"][key]["end"]],
@@ -134,7 +139,12 @@ def main() -> None:
                      "true_disagreement_with_exit7": disagree},
     }
     s = summary["adaptive"]["shadow"]
-    summary["adaptive"]["true_within_shadow_bound"] = s["upper_bound"] is not None and disagree <= s["upper_bound"]
+    if s["shadows"]:  # the two-sided Clopper-Pearson interval at 1 - delta around the shadows' estimate
+        low = 1 - upper_bound(s["shadows"] - s["disagreements"], s["shadows"], s["delta"])
+        summary["adaptive"]["shadow_interval"] = [low, s["upper_bound"]]
+        summary["adaptive"]["true_within_shadow_interval"] = low <= disagree <= s["upper_bound"]
+    bounds = [r["bound"] for r in s["per_setting"] if any(r["setting"])]
+    summary["adaptive"]["largest_pooled_bound"] = max(bounds) if bounds else None
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
 
