@@ -11,7 +11,7 @@ holds (and the stream does not wait for it meanwhile); its late messages are rec
 their sample id and dropped.
 
 Under a latency target (runtime/adaptive.py) the aggregator also moves each device along its
-policy's threshold path, telling it with a THRESHOLDS message that travels before the next
+policy's threshold path, among the combinations of settings that may run, telling it with a THRESHOLDS message that travels before the next
 input, so every sample issued after a move runs under the new setting; it records the setting
 each sample was issued under. Shadow samples (INPUT's exit field SHADOW_RUN) come back twice:
 the answer as usual, then every device's exit-7 evidence (SHADOW), compared with the answer

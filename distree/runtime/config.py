@@ -77,8 +77,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect-timeout-s", type=float, default=d.connect_timeout_s)
     p.add_argument("--report", default=None, help="JSON report path (default RUN/distributed.json)")
     p.add_argument("--latency-target-ms", type=float, default=None,
-                   help="hold each device's latency percentile under this by moving it along its certified "
-                        "threshold path (default: static thresholds)")
+                   help="hold each device's latency percentile under this by moving it along its threshold "
+                        "path, among the combinations the run's grid certified (default: static thresholds)")
     p.add_argument("--latency-target-x", type=float, default=None,
                    help="instead of --latency-target-ms: this x the median latency of each adapting policy's "
                         "first 30 answers (after --warmup), measured before anything moves")
