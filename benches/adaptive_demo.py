@@ -30,7 +30,7 @@ from distree.inference.evidence import collect_evidence
 from distree.inference.outcome import PolicyEvaluator
 from distree.policies import make_policy
 from distree.risk import candidate_path, upper_bound
-from distree.risk_grid import certify_grid, device_path
+from distree.risk_grid import policy_grid
 from distree.runtime.config import ServeConfig
 from distree.runtime.deploy import deploy
 from distree.runtime.inputs import load_samples
@@ -62,8 +62,7 @@ def certified_grid(run: str, epsilon: float | None) -> dict:
     val = PolicyEvaluator(make_policy(POLICY), collect_evidence(model, splits.val, config.batch_size), flops,
                           config.costs)
     epsilon = spec["epsilon"] if epsilon is None else epsilon
-    path = device_path(ordering, candidates, epsilon, config.grid_steps)
-    return certify_grid(val, path, epsilon, spec["delta"]).to_json()
+    return policy_grid(val, train, candidates, epsilon, spec["delta"], config.grid_steps).to_json()
 
 
 def session(out: Path, name: str, **options) -> dict:

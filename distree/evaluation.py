@@ -28,7 +28,7 @@ from distree.policies.random_exit import RandomPolicy, matching_thresholds, unif
 from distree.inference.diagnostics import flops_saved, oracle, score_aurocs
 from distree.risk import (PathLosses, RiskSpec, candidate_path, certify, max_losses, path_losses, resplit_check,
                           upper_bound)
-from distree.risk_grid import certify_grid, device_path
+from distree.risk_grid import policy_grid
 from distree.run_dir import (CALIBRATED, class_names, jsonable_thresholds, load_student_model, read_config, run_splits,
                              save_learned_gate, teacher_accuracy)
 
@@ -242,10 +242,7 @@ def certify_policies(spec: RiskSpec, paths: dict, val_eval: dict, test_eval: dic
         on_val = path_losses(val, path, spec.risk)
         rows.append(certified_entry(name, val.policy, path, spec, on_val, test_eval[name], last.accuracy))
         if spec.risk == "consistency" and val.policy.local and train is not None:
-            ordering = PolicyEvaluator(val.policy, train, val.flops, val.costs)
-            grid = certify_grid(val, device_path(ordering, path, spec.epsilon, config.grid_steps), spec.epsilon,
-                                spec.delta)
-            rows[-1]["grid"] = grid.to_json()
+            rows[-1]["grid"] = policy_grid(val, train, path, spec.epsilon, spec.delta, config.grid_steps).to_json()
         if config.resplits:
             on_test = path_losses(test_eval[name], path, spec.risk)
             pool = PathLosses(torch.cat([on_val.loss, on_test.loss], 1), torch.cat([on_val.flops, on_test.flops], 1))

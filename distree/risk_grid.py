@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from distree.costs import student_flops
+from distree.inference.evidence import Evidence
 from distree.inference.outcome import PolicyEvaluator
 from distree.policies import check_thresholds
 from distree.risk import binomial_cdf, last_answer, upper_bound
@@ -60,10 +61,15 @@ class GridCertificate:
                                torch.tensor(entry["cost"], dtype=torch.float64).view(len(path), -1))
 
 
-def combination_losses(evaluator: PolicyEvaluator, path: torch.Tensor) -> torch.Tensor:
-    """Per combination of per-device settings, (C,) * N, the samples whose answer differs from exit 7's."""
+def setting_exits(evaluator: PolicyEvaluator, path: torch.Tensor) -> torch.Tensor:
+    """Every device's exit at every setting of path (C, 5): (C, N, B), 0-based."""
+    return torch.stack([evaluator.exits(t) for t in path])
+
+
+def combination_losses(evaluator: PolicyEvaluator, exits: torch.Tensor) -> torch.Tensor:
+    """Per combination of per-device settings, (C,) * N, the samples whose answer differs from
+    exit 7's; exits (C, N, B) from `setting_exits`."""
     ev = evaluator.evidence
-    exits = torch.stack([evaluator.exits(t) for t in path])  # (C, N, B)
     c, n = exits.shape[:2]
     last = last_answer(ev)  # (B,)
     out = torch.zeros((c,) * n, dtype=torch.long)
@@ -74,13 +80,13 @@ def combination_losses(evaluator: PolicyEvaluator, path: torch.Tensor) -> torch.
     return out
 
 
-def alone_risks(evaluator: PolicyEvaluator, path: torch.Tensor) -> torch.Tensor:
-    """Per setting (C,), the largest consistency risk of one device at it, the others at path[0]."""
+def alone_risks(evaluator: PolicyEvaluator, exits: torch.Tensor) -> torch.Tensor:
+    """Per setting (C,), the largest consistency risk of one device at it, the others at the first
+    setting; exits (C, N, B) from `setting_exits`."""
     ev = evaluator.evidence
-    exits = torch.stack([evaluator.exits(t) for t in path])  # (C, N, B)
     last = last_answer(ev)  # (B,)
-    risks = torch.zeros(len(path), dtype=torch.float64)
-    for j in range(len(path)):
+    risks = torch.zeros(len(exits), dtype=torch.float64)
+    for j in range(len(exits)):
         for i in range(exits.shape[1]):
             e = exits[0].clone()  # (N, B)
             e[i] = exits[j, i]
@@ -91,7 +97,7 @@ def alone_risks(evaluator: PolicyEvaluator, path: torch.Tensor) -> torch.Tensor:
 def device_path(ordering: PolicyEvaluator, candidates: torch.Tensor, epsilon: float, steps: int) -> torch.Tensor:
     """The candidates (C, 5) up to the last one some device alone keeps within epsilon on the
     ordering (training) evidence, at most `steps` of them, evenly spaced, both ends kept."""
-    within = (alone_risks(ordering, candidates) <= epsilon).nonzero()
+    within = (alone_risks(ordering, setting_exits(ordering, candidates)) <= epsilon).nonzero()
     last = int(within.max()) if len(within) else 0
     keep = torch.linspace(0, last, min(steps, last + 1)).round().long().unique()
     return candidates[keep]  # (C', 5)
@@ -99,14 +105,24 @@ def device_path(ordering: PolicyEvaluator, candidates: torch.Tensor, epsilon: fl
 
 def certify_grid(calibration: PolicyEvaluator, path: torch.Tensor, epsilon: float, delta: float) -> GridCertificate:
     """Every combination of per-device settings of `path` tested at once on the calibration evidence."""
-    losses = combination_losses(calibration, path)  # (C,) * N
+    exits = setting_exits(calibration, path)  # (C, N, B)
+    losses = combination_losses(calibration, exits)  # (C,) * N
     n = calibration.evidence.u.shape[2]
     p = binomial_cdf(n, epsilon)[losses]  # (C,) * N: P(Binom(n, epsilon) <= losses)
-    return GridCertificate(path, n, losses, p <= delta / losses.numel(), epsilon, delta, device_costs(calibration, path))
+    return GridCertificate(path, n, losses, p <= delta / losses.numel(), epsilon, delta,
+                           device_costs(calibration, exits))
 
 
-def device_costs(evaluator: PolicyEvaluator, path: torch.Tensor) -> torch.Tensor:
+def policy_grid(calibration: PolicyEvaluator, ordering: Evidence, candidates: torch.Tensor, epsilon: float,
+                delta: float, steps: int) -> GridCertificate:
+    """A policy's grid as `distree evaluate` stores it: its candidates (C, 5) cut and thinned on the
+    ordering (training) evidence, every combination tested on the calibration evidence."""
+    order = PolicyEvaluator(calibration.policy, ordering, calibration.flops, calibration.costs)
+    return certify_grid(calibration, device_path(order, candidates, epsilon, steps), epsilon, delta)
+
+
+def device_costs(evaluator: PolicyEvaluator, exits: torch.Tensor) -> torch.Tensor:
     """(C, N): the 95th percentile over samples of the FLOPs device i spends at setting j (its own
-    exits only: a device's cost does not depend on the others' settings)."""
-    flops = [student_flops(evaluator.flops, evaluator.exits(t), evaluator.policy) for t in path]  # C x (N, B)
-    return torch.stack([f.quantile(0.95, dim=1) for f in flops])  # (C, N)
+    exits only: a device's cost does not depend on the others' settings); exits (C, N, B)."""
+    flops = torch.stack([student_flops(evaluator.flops, e, evaluator.policy) for e in exits])  # (C, N, B)
+    return flops.quantile(0.95, dim=2)  # (C, N)

@@ -162,13 +162,13 @@ def small_grid(losses, n=1000, epsilon=0.05, delta=0.1) -> GridCertificate:
 
 def test_the_grid_certifies_every_combination_at_once():
     from distree.inference.outcome import PolicyEvaluator
-    from distree.risk_grid import certify_grid, combination_losses, device_path
+    from distree.risk_grid import certify_grid, combination_losses, device_path, setting_exits
     from inference_cases import synthetic_evidence, synthetic_flops
 
     e = PolicyEvaluator(make_policy("local-confidence"), synthetic_evidence(b=2000, seed=3), synthetic_flops())
     candidates = torch.stack([torch.full((5,), q) for q in (INF, 0.9, 0.8, 0.6, 0.3, -INF)])  # (6, 5)
-    losses = combination_losses(e, candidates)  # (6, 6)
-    exits = torch.stack([e.exits(t) for t in candidates])  # (6, N, B)
+    exits = setting_exits(e, candidates)  # (6, N, B)
+    losses = combination_losses(e, exits)  # (6, 6)
     full = e.evidence.logits_at(torch.full_like(exits[0], 6)).argmax(-1)  # exit 7's answer
     answer = e.evidence.logits_at(torch.stack([exits[3, 0], exits[1, 1]])).argmax(-1)
     assert losses[3, 1] == (answer != full).sum() and losses[0, 0] == 0

@@ -180,6 +180,7 @@ class Controller:
         return None
 
     def _with(self, i: int, index: int) -> list[int]:
+        """The settings in force with device i's replaced by `index`."""
         indices = self.indices
         indices[i] = index
         return indices
@@ -244,7 +245,6 @@ class ShadowCheck:
     def __init__(self, epsilon: float, delta: float, grid: GridCertificate = None):
         self.epsilon, self.delta, self.grid = epsilon, delta, grid
         self.k = self.n = 0  # since the last action
-        self.total_k = self.total_n = 0
         self.counts = {}  # combination -> [disagreements, shadows]
 
     def add(self, indices, disagrees: bool) -> dict | None:
@@ -252,12 +252,11 @@ class ShadowCheck:
         steps back), else None."""
         indices = tuple(indices)
         self.k, self.n = self.k + disagrees, self.n + 1
-        self.total_k, self.total_n = self.total_k + disagrees, self.total_n + 1
         counts = self.counts.setdefault(indices, [0, 0])
         counts[0], counts[1] = counts[0] + disagrees, counts[1] + 1
-        fired = None
-        if self.grid is not None and any(indices) and self.bound(indices) > self.epsilon:
-            fired = {"rule": "bound", "setting": list(indices), "bound": self.bound(indices)}
+        fired, bound = None, self.bound(indices) if any(indices) else None
+        if bound is not None and bound > self.epsilon:
+            fired = {"rule": "bound", "setting": list(indices), "bound": bound}
         elif self.k and 1 - p_value(self.k - 1, self.n, self.epsilon) <= self.delta:  # P(X >= k) <= delta
             fired = {"rule": "drift"}
         if fired is None:
@@ -274,7 +273,7 @@ class ShadowCheck:
         return self.grid.bound(tuple(indices), k, n)
 
     def summary(self) -> dict:
-        n, k = self.total_n, self.total_k
+        k, n = (sum(c[i] for c in self.counts.values()) for i in (0, 1))
         rows = [{"setting": list(c), "shadows": n_c, "disagreements": k_c, "bound": self.bound(c),
                  "calibration_losses": None if self.grid is None else int(self.grid.losses[c])}
                 for c, (k_c, n_c) in sorted(self.counts.items())]

@@ -26,8 +26,6 @@ from distree.risk_grid import GridCertificate
 from distree.run_dir import REPORT, calibrated_thresholds, load_learned_gate
 
 
-
-
 @dataclass
 class PolicySpec:
     name: str
