@@ -4,14 +4,16 @@ from dataclasses import dataclass, field
 
 DEFAULT_POLICIES = ("distree", "last-exit", "confidence", "entropy")
 DEVICE_BACKENDS = ("torch", "onnxruntime")
+SPLIT_SAMPLES = 500  # samples of a split served unless --samples says otherwise
 
 
 @dataclass
 class ServeConfig:
     run: str
     split: str = "test"
-    samples: int = 500  # 0: the whole split
+    samples: int = None  # None: SPLIT_SAMPLES of a split, every file of --images; 0: all
     images: str = None  # a folder of images instead of the split
+    predictions: str = None  # --images: the per-file CSV (default predictions.csv beside the report)
     policies: list = field(default_factory=lambda: list(DEFAULT_POLICIES))
     thresholds: list = field(default_factory=list)  # POLICY=T or POLICY=T2,...,T6; else the run's calibration
     window: int = 2  # samples in flight under local policies (1: no pipelining)
@@ -41,13 +43,24 @@ class ServeConfig:
     consistency_epsilon: float = 0.01  # the shadow check's epsilon for a given list, which certifies nothing
     timeline_window: int = 50  # samples per row of the report's timeline
 
+    def sample_count(self) -> int:
+        """Samples to serve (0: all): --samples, else SPLIT_SAMPLES of a split and every image file of a folder."""
+        return self.samples if self.samples is not None else 0 if self.images else SPLIT_SAMPLES
+
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     d = ServeConfig(run="")
     p.add_argument("--run", required=True, help="run directory with trained students (students.pt)")
     p.add_argument("--split", default=d.split, choices=("val", "test"))
-    p.add_argument("--samples", type=int, default=d.samples, help="first S samples of the split (0: all)")
-    p.add_argument("--images", default=None, help="a folder of images to classify instead of the split")
+    p.add_argument("--samples", type=int, default=None,
+                   help=f"samples to serve: the first S of the split (default {SPLIT_SAMPLES}) or of the --images "
+                        "files by path (default: every file); 0: all")
+    p.add_argument("--images", default=None, metavar="DIR",
+                   help="a folder of image files to classify instead of the split (default: none), prepared by "
+                        "the run's recorded preprocessing; answers per file in --predictions")
+    p.add_argument("--predictions", default=None, metavar="FILE",
+                   help="with --images: the per-file CSV (default predictions.csv beside --report); a file there is "
+                        "replaced only if distree wrote it")
     p.add_argument("--policies", default=",".join(d.policies), help="comma-separated, run in this order")
     p.add_argument("--threshold", dest="thresholds", action="append", default=[], metavar="POLICY=T[,...]",
                    help="thresholds for exits 2..6 (one value or five); default: the run's calibration")
@@ -97,7 +110,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     return ServeConfig(
-        run=args.run, split=args.split, samples=args.samples, images=args.images,
+        run=args.run, split=args.split, samples=args.samples, images=args.images, predictions=args.predictions,
         policies=[p for p in args.policies.split(",") if p], thresholds=args.thresholds, window=args.window,
         chunk=args.chunk,
         deadline_ms=args.deadline_ms, deadline_factor=args.deadline_factor, dead_after_s=args.dead_after_s,
