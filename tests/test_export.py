@@ -67,6 +67,9 @@ def check_manifest(out, fmt: str, thresholds: str):
     assert manifest["setting"] == "given" and manifest["rule"] == "inverse_cos" and manifest["inclusive"] is False
     assert manifest["thresholds"] == pytest.approx([float(v) for v in thresholds.split("=")[1].split(",")])
     assert manifest["input"]["shape"] == [1, 3, 32, 32] and len(manifest["input"]["normalisation"]["mean"]) == 3
+    prep = manifest["preprocessing"]
+    assert (prep["resize"], prep["size"], prep["channels"]) == ("crop-resize", 32, 3) and prep["steps"]
+    assert prep["mean"] == manifest["input"]["normalisation"]["mean"]
     assert manifest["class_names"] == [str(k) for k in range(10)]
     assert manifest["versions"]["torch"] == torch.__version__
     assert [e["file"] for e in manifest["students"]] == [f"student0.{fmt}", f"student1.{fmt}"]
@@ -129,12 +132,24 @@ def test_check_names_the_student_and_sample_that_disagree(onnx_out, tmp_path):
 
 
 @needs_onnx
-def test_onnx_student_runs_with_onnxruntime_and_numpy_only(onnx_out):
-    """OnnxStudent in a fresh interpreter: it answers, and torch is never imported."""
+def test_onnx_student_runs_with_onnxruntime_and_numpy_only(run, onnx_out, tmp_path):
+    """OnnxStudent and the manifest's preprocessing in a fresh interpreter: a PNG of a test image becomes
+    the test tensor bit for bit, the student answers, and torch is never imported."""
+    from PIL import Image
+
+    from distree.run_dir import read_config, run_splits
+    from distree.samples import load_samples
+
+    pixels = run_splits(run[0], read_config(run[0])).test.images[0].permute(1, 2, 0).numpy()  # (32, 32, 3) uint8
+    Image.fromarray(pixels).save(tmp_path / "first.png")
+    np_path = tmp_path / "expected.npy"
+    load_samples(run[0], "test", 1).x.numpy().tofile(np_path)  # (1, 3, 32, 32) float32
     script = ("import sys, numpy as np\n"
-              "from distree.export.onnx_session import OnnxStudent\n"
-              f"u, exit = OnnxStudent({str(onnx_out / 'student1.onnx')!r}).run(np.zeros((1, 3, 32, 32), np.float32))\n"
-              "assert u.shape == (1, 10) and u.dtype == np.float32 and 0 <= exit <= 6\n"
+              "from distree.export.onnx_session import OnnxStudent, load_preprocessing\n"
+              f"x = load_preprocessing({str(onnx_out)!r})({str(tmp_path / 'first.png')!r})\n"
+              f"assert np.array_equal(x.ravel(), np.fromfile({str(np_path)!r}, np.float32)), 'not the test tensor'\n"
+              f"u, exit = OnnxStudent({str(onnx_out / 'student1.onnx')!r}).run(x)\n"
+              "assert x.shape == (1, 3, 32, 32) and u.shape == (1, 10) and u.dtype == np.float32 and 0 <= exit <= 6\n"
               "assert 'torch' not in sys.modules\n"
               "print('ok')\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
