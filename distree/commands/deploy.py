@@ -9,8 +9,10 @@ from distree.samples import load_samples
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("deploy", help="serve a run with one local process per student device")
-    p.add_argument("--devices", type=int, help="student devices N (default: the run's number of students)")
-    p.add_argument("--timeout-s", type=float, default=0.0, help="stop the whole session after this long (0: never)")
+    p.add_argument("--devices", type=int,
+                   help="student devices N; must be the run's number of students (default: that number)")
+    p.add_argument("--timeout-s", type=float, default=0.0,
+                   help="stop the whole session after this long, 0: never (default: %(default)s)")
     add_serve_arguments(p)
     p.set_defaults(func=run)
 

@@ -8,9 +8,10 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("levers", help="retrain a finished run's students once per training lever "
                                              "(mixed-exit term, AT, exit weights, exit space) and compare policies")
     p.add_argument("--run", required=True, help="finished run directory (its teacher and partition are reused)")
-    p.add_argument("--out", help="where the lever runs and levers.md go (default RUN/levers)")
-    p.add_argument("--epochs", type=int, default=1, help="student epochs per lever (default 1)")
-    p.add_argument("--lever", action="append", choices=list(LEVERS), help="a lever to run (repeatable; default all)")
+    p.add_argument("--out", help="where the lever runs and levers.md go (default: RUN/levers)")
+    p.add_argument("--epochs", type=int, default=1, help="student epochs per lever (default: %(default)s)")
+    p.add_argument("--lever", action="append", choices=list(LEVERS),
+                   help="a lever to run, repeatable: %(choices)s (default: all)")
     p.set_defaults(func=run)
 
 

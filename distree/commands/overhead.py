@@ -7,9 +7,11 @@ from distree.training.overhead import exit_params_and_flops, exit_step_time
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("overhead", help="cost of the added exits: parameters, FLOPs, training time")
-    p.add_argument("--run", help="run directory whose students to measure (default: 2 WRN-16-1, 1 channel, 10 classes)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=5, help="timed training steps per setting (median)")
+    p.add_argument("--run",
+                   help="run directory whose students to measure (default: 2 WRN-16-1 students, 1 channel, 10 classes)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per timed training step (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed training steps per setting; the median is reported (default: %(default)s)")
     p.set_defaults(func=run)
 
 
