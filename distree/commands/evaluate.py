@@ -3,7 +3,7 @@ from pathlib import Path
 
 from distree.calibration import CalibrationConfig
 from distree.data import DATASETS
-from distree.errors import DistreeError
+from distree.errors import DistreeError, check_counts, check_fraction
 from distree.inference.timing import TimingConfig
 from distree.evaluation import EvaluateConfig, evaluate_run
 from distree.report import write_report
@@ -73,8 +73,11 @@ def parse_risks(risk: str, epsilon: str | None, delta: float) -> list[RiskSpec]:
 
 def config_from_args(args) -> EvaluateConfig:
     thresholds = parse_thresholds(args.thresholds)
-    if args.resplits < 0:
-        raise DistreeError(f"--resplits must be 0 or more, got {args.resplits}")
+    check_counts(resplits=args.resplits, gate_samples=args.gate_samples, timing_samples=args.timing_samples,
+                 streaming_samples=args.streaming_samples)
+    check_fraction(flops_budget=args.flops_budget)
+    if args.latency_budget_ms is not None and not args.latency_budget_ms > 0:
+        raise DistreeError(f"--latency-budget-ms must be > 0, got {args.latency_budget_ms:g}")
     return EvaluateConfig(calibration=CalibrationConfig(max_drop=args.max_drop / 100),
                           gate_samples=args.gate_samples, flops_budget=args.flops_budget,
                           latency_budget_ms=args.latency_budget_ms, thresholds=thresholds,

@@ -1,6 +1,7 @@
 """`distree export`: each student of a run as one ONNX file or AOTInductor package, exits inside."""
 import time
 
+from distree.errors import check_counts
 from distree.export.conformance import check_export
 from distree.export.run import FORMATS, export_run
 from distree.policies import POLICIES
@@ -29,6 +30,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    check_counts(samples=args.samples)
     start = time.perf_counter()
     out, manifest = export_run(args.run, args.format, args.out, args.policy, parse_thresholds(args.thresholds),
                                args.setting)

@@ -1,6 +1,7 @@
 """`distree levers`: retrain a run's students once per training lever and compare the exit policies."""
 from pathlib import Path
 
+from distree.errors import DistreeError
 from distree.levers import LEVERS, LeverConfig, lever_table, run_levers
 
 
@@ -16,6 +17,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    if args.epochs < 1:
+        raise DistreeError(f"--epochs must be 1 or more, got {args.epochs}")
     out = Path(args.out) if args.out else Path(args.run) / "levers"
     config = LeverConfig(epochs=args.epochs, levers=args.lever or list(LEVERS))
     print(lever_table(run_levers(args.run, out, config)))

@@ -1,6 +1,7 @@
 """`distree overhead`: parameters, FLOPs and training time of the 6 added exits."""
 from pathlib import Path
 
+from distree.errors import DistreeError
 from distree.run_dir import read_config
 from distree.training.overhead import exit_params_and_flops, exit_step_time
 
@@ -16,6 +17,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    if min(args.batch_size, args.repeats) < 1:
+        raise DistreeError(f"--batch-size and --repeats must be 1 or more, got {args.batch_size} and {args.repeats}")
     shape, n, width = {"num_classes": 10, "in_channels": 1}, 2, 1
     if args.run:
         config = read_config(Path(args.run))
