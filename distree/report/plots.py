@@ -60,7 +60,7 @@ def accuracy_vs_cost(report: dict, key: str, xlabel: str, path: Path) -> None:
     ax.scatter([x_last], [last["accuracy"]], color="k", marker="s", label="last exit", zorder=40)
     ax.axhline(last["accuracy"] - report["max_drop"], color="grey", ls=":", lw=1, label="last exit - max drop")
     ax.set(xlabel=xlabel, ylabel="test accuracy", title="Accuracy against cost (stars: calibrated on val)")
-    top = last["accuracy"] + 0.02
+    top = max([last["accuracy"]] + [p["accuracy"] for c in report["curves"].values() for p in c]) + 0.02
     ax.set_ylim(max(0.0, min(report["exit_accuracy"][1], top - 0.25)), top)
     ax.legend(fontsize=8)
     _save(fig, path)
