@@ -74,9 +74,10 @@ class Preprocessing:
         return [colour, *resize, "float32: (pixels / 255 - mean) / std, per channel", f"shape (1, {self.channels}, "
                 f"{n}, {n})"]
 
-    def fits(self, image) -> bool:
-        """Whether a Pillow image already has the size and channels the run's images had."""
-        return image.size == (self.side, self.side) and (image.mode not in GREY_MODES) == (self.channels == 3)
+    def fits(self, size: tuple[int, int], colour: bool) -> bool:
+        """Whether an image of this (width, height), in colour or not, already is what the rule takes
+        as it is (a run's own images): one that does not is converted, and serving counts it."""
+        return tuple(size) == (self.side, self.side) and colour == (self.channels == 3)
 
     def pixels(self, image) -> np.ndarray:
         """A Pillow image -> (channels, size, size) uint8, by the rule's geometry and channels."""

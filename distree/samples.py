@@ -53,9 +53,7 @@ def load_images(root: Path, prep: Preprocessing, names=(), count: int = 0, warn:
     decoded = read_images(paths, prep.resize, prep.size, prep.source)
     if not decoded.kept:
         raise DistreeError(f"none of the {len(paths)} image files under {root} can be read")
-    side = (prep.side, prep.side)
-    converted = sum(size != side or colour != (prep.channels == 3) for size, colour in zip(decoded.sizes,
-                                                                                         decoded.colour))
+    converted = sum(not prep.fits(size, colour) for size, colour in zip(decoded.sizes, decoded.colour))
     if warn:
         warn_skipped(decoded.skipped, len(paths), root)
         warn_converted(converted, len(decoded.kept), root, prep)

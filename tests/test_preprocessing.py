@@ -65,8 +65,8 @@ def test_pad_rule_pads_a_28x28_image_and_fits_others_first():
     assert x.shape == (1, 1, 32, 32) and x.dtype == np.float32
     np.testing.assert_array_equal(x[0], (pad(grey[None], 32).astype(np.float32) / 255 - 0.25) / 0.5)
     assert (x[0, 0, :2] == np.float32(-0.5)).all()  # black borders
-    assert prep.fits(Image.fromarray(grey)) and not prep.fits(Image.new("RGB", (28, 28)))
-    assert not prep.fits(Image.new("L", (64, 48)))
+    assert prep.fits((28, 28), colour=False) and not prep.fits((28, 28), colour=True)
+    assert not prep.fits((64, 48), colour=False)
     assert prep(Image.new("RGB", (64, 48), (255, 255, 255)))[0, 0, 2:30, 2:30].min() > 1  # fitted to 28, then padded
     assert Preprocessing.from_dict(prep.to_dict()) == prep and any("pad" in s for s in prep.to_dict()["steps"])
     with pytest.raises(DistreeError, match="preprocessing"):
