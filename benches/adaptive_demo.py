@@ -33,7 +33,7 @@ from distree.risk import candidate_path, upper_bound
 from distree.risk_grid import policy_grid
 from distree.runtime.config import ServeConfig
 from distree.runtime.deploy import deploy
-from distree.runtime.inputs import load_samples
+from distree.samples import load_samples
 from distree.run_dir import REPORT, load_student_model, read_config, run_splits
 
 POLICY = "distree"
@@ -76,7 +76,7 @@ def session(out: Path, name: str, **options) -> dict:
 def full_depth_predictions(run: str, samples: int) -> list[int]:
     """Exit 7's answers (every student at its last exit) on the session's samples, in one process."""
     model, last = load_student_model(run), make_policy("last-exit")
-    x, _ = load_samples(run, "test", samples)
+    x = load_samples(run, "test", samples).x
     result = InferenceEngine(model, last, last.default_thresholds()).run(x, torch.arange(len(x)), mode="compacting")
     return result.logits.argmax(-1).tolist()
 

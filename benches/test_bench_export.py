@@ -58,13 +58,13 @@ def _seconds_per_sample(run, xs) -> float:
 
 def test_student_latency_in_each_deployable_form(exports):
     from distree.export.walks import make_plan
-    from distree.runtime.inputs import load_samples
+    from distree.samples import load_samples
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         plan = make_plan(RUN)
-        x, _ = load_samples(RUN, "test", SAMPLES)
+        x = load_samples(RUN, "test", SAMPLES).x
         xs = [x[s:s + 1].contiguous() for s in range(len(x))]  # (1, C, H, W) each
         bench_common.EXPORT_LINES.extend([
             f"per-sample latency, one thread, {len(xs)} test samples of {RUN}, median of {ROUNDS} rounds:",

@@ -21,6 +21,7 @@ from distree.models.distree_model import DistrEEModel
 from distree.models.student import Student, StudentConfig
 from distree.models.wrn import WideResNet, WRNConfig
 from distree.policies import LearnedGatePolicy, check_thresholds
+from distree.preprocessing import Preprocessing
 
 CONFIG, TEACHER, STUDENTS = "config.json", "teacher.pt", "students.pt"
 PARTITION, METRICS = "partition.json", "metrics.csv"
@@ -139,8 +140,23 @@ def data_config(config: dict) -> DataConfig:
 
 
 def run_splits(run_dir, config: dict) -> Splits:
-    """The run's dataset, a folder's decoded images kept in the run's image cache."""
-    return load_dataset(**asdict(data_config(config)), cache=Path(run_dir) / IMAGE_CACHE)
+    """The run's dataset, a folder's decoded images kept in the run's image cache, prepared by the
+    run's recorded preprocessing (runs from before it was recorded: their dataset's rule)."""
+    return load_dataset(**asdict(data_config(config)), cache=Path(run_dir) / IMAGE_CACHE,
+                        preprocessing=recorded_preprocessing(config))
+
+
+def recorded_preprocessing(config: dict) -> Preprocessing | None:
+    """The preprocessing config.json records (since train-teacher records it), else None."""
+    return None if "preprocessing" not in config else Preprocessing.from_dict(config["preprocessing"])
+
+
+def run_preprocessing(run_dir, config: dict = None) -> Preprocessing:
+    """How the run's images were prepared: as recorded, or, for a run from before it was recorded,
+    its dataset's rule (Fashion-MNIST padded 28 -> 32, others cropped and resized) with the
+    training split's statistics."""
+    config = config or read_config(run_dir)
+    return recorded_preprocessing(config) or run_splits(run_dir, config).preprocessing
 
 
 def class_names(config: dict) -> list[str]:

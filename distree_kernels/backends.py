@@ -49,10 +49,13 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
 
 
 # resolve() is on the hot path of every call and its answers never change. (A dict rather than
-# functools.lru_cache, which torch.compile warns about when it traces a call.)
+# functools.lru_cache, which torch.compile warns about when it traces a call.) torch.compile
+# takes its answer as a constant instead of tracing the lookup: a traced lookup guards on the
+# dict's contents, which the first call changes, so every compiled model would compile twice.
 _RESOLVED: dict[tuple[str, torch.device], str] = {}
 
 
+@torch.compiler.assume_constant_result
 def resolve(backend: str, device: torch.device) -> str:
     """The backend to run: `backend` itself if it can run on `device`, or auto's choice."""
     key = (backend, device)

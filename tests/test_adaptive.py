@@ -28,7 +28,7 @@ from distree.runtime.config import ServeConfig
 from distree.runtime.deploy import deploy
 from distree.runtime.device import ThresholdSettings
 from distree.runtime.faults import parse_fault
-from distree.runtime.inputs import load_samples
+from distree.samples import load_samples
 from distree.runtime.plan import make_plan, with_paths
 from distree.runtime.rank import check_options
 from distree.risk_grid import GridCertificate
@@ -60,7 +60,7 @@ def path_file(run: str, directory) -> str:
 def seconds_per_sample(run: str, device: int, thresholds: float) -> float:
     """One thread's median time for one sample of the test split on student `device`."""
     model = load_student_model(run)
-    x, _ = load_samples(run, "test", 24)
+    x = load_samples(run, "test", 24).x
     step = DeviceStep(model.students[device], device, make_policy("distree"), torch.full((5,), thresholds),
                       bias_share(model))
     threads = torch.get_num_threads()

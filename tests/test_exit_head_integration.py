@@ -59,6 +59,26 @@ def test_compile_fullgraph_matches_eager(backend, device):
 
 
 @backends
+def test_compiled_model_compiles_once(backend, device, monkeypatch):
+    """Later calls with the same shapes reuse the first compilation: nothing the first call
+    changes (the backend cache, empty here as in a fresh process) is guarded on."""
+    from torch._dynamo.utils import counters
+
+    from distree_kernels import backends as b
+
+    monkeypatch.setattr(b, "_RESOLVED", {})
+    model = TinyExitModel(backend).to(device)
+    x = torch.randn(4, 3, 8, 8, device=device)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model)
+    for _ in range(3):
+        compiled(x)
+    assert counters["stats"]["unique_graphs"] == 1
+    assert counters["frames"]["total"] == 1  # frames compiled: a recompile adds one
+
+
+@backends
 def test_module_matches_functional_and_reference(backend, device):
     torch.manual_seed(0)
     head = ExitHead(6, 4, threshold=1.2, backend=backend).to(device)

@@ -5,12 +5,14 @@ each exit's median score so that samples leave at several exits. Each format is 
 per module (the AOTInductor compile is the slow part); the fused ops' ONNX translation is also
 checked rule by rule against the reference on a one-op graph.
 """
+import csv
 import hashlib
 import importlib.util
 import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,6 +69,9 @@ def check_manifest(out, fmt: str, thresholds: str):
     assert manifest["setting"] == "given" and manifest["rule"] == "inverse_cos" and manifest["inclusive"] is False
     assert manifest["thresholds"] == pytest.approx([float(v) for v in thresholds.split("=")[1].split(",")])
     assert manifest["input"]["shape"] == [1, 3, 32, 32] and len(manifest["input"]["normalisation"]["mean"]) == 3
+    prep = manifest["preprocessing"]
+    assert (prep["resize"], prep["size"], prep["channels"]) == ("crop-resize", 32, 3) and prep["steps"]
+    assert prep["mean"] == manifest["input"]["normalisation"]["mean"]
     assert manifest["class_names"] == [str(k) for k in range(10)]
     assert manifest["versions"]["torch"] == torch.__version__
     assert [e["file"] for e in manifest["students"]] == [f"student0.{fmt}", f"student1.{fmt}"]
@@ -129,16 +134,60 @@ def test_check_names_the_student_and_sample_that_disagree(onnx_out, tmp_path):
 
 
 @needs_onnx
-def test_onnx_student_runs_with_onnxruntime_and_numpy_only(onnx_out):
-    """OnnxStudent in a fresh interpreter: it answers, and torch is never imported."""
+def test_onnx_student_runs_with_onnxruntime_and_numpy_only(run, onnx_out, tmp_path):
+    """OnnxStudent and the manifest's preprocessing in a fresh interpreter: a PNG of a test image becomes
+    the test tensor bit for bit, the student answers, and torch is never imported."""
+    from PIL import Image
+
+    from distree.run_dir import read_config, run_splits
+    from distree.samples import load_samples
+
+    pixels = run_splits(run[0], read_config(run[0])).test.images[0].permute(1, 2, 0).numpy()  # (32, 32, 3) uint8
+    Image.fromarray(pixels).save(tmp_path / "first.png")
+    np_path = tmp_path / "expected.npy"
+    load_samples(run[0], "test", 1).x.numpy().tofile(np_path)  # (1, 3, 32, 32) float32
     script = ("import sys, numpy as np\n"
-              "from distree.export.onnx_session import OnnxStudent\n"
-              f"u, exit = OnnxStudent({str(onnx_out / 'student1.onnx')!r}).run(np.zeros((1, 3, 32, 32), np.float32))\n"
-              "assert u.shape == (1, 10) and u.dtype == np.float32 and 0 <= exit <= 6\n"
+              "from distree.export.onnx_session import OnnxStudent, load_preprocessing\n"
+              f"x = load_preprocessing({str(onnx_out)!r})({str(tmp_path / 'first.png')!r})\n"
+              f"assert np.array_equal(x.ravel(), np.fromfile({str(np_path)!r}, np.float32)), 'not the test tensor'\n"
+              f"u, exit = OnnxStudent({str(onnx_out / 'student1.onnx')!r}).run(x)\n"
+              "assert x.shape == (1, 3, 32, 32) and u.shape == (1, 10) and u.dtype == np.float32 and 0 <= exit <= 6\n"
               "assert 'torch' not in sys.modules\n"
               "print('ok')\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+@needs_onnx
+def test_stock_onnx_client_reproduces_the_engine_on_png_files(run, onnx_out, tmp_path):
+    """examples/onnx_client.py (onnxruntime, numpy, Pillow; the manifest only) on the first test images
+    saved as PNG under their label's folder answers every file as the engine does on the tensors."""
+    from PIL import Image
+
+    from distree.export.conformance import _engine
+    from distree.run_dir import read_config, run_splits
+    from distree.samples import load_samples
+
+    test = run_splits(run[0], read_config(run[0])).test
+    for k in range(SAMPLES):
+        (tmp_path / "images" / str(int(test.labels[k]))).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(test.images[k].permute(1, 2, 0).numpy()).save(tmp_path / "images" / str(int(test.labels[k]))
+                                                                      / f"{k:03d}.png")
+    answers = tmp_path / "answers.csv"
+    client = Path(__file__).resolve().parents[1] / "examples" / "onnx_client.py"
+    done = subprocess.run([sys.executable, str(client), str(onnx_out), str(tmp_path / "images"), "--csv", str(answers)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    _, engine = _engine(json.loads((onnx_out / MANIFEST).read_text()))
+    x = load_samples(run[0], "test", SAMPLES).x
+    with torch.inference_mode():
+        expected = engine.run(x, torch.arange(SAMPLES), mode="streaming").logits.argmax(-1)  # (S,)
+    names = json.loads((onnx_out / MANIFEST).read_text())["class_names"]
+    rows = list(csv.DictReader(open(answers)))
+    got = {int(Path(r["file"]).stem): names.index(r["predicted"]) for r in rows}
+    assert len(rows) == SAMPLES and got == {k: int(expected[k]) for k in range(SAMPLES)}
+    right = sum(int(expected[k]) == int(test.labels[k]) for k in range(SAMPLES))
+    assert f"accuracy {100 * right / SAMPLES:.2f}% on {SAMPLES} labelled" in done.stdout
 
 
 def _gate_case(rule, probabilities, inclusive, K=6):

@@ -1,5 +1,6 @@
 """Image-folder datasets: decoding, skipped bad files, errors, the run's cache, and the whole pipeline
 (train-teacher, partition, train-students, evaluation, deploy --images) on a generated folder."""
+import csv
 import json
 import os
 from pathlib import Path
@@ -135,10 +136,23 @@ def test_pipeline_on_an_image_folder(folder_run):
 
 
 @pytest.mark.slow
-def test_deploy_answers_every_readable_image(image_dir, folder_run, tmp_path, capsys):
+def test_deploy_answers_every_readable_image_in_a_csv(image_dir, folder_run, tmp_path, capsys):
+    """No --samples: every file; a row per file in predictions.csv beside the report, skipped files named."""
     report = tmp_path / "distributed.json"
-    assert cli("deploy", "--run", folder_run, "--images", image_dir, "--samples", 0, "--policies", "last-exit",
+    assert cli("deploy", "--run", folder_run, "--images", image_dir, "--policies", "last-exit",
                "--reference-samples", 0, "--timeout-s", 120, "--report", report) == 0
-    assert "classifying 52 images" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "classifying 52 images" in out and "skipped 2 that cannot be read" in out and "broken.png" in out
     answered = json.loads(report.read_text())
     assert answered["samples"] == 52 and answered["class_names"] == ["cat", "dog"]
+    rows = list(csv.DictReader(open(tmp_path / "predictions.csv")))
+    answers = [r for r in rows if not r["skipped"]]
+    assert [r["file"] for r in answers] == answered["files"] and len(answers) == 52
+    assert [r["predicted_index"] for r in answers] == [str(p) for p in answered["policies"]["last-exit"]["predictions"]]
+    assert all(r["exit_student_0"] == "7" and r["label"] == r["file"].split("/")[1] for r in answers)
+    assert sorted(r["file"] for r in rows if r["skipped"]) == ["train/cat/broken.png", "train/dog/empty.jpg"]
+    mine = tmp_path / "mine.csv"
+    mine.write_text("my,own\n")
+    assert cli("deploy", "--run", folder_run, "--images", image_dir, "--predictions", mine, "--policies",
+               "last-exit", "--report", report) == 2
+    assert mine.read_text() == "my,own\n" and "not a predictions file distree wrote" in capsys.readouterr().err

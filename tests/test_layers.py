@@ -11,10 +11,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     ("distree_kernels",),
-    ("distree.errors", "distree.data"),
+    ("distree.errors", "distree.preprocessing", "distree.data"),
     ("distree.models",),
     ("distree.policies",),
-    ("distree.run_dir",),
+    ("distree.run_dir", "distree.samples"),
     ("distree.losses", "distree.training"),
     ("distree.costs", "distree.calibration", "distree.risk", "distree.risk_grid", "distree.inference"),
     ("distree.evaluation",),

@@ -95,3 +95,13 @@ def test_machinery_summary_says_whether_the_target_is_met():
     assert "not met" in machinery_summary({"exit_machinery": cost}) and "2.5x" in machinery_summary({"exit_machinery": cost})
     assert ": met" in machinery_summary({"exit_machinery": {**cost, "machinery_over_bare_op": 1.5}})
     assert machinery_summary({"exit_machinery": None}) == ""
+
+
+def test_goal_line_says_which_rows_it_counts():
+    from distree.report.markdown import summary
+
+    report = {"goal": {"policy": None, "flops_reduction": 0.0, "target": 0.3, "met": False},
+              "oracle": {"flops_reduction": 0.5}, "max_drop": 0.005}
+    text = summary(report)
+    assert "not met" in text and "only each policy's `calibrated` row counts" in text
+    assert "not the budget or certified rows" in text and "random" in text

@@ -21,7 +21,7 @@ from distree.runtime.config import ServeConfig
 from distree.runtime.deploy import deploy, free_port
 from distree.runtime.device import LOST
 from distree.runtime.faults import parse_fault
-from distree.runtime.inputs import load_folder, load_samples
+from distree.samples import load_samples
 from distree.runtime.netem import LinkModel, link_models
 from distree.runtime.plan import make_plan, parse_thresholds
 from distree.run_dir import build_students, load_student_model, save_atomic, write_config
@@ -59,7 +59,7 @@ def run3(tmp_path_factory):
 def median_thresholds(run: str, name: str) -> str:
     """POLICY=T2,...,T6 at the median score of each exit, so that samples leave at many exits."""
     model, policy = load_student_model(run), make_policy(name)
-    x, _ = load_samples(run, "test", SAMPLES)
+    x = load_samples(run, "test", SAMPLES).x
     with torch.no_grad():
         scores = policy_scores(policy, model_evidence(model, x, torch.arange(len(x))))  # (N, 5, B)
     finite = [s[s.isfinite()] for s in scores.transpose(0, 1).flatten(1)]
@@ -80,7 +80,7 @@ def engine_predictions(run: str, name: str, thresholds: str) -> list[int]:
     """The single-process engine's predictions, one sample at a time on one thread, as each device runs."""
     model, policy = load_student_model(run), make_policy(name)
     t = torch.tensor([float(v) for v in thresholds.split("=")[1].split(",")]) if thresholds else None
-    x, _ = load_samples(run, "test", SAMPLES)
+    x = load_samples(run, "test", SAMPLES).x
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -141,17 +141,6 @@ def test_plan_takes_given_then_calibrated_then_default_thresholds(tmp_path):
     assert plan[2].thresholds.tolist() == [float("inf")] * 5
     with pytest.raises(Exception, match="--threshold"):
         parse_thresholds(["distree"])
-
-
-def test_image_folder_inputs(tmp_path):
-    from PIL import Image
-
-    (tmp_path / "3").mkdir()
-    Image.new("RGB", (28, 28), (255, 0, 0)).save(tmp_path / "3" / "a.png")
-    Image.new("L", (40, 20), 128).save(tmp_path / "b.bmp")
-    x, labels = load_folder(tmp_path, 1, torch.tensor([0.5]).view(1, 1, 1, 1), torch.tensor([0.25]).view(1, 1, 1, 1))
-    assert x.shape == (2, 1, 32, 32) and labels.tolist() == [3, -1]
-    assert torch.allclose(x[1], torch.full((1, 32, 32), (128 / 255 - 0.5) / 0.25), atol=1e-6)
 
 
 # -- healthy sessions ---------------------------------------------------------------------------------

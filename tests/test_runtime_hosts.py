@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from distree.runtime import messages as m
-from distree.runtime.inputs import load_samples
+from distree.samples import load_samples
 from test_runtime import (SAMPLES, SESSION_TIMEOUT, check_device_1_killed_at_8, engine_predictions, make_run,
                           median_thresholds)
 from virtual_lan import LanUnavailable, VirtualLan, why_unavailable
@@ -81,7 +81,7 @@ def launch(lan: VirtualLan, procs: list, run: str, tmp_path: Path, port: int, *o
 
 def input_bytes(run: str) -> int:
     """Bytes of one INPUT message on the wire (header and image), the least a device receives per sample."""
-    x, _ = load_samples(run, "test", 1)
+    x = load_samples(run, "test", 1).x
     return 4 * m.message_size(x[0].numel())
 
 

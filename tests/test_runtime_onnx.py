@@ -17,7 +17,7 @@ from distree.export.run import export_run  # noqa: E402
 from distree.inference.evidence import bias_share  # noqa: E402
 from distree.inference.step import DeviceStep  # noqa: E402
 from distree.runtime.config import ServeConfig  # noqa: E402
-from distree.runtime.inputs import load_samples  # noqa: E402
+from distree.samples import load_samples  # noqa: E402
 from distree.runtime.onnx_device import onnx_steps  # noqa: E402
 from distree.runtime.plan import make_plan, parse_thresholds  # noqa: E402
 from distree.runtime.rank import check_options  # noqa: E402
@@ -39,7 +39,7 @@ def test_onnx_step_answers_as_the_pytorch_step(exported):
     run, thresholds, folder = exported
     plan = make_plan(["distree"], parse_thresholds([thresholds]), run)
     model = load_student_model(run)
-    x, _ = load_samples(run, "test", SAMPLES)
+    x = load_samples(run, "test", SAMPLES).x
     for i, student in enumerate(model.students):
         torch_step = DeviceStep(student, i, plan[0].policy, plan[0].thresholds, bias_share(model))
         onnx_step, = onnx_steps(folder, plan, i, threads=1)

@@ -74,6 +74,7 @@ def copy_run(src: Path, dst: Path) -> Path:
 def test_pipeline(trained, capsys):
     config = json.loads((trained / "config.json").read_text())
     assert config["preset"] == "smoke" and config["data"]["name"] == "synthetic"
+    assert config["preprocessing"]["resize"] == "crop-resize" and len(config["preprocessing"]["mean"]) == 3  # recorded
     partition = json.loads((trained / "partition.json").read_text())
     assert partition["num_students"] == 2 and sum(partition["sizes"]) == 64
     assert load_checkpoint(trained / "teacher.pt")["history"][-1]["test_acc"] > 0.5

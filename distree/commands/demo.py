@@ -9,7 +9,8 @@ from distree.run_dir import REPORT_MD
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("demo", help="train teacher and students on the demo preset, calibrate and compare "
                                            "every exit policy, write the report (about 10 minutes on 2 cores)")
-    p.add_argument("--out", default="runs/demo", help="run directory (an interrupted demo resumes there)")
+    p.add_argument("--out", default="runs/demo",
+                   help="run directory; an interrupted demo resumes there (default: %(default)s)")
     p.set_defaults(func=run)
 
 

@@ -2,15 +2,17 @@
 from distree.errors import DistreeError
 from distree.runtime.config import add_serve_arguments, config_from_args
 from distree.runtime.deploy import deploy
-from distree.runtime.inputs import count_images
 from distree.runtime.rank import check_options
 from distree.run_dir import read_config
+from distree.samples import load_samples
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("deploy", help="serve a run with one local process per student device")
-    p.add_argument("--devices", type=int, help="student devices N (default: the run's number of students)")
-    p.add_argument("--timeout-s", type=float, default=0.0, help="stop the whole session after this long (0: never)")
+    p.add_argument("--devices", type=int,
+                   help="student devices N; must be the run's number of students (default: that number)")
+    p.add_argument("--timeout-s", type=float, default=0.0,
+                   help="stop the whole session after this long, 0: never (default: %(default)s)")
     add_serve_arguments(p)
     p.set_defaults(func=run)
 
@@ -23,8 +25,10 @@ def run(args) -> int:
     config = config_from_args(args)
     check_options(config, devices)
     if config.images is not None:  # before any process starts: a folder with nothing readable is an error here
-        readable, skipped = count_images(config.run, config.images, config.samples)
-        print(f"classifying {readable} images from {config.images}; skipped {skipped} that cannot be read")
+        found = load_samples(config.run, count=config.sample_count(), images=config.images, warn=False)
+        names = ", ".join(f"{f} ({why})" for f, why in found.skipped)
+        skipped = f"; skipped {len(found.skipped)} that cannot be read: {names}" if names else ""
+        print(f"classifying {len(found.files)} images from {config.images}{skipped}")
     outcome = deploy(config, devices, timeout_s=args.timeout_s)
     for rank, code in enumerate(outcome.codes):
         role = "aggregator" if rank == 0 else f"device {rank - 1}"

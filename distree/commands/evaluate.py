@@ -3,7 +3,7 @@ from pathlib import Path
 
 from distree.calibration import CalibrationConfig
 from distree.data import DATASETS
-from distree.errors import DistreeError
+from distree.errors import DistreeError, check_counts, check_fraction
 from distree.inference.timing import TimingConfig
 from distree.evaluation import EvaluateConfig, evaluate_run
 from distree.report import write_report
@@ -16,29 +16,34 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="calibrate and compare the exit policies of a trained run; "
                                                "writes report.json, report.md and plots")
     p.add_argument("--run", required=True, help="run directory holding trained students")
-    p.add_argument("--dataset", choices=DATASETS, help="check that the run is on this dataset")
+    p.add_argument("--dataset", choices=DATASETS,
+                   help="check that the run is on this dataset, one of %(choices)s (default: no check)")
     p.add_argument("--max-drop", type=float, default=0.5,
-                   help="accuracy points below last exit allowed when calibrating (default 0.5)")
-    p.add_argument("--flops-budget", type=float, help="also pick the most accurate setting within this fraction "
-                                                      "of last-exit FLOPs (e.g. 0.6)")
+                   help="accuracy points below last exit allowed when calibrating (default: %(default)s)")
+    p.add_argument("--flops-budget", type=float, help="also pick the most accurate setting within this fraction of "
+                                                      "last-exit FLOPs, in (0, 1], e.g. 0.6 (default: none)")
     p.add_argument("--latency-budget-ms", type=float, help="also pick the most accurate setting within this "
-                                                           "simulated latency")
+                                                           "simulated latency, > 0 (default: none)")
     p.add_argument("--thresholds", help="DistrEE thresholds to evaluate as given: one value or 5 (exits 2..6), "
-                                        "comma-separated")
+                                        "comma-separated (default: none)")
     p.add_argument("--risk", default="accuracy,consistency",
                    help="risks to certify, comma-separated: accuracy (harm rate; bounds the accuracy drop) and/or "
-                        "consistency (answer differs from exit 7's; needs no labels); default both")
+                        "consistency (answer differs from exit 7's; needs no labels) (default: %(default)s)")
     p.add_argument("--epsilon",
                    help="the risk certified per --risk (one value for all, or one each), a fraction; "
                         "default 0.005 for accuracy, 0.01 for consistency")
     p.add_argument("--delta", type=float, default=0.1,
-                   help="allowed probability that a certified setting's risk exceeds epsilon (default 0.1)")
+                   help="allowed probability that a certified setting's risk exceeds epsilon, in (0, 1) "
+                        "(default: %(default)s)")
     p.add_argument("--resplits", type=int, default=200,
                    help="random calibration / held-out halves of val + test on which the guarantee is checked "
-                        "(default 200; 0 skips the check)")
-    p.add_argument("--gate-samples", type=int, default=5000, help="training images the learned gate is fitted on")
-    p.add_argument("--timing-samples", type=int, default=512, help="test samples timed in compacting mode")
-    p.add_argument("--streaming-samples", type=int, default=48, help="test samples timed one at a time")
+                        "(0 skips the check) (default: %(default)s)")
+    p.add_argument("--gate-samples", type=int, default=5000,
+                   help="training images the learned gate is fitted on (default: %(default)s)")
+    p.add_argument("--timing-samples", type=int, default=512,
+                   help="test samples timed in compacting mode (default: %(default)s)")
+    p.add_argument("--streaming-samples", type=int, default=48,
+                   help="test samples timed one at a time (default: %(default)s)")
     p.set_defaults(func=run)
 
 
@@ -68,8 +73,11 @@ def parse_risks(risk: str, epsilon: str | None, delta: float) -> list[RiskSpec]:
 
 def config_from_args(args) -> EvaluateConfig:
     thresholds = parse_thresholds(args.thresholds)
-    if args.resplits < 0:
-        raise DistreeError(f"--resplits must be 0 or more, got {args.resplits}")
+    check_counts(resplits=args.resplits, gate_samples=args.gate_samples, timing_samples=args.timing_samples,
+                 streaming_samples=args.streaming_samples)
+    check_fraction(flops_budget=args.flops_budget)
+    if args.latency_budget_ms is not None and not args.latency_budget_ms > 0:
+        raise DistreeError(f"--latency-budget-ms must be > 0, got {args.latency_budget_ms:g}")
     return EvaluateConfig(calibration=CalibrationConfig(max_drop=args.max_drop / 100),
                           gate_samples=args.gate_samples, flops_budget=args.flops_budget,
                           latency_budget_ms=args.latency_budget_ms, thresholds=thresholds,

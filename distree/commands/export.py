@@ -1,8 +1,10 @@
 """`distree export`: each student of a run as one ONNX file or AOTInductor package, exits inside."""
 import time
 
+from distree.errors import check_counts
 from distree.export.conformance import check_export
 from distree.export.run import FORMATS, export_run
+from distree.policies import POLICIES
 from distree.run_dir import CALIBRATED
 from distree.runtime.plan import parse_thresholds
 
@@ -13,18 +15,22 @@ def add_parser(subparsers) -> None:
     p.add_argument("--run", required=True, help="run directory with trained students (students.pt)")
     p.add_argument("--format", required=True, metavar="|".join(FORMATS), help="onnx (ONNX Runtime) or pt2 "
                                                                              "(AOTInductor package)")
-    p.add_argument("--out", help="output folder (default RUN/export-FORMAT); an earlier export there is replaced")
-    p.add_argument("--policy", help="local exit policy baked in (default: distree)")
+    p.add_argument("--out", help="output folder; an earlier export there is replaced, any other non-empty folder "
+                                 "refused (default: RUN/export-FORMAT)")
+    exportable = [n for n, cls in POLICIES.items() if getattr(cls, "rule", None)] + ["last-exit"]
+    p.add_argument("--policy", help=f"local exit policy baked in: {', '.join(exportable)} (default: distree)")
     p.add_argument("--threshold", dest="thresholds", action="append", default=[], metavar="POLICY=T[,...]",
-                   help="thresholds for exits 2..6 (one value or five); default: the run's calibration")
+                   help="thresholds for exits 2..6, one value or five, repeatable (default: the --setting's in "
+                        "report.json)")
     p.add_argument("--setting", default=CALIBRATED, help="report.json thresholds to take without --threshold: "
                                                          "calibrated (default) or certified-RISK, e.g. certified-accuracy")
     p.add_argument("--check", action="store_true", help="run every artifact against the PyTorch engine")
-    p.add_argument("--samples", type=int, default=1000, help="test samples --check compares on (default 1000)")
+    p.add_argument("--samples", type=int, default=1000, help="test samples --check compares on (default: %(default)s)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    check_counts(samples=args.samples)
     start = time.perf_counter()
     out, manifest = export_run(args.run, args.format, args.out, args.policy, parse_thresholds(args.thresholds),
                                args.setting)

@@ -1,19 +1,24 @@
 """`distree overhead`: parameters, FLOPs and training time of the 6 added exits."""
 from pathlib import Path
 
+from distree.errors import DistreeError
 from distree.run_dir import read_config
 from distree.training.overhead import exit_params_and_flops, exit_step_time
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("overhead", help="cost of the added exits: parameters, FLOPs, training time")
-    p.add_argument("--run", help="run directory whose students to measure (default: 2 WRN-16-1, 1 channel, 10 classes)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=5, help="timed training steps per setting (median)")
+    p.add_argument("--run",
+                   help="run directory whose students to measure (default: 2 WRN-16-1 students, 1 channel, 10 classes)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per timed training step (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed training steps per setting; the median is reported (default: %(default)s)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if min(args.batch_size, args.repeats) < 1:
+        raise DistreeError(f"--batch-size and --repeats must be 1 or more, got {args.batch_size} and {args.repeats}")
     shape, n, width = {"num_classes": 10, "in_channels": 1}, 2, 1
     if args.run:
         config = read_config(Path(args.run))

@@ -7,16 +7,24 @@ from distree.run_dir import PARTITION, STUDENTS, read_config, write_config
 from distree.training.presets import override
 
 
+RUNS = "(default: the run's config.json, from its preset)"
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("partition", help="partition the teacher's filters over the students")
     p.add_argument("--run", required=True, help="run directory holding a trained teacher")
-    p.add_argument("--students", type=int, help="number of students N, 1 to 8 (default: the preset's)")
-    p.add_argument("--max-images", type=int, help="training images the activation graph is built from")
-    p.add_argument("--top-k", type=int, help="filters per image that add edges")
-    p.add_argument("--keep-edges", type=float, help="share of the strongest edges kept")
-    p.add_argument("--resolution", type=float, help="Louvain resolution")
-    p.add_argument("--seed", type=int, help="Louvain seed")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--students", type=int,
+                   help="number of students N, 1 to 8 " + RUNS)
+    p.add_argument("--max-images", type=int,
+                   help="training images the activation graph is built from " + RUNS)
+    p.add_argument("--top-k", type=int,
+                   help="filters per image that add edges " + RUNS)
+    p.add_argument("--keep-edges", type=float,
+                   help="share of the strongest edges kept, in (0, 1] " + RUNS)
+    p.add_argument("--resolution", type=float,
+                   help="Louvain resolution; higher gives more, smaller communities " + RUNS)
+    p.add_argument("--seed", type=int, help="Louvain seed " + RUNS)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
     p.set_defaults(func=run)
 
 

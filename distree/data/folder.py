@@ -1,9 +1,11 @@
 """A user's image folder: DIR/train/CLASS/*.{png,jpg,jpeg,bmp,webp} and DIR/test/CLASS/...
 
-Classes are the train folder's sub-folders, in sorted order. Every image is decoded once, into
-a cache file (in the run directory) that holds the tensors and the list of files with their
-sizes and modification times; a later load whose folder lists the same files reads the cache
-instead of decoding, and any added, removed or changed file rebuilds it.
+Classes are the train folder's sub-folders, in sorted order. Images are centre-cropped and
+resized (the "crop-resize" rule of `distree.preprocessing`), in colour if any image has colour,
+else grey. Every image is decoded once, into a cache file (in the run directory) that holds the
+tensors and the list of files with their sizes and modification times; a later load whose
+folder lists the same files reads the cache instead of decoding, and any added, removed or
+changed file rebuilds it.
 """
 import os
 from dataclasses import dataclass
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from distree.data.images import IMAGE_SUFFIXES, image_files, read_images, warn_skipped
+from distree.data.images import IMAGE_SUFFIXES, image_files, read_images, to_channels, warn_skipped
 from distree.errors import DistreeError
 
 CACHE_VERSION = 1
@@ -72,11 +74,11 @@ def read_folder(root: Path, size: int, cache: Path | None = None) -> FolderImage
 def decode(root: Path, folders: dict[str, list[Path]], files: list[list], size: int) -> FolderImages:
     """Decodes every listed file (skipping unreadable ones, with one warning); an error for an empty class."""
     names = [d.name for d in folders["train"]]
-    decoded = read_images([root / rel for _, _, rel, _, _ in files], size)
+    decoded = read_images([root / rel for _, _, rel, _, _ in files], "crop-resize", size)
     warn_skipped(decoded.skipped, len(files), root)
     kept = {str(p.relative_to(root)) for p in decoded.kept}
     rows = [(split, names.index(cls)) for split, cls, rel, _, _ in files if rel in kept]  # in decoded order
-    channels = 3 if decoded.colour else 1
+    channels = 3 if any(decoded.colour) else 1
     out = {}
     for split in SPLITS:
         pick = torch.tensor([i for i, (s, _) in enumerate(rows) if s == split], dtype=torch.long)
@@ -84,7 +86,7 @@ def decode(root: Path, folders: dict[str, list[Path]], files: list[list], size: 
         for d in folders[split]:
             if not (labels == names.index(d.name)).any():
                 raise DistreeError(f"class folder {d} has no readable images; add some or remove the folder")
-        out[split] = (decoded.pixels[pick, :channels].contiguous(), labels)  # (M, C, S, S), (M,)
+        out[split] = (to_channels(decoded.pixels[pick], channels), labels)  # (M, C, S, S), (M,)
     return FolderImages(out["train"], out["test"], names)
 
 

@@ -7,8 +7,11 @@ import numpy as np
 import torch
 
 from distree.errors import DistreeError
+from distree.preprocessing import pad
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_SIDE = 28  # as stored; zero-padded to PADDED_SIDE (the "pad" preprocessing rule)
+PADDED_SIDE = 32
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                          "Ankle boot")
 
@@ -24,7 +27,7 @@ def read_fashion_mnist(root: Path):
         labels = read_idx(root / f"{prefix}-labels-idx1-ubyte.gz", 2049)
         if images.ndim != 3 or len(images) != len(labels):
             raise DistreeError(f"corrupt Fashion-MNIST in {root}: {len(images)} images, {len(labels)} labels")
-        x = torch.nn.functional.pad(torch.from_numpy(images)[:, None], (2, 2, 2, 2))  # (M, 1, 32, 32)
+        x = torch.from_numpy(pad(images[:, None], PADDED_SIDE))  # (M, 1, 32, 32), by the "pad" preprocessing rule
         return x, torch.from_numpy(labels.astype(np.int64))
 
     return read("train"), read("t10k")

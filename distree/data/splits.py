@@ -14,9 +14,10 @@ from torch.utils.data import Dataset
 
 from distree.data.cifar import CIFAR10, CIFAR100, CIFAR10_DIR, CIFAR100_DIR, read_cifar
 from distree.data.folder import read_folder
-from distree.data.idx import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, read_fashion_mnist
+from distree.data.idx import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, FASHION_MNIST_SIDE, read_fashion_mnist
 from distree.data.synthetic import make_synthetic
 from distree.errors import DistreeError
+from distree.preprocessing import Preprocessing
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "folder", "synthetic")
 SHAPES = {"fashion-mnist": (10, 1), "cifar10": (10, 3), "cifar100": (100, 3), "synthetic": (10, 3)}  # (classes, channels)
@@ -26,12 +27,13 @@ FOLDER_VAL_SHARE = 10  # a folder holds out at most 1 in 10 of its training imag
 
 
 class TensorImages(Dataset):
-    """A split: uint8 images (M, C, S, S) and int64 labels (M,), served normalised."""
+    """A split: uint8 images (M, C, S, S) and int64 labels (M,), served normalised by the run's rule."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                 flip: bool):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, preprocessing: Preprocessing, flip: bool):
         self.images, self.labels = images, labels  # (M, C, S, S) uint8, (M,) int64
-        self.mean, self.std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)  # (1, C, 1, 1)
+        self.preprocessing = preprocessing
+        self.mean = torch.tensor(preprocessing.mean).view(1, -1, 1, 1)  # (1, C, 1, 1)
+        self.std = torch.tensor(preprocessing.std).view(1, -1, 1, 1)
         self.flip = flip  # whether augmentation may mirror images (not for Fashion-MNIST's clothes)
 
     def __len__(self) -> int:
@@ -45,7 +47,7 @@ class TensorImages(Dataset):
         x = self.images[idx]  # (B, C, S, S) uint8
         if augment:
             x = augment_batch(x, self.flip, generator)
-        return (x.float() / 255 - self.mean) / self.std, self.labels[idx]
+        return torch.from_numpy(self.preprocessing.normalise(x.numpy())), self.labels[idx]  # (B, C, S, S)
 
 
 def augment_batch(x: torch.Tensor, flip: bool, generator: torch.Generator) -> torch.Tensor:
@@ -86,6 +88,7 @@ class Splits:
     in_channels: int
     class_names: list[str]
     image_size: int
+    preprocessing: Preprocessing  # how an image file becomes an input, as these images did
 
     def shape(self) -> dict:
         """What a model and a run need to know of the data: the run's config.json `data_shape`."""
@@ -101,6 +104,11 @@ def dataset_shape(name: str) -> dict:
         raise DistreeError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     num_classes, in_channels = SHAPES[name]
     return {"num_classes": num_classes, "in_channels": in_channels}
+
+
+def dataset_rule(name: str) -> tuple[str, int | None]:
+    """(resize, source) of a dataset's preprocessing: Fashion-MNIST is padded from 28x28, others cropped and resized."""
+    return ("pad", FASHION_MNIST_SIDE) if name == "fashion-mnist" else ("crop-resize", None)
 
 
 def read_splits(name: str, data_dir: str | None, seed: int, image_size: int, cache: Path | None):
@@ -127,12 +135,13 @@ def read_splits(name: str, data_dir: str | None, seed: int, image_size: int, cac
 
 
 def load_dataset(name: str = "fashion-mnist", data_dir: str = None, val_size: int = 5000, seed: int = 0,
-                 image_size: int = SIZE, cache: Path | None = None) -> Splits:
+                 image_size: int = SIZE, cache: Path | None = None, preprocessing: Preprocessing = None) -> Splits:
     """Loads a dataset as train/val/test splits; val is a seeded random part of the training set.
 
     val_size is capped at 128 for the synthetic set (512 training images) and at a tenth of the
     training images for a folder. cache: where a folder's decoded images are kept (the run's
-    image cache), None to decode every time.
+    image cache), None to decode every time. preprocessing: the rule a run recorded when its
+    teacher trained (its mean and std are used); None derives it, with the training split's statistics.
     """
     if name not in DATASETS:
         raise DistreeError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -144,8 +153,19 @@ def load_dataset(name: str = "fashion-mnist", data_dir: str = None, val_size: in
     names = names or [str(k) for k in range(num_classes)]
     perm = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(seed))
     tr, va = perm[val_size:], perm[:val_size]
-    pixels = xtr[tr].float() / 255  # (M, C, S, S): statistics of the training split only
-    mean, std = pixels.mean((0, 2, 3)), pixels.std((0, 2, 3)).clamp(min=1e-3)  # (C,), (C,)
-    split = lambda x, y: TensorImages(x, y, mean, std, flip)  # noqa: E731
+    prep = preprocessing or derive_preprocessing(name, xtr[tr])
+    resize, source = dataset_rule(name)
+    if (prep.resize, prep.source, prep.size, prep.channels) != (resize, source, xtr.shape[-1], xtr.shape[1]):
+        raise DistreeError(f"the run's recorded preprocessing ({prep.resize} to {prep.size}x{prep.size}, "
+                           f"{prep.channels} channels) does not fit its {name} images {tuple(xtr.shape[1:])}")
+    split = lambda x, y: TensorImages(x, y, prep, flip)  # noqa: E731
     return Splits(split(xtr[tr], ytr[tr]), split(xtr[va], ytr[va]), split(xte, yte), num_classes, xtr.shape[1],
-                  names, xtr.shape[-1])
+                  names, xtr.shape[-1], prep)
+
+
+def derive_preprocessing(name: str, train: torch.Tensor) -> Preprocessing:
+    """The dataset's rule, with the mean and std of its training images (M, C, S, S) uint8."""
+    pixels = train.float() / 255  # (M, C, S, S)
+    mean, std = pixels.mean((0, 2, 3)), pixels.std((0, 2, 3)).clamp(min=1e-3)  # (C,), (C,)
+    resize, source = dataset_rule(name)
+    return Preprocessing(resize, train.shape[-1], train.shape[1], mean.tolist(), std.tolist(), source)

@@ -15,7 +15,7 @@ from distree.export.manifest import read_manifest, verify_files
 from distree.inference.engine import InferenceEngine
 from distree.policies import check_thresholds
 from distree.run_dir import load_student_model
-from distree.runtime.inputs import load_samples
+from distree.samples import load_samples
 from distree.runtime.plan import load_policy
 
 ATOL = 1e-4  # class evidence: the artifacts sum in other orders than the C++ kernel
@@ -64,7 +64,8 @@ def check_export(out_dir, samples: int = 1000) -> Conformance:
         raise DistreeError(f"{out_dir} is not a distree export (no manifest.json of ours)")
     verify_files(out_dir, manifest)
     model, engine = _engine(manifest)
-    x, labels = load_samples(manifest["run"], "test", samples)  # (S, C, H, W), (S,)
+    loaded = load_samples(manifest["run"], "test", samples)
+    x, labels = loaded.x, loaded.labels  # (S, C, H, W), (S,)
     index = torch.arange(len(x))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 from distree.errors import DistreeError
-from distree.run_dir import jsonable_thresholds
+from distree.run_dir import jsonable_thresholds, run_preprocessing
 
 MANIFEST, KIND = "manifest.json", "distree-export"
 VERSIONED = ("distree", "torch", "onnx", "onnxscript", "onnxruntime")
@@ -82,6 +82,7 @@ def build_manifest(plan, fmt: str, files: list[Path], class_names: list[str], op
                   "normalisation": {"formula": "(pixels / 255 - mean) / std, per channel",
                                     "pixels": "Pillow's L (grey)" if x.shape[1] == 1 else "RGB",
                                     "mean": plan.mean, "std": plan.std}},
+        "preprocessing": run_preprocessing(plan.run).to_dict(),  # image file -> input, as the run's training images
         "outputs": {"evidence": {"shape": [1, len(class_names)], "dtype": "float32"},
                     "exit": {"shape": [], "dtype": "int64", "note": "0-based: 0 is exit 1, 6 is exit 7"}},
         "aggregator": {"formula": "logits = sum of the students' evidence + bias", "bias": model.bias.tolist()}

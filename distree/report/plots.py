@@ -6,6 +6,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from distree.policies import NUM_EXITS  # noqa: E402
 from distree.run_dir import CALIBRATED  # noqa: E402
@@ -14,6 +15,7 @@ LOCAL_SCORES = ("distree", "similarity", "local-confidence", "learned-gate")
 SCORE_LABELS = {"distree": "cos(u_j, u_1) = 1 / score\n(cos <= 0 at 0)", "similarity": "cos(u_j, u_j-1)",
                 "local-confidence": "max softmax(u_j + b/N)", "learned-gate": "P(answer unchanged)"}
 SHOWN_AS = {"distree": lambda s: 1 / s}  # the score's heavy tail (1/cos) is easier to read as cos
+BASELINES = ("random",)  # drawn first and hollow, so that no policy's marker hides under theirs
 
 
 def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -33,24 +35,32 @@ def _save(fig, path: Path) -> None:
 
 
 def accuracy_vs_cost(report: dict, key: str, xlabel: str, path: Path) -> None:
-    """Every policy's calibration curve on test, its Pareto front, and its calibrated setting."""
+    """Every policy's calibration curve on test, its Pareto front, and its calibrated setting.
+
+    For FLOPs the x axis is the FLOPs saved (as the tables give them): the front is the points no
+    other saves more FLOPs at as high an accuracy. Baselines are drawn first and hollow, and
+    distree last, so that its star is never hidden under another's.
+    """
     fig, ax = plt.subplots(figsize=(7, 5))
     last = next(e for e in report["policies"] if e["policy"] == "last-exit")
-    for i, (name, curve) in enumerate(report["curves"].items()):
-        color = f"C{i}"
+    saved = key == "flops_reduction"
+    sign = -1 if saved else 1  # pareto() minimises its first coordinate: FLOPs saved are maximised
+    order = sorted(enumerate(report["curves"].items()),
+                   key=lambda c: (c[1][0] not in BASELINES, c[1][0] == "distree"))
+    for z, (i, (name, curve)) in enumerate(order):
+        color, hollow = f"C{i}", name in BASELINES
         xy = [(p[key], p["accuracy"]) for p in curve]
-        if key == "flops_reduction":
-            xy = [(1 - x, a) for x, a in xy]  # plot the FLOPs spent, as a fraction of last-exit's
-        ax.scatter(*zip(*xy), s=8, color=color, alpha=0.35)
-        ax.plot(*zip(*pareto(xy)), color=color, label=name)
+        ax.scatter(*zip(*xy), s=8, color=color, alpha=0.35, zorder=2 + z)
+        front = [(sign * x, a) for x, a in pareto([(sign * x, a) for x, a in xy])]
+        ax.plot(*zip(*front), color=color, label=name, ls="--" if hollow else "-", zorder=2 + z)
         main = next(e for e in report["policies"] if e["policy"] == name and e["setting"] == CALIBRATED)
-        x = 1 - main[key] if key == "flops_reduction" else main[key]
-        ax.scatter([x], [main["accuracy"]], color=color, marker="*", s=120, edgecolor="k", zorder=3)
-    x_last = 1.0 if key == "flops_reduction" else last[key]
-    ax.scatter([x_last], [last["accuracy"]], color="k", marker="s", label="last exit", zorder=3)
+        ax.scatter([main[key]], [main["accuracy"]], marker="*", s=90 if hollow else 140, zorder=20 + z,
+                   facecolor="none" if hollow else color, edgecolor=color if hollow else "k", linewidth=1.2)
+    x_last = 0.0 if saved else last[key]
+    ax.scatter([x_last], [last["accuracy"]], color="k", marker="s", label="last exit", zorder=40)
     ax.axhline(last["accuracy"] - report["max_drop"], color="grey", ls=":", lw=1, label="last exit - max drop")
     ax.set(xlabel=xlabel, ylabel="test accuracy", title="Accuracy against cost (stars: calibrated on val)")
-    top = last["accuracy"] + 0.02
+    top = max([last["accuracy"]] + [p["accuracy"] for c in report["curves"].values() for p in c]) + 0.02
     ax.set_ylim(max(0.0, min(report["exit_accuracy"][1], top - 0.25)), top)
     ax.legend(fontsize=8)
     _save(fig, path)
@@ -117,8 +127,9 @@ def score_distributions(scores: dict[str, torch.Tensor], last_right: torch.Tenso
                 ax.hist(sj[mask].clamp(lo, hi).numpy(), bins=30, range=(lo, hi), density=True, alpha=0.5,
                         color=color, label=label)
             ax.set_title(f"{name}, exit {j + 2}", fontsize=9)
+            ax.set_xlabel(SCORE_LABELS[name], fontsize=7)
             ax.tick_params(labelsize=7)
-        row[0].set_ylabel(SCORE_LABELS[name], fontsize=8)
+        row[0].set_ylabel("density", fontsize=8)
     axes[0][0].legend(fontsize=7)
     _save(fig, path)
 
@@ -129,12 +140,22 @@ def certified_vs_epsilon(report: dict, path: Path) -> None:
     specs = [c for c in report.get("certified", []) if c["resplits"]]
     fig, axes = plt.subplots(1, max(1, len(specs)), figsize=(5.5 * max(1, len(specs)), 4), squeeze=False)
     for ax, spec in zip(axes[0], specs):
-        for name, check in spec["resplits"].items():
+        epsilons = set()
+        for i, (name, check) in enumerate(spec["resplits"].items()):
             curve = check["curve"]
+            epsilons |= {100 * c["epsilon"] for c in curve}
             ax.plot([100 * c["epsilon"] for c in curve], [c["mean_flops_reduction"] for c in curve], marker="o",
-                    label=name)
+                    color=f"C{i}", label=name)
+            at = check["at_epsilon"]
+            ax.scatter([100 * at["epsilon"]], [at["mean_flops_reduction"]], marker="*", s=140, color=f"C{i}",
+                       edgecolor="k", zorder=3)
+        chosen = 100 * spec["epsilon"]
+        ax.axvline(chosen, color="grey", ls=":", lw=1, label=f"chosen epsilon {chosen:g}% (stars)")
+        ticks = sorted(epsilons | {chosen})
         ax.set(xscale="log", xlabel="epsilon (%)", ylabel="FLOPs saved on the held-out half",
                title=f"{spec['risk']} risk, delta {spec['delta']:g}: certified settings")
+        ax.set_xticks(ticks, labels=[f"{t:g}" for t in ticks])  # only the epsilons checked: no crowded labels
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(fontsize=7)
     _save(fig, path)
 
@@ -143,7 +164,7 @@ def write_plots(report: dict, scores: dict[str, torch.Tensor], last_right: torch
     """Writes every figure into out; returns their file names."""
     figures = {
         "accuracy_vs_flops.png": lambda p: accuracy_vs_cost(report, "flops_reduction",
-                                                            "FLOPs per sample (fraction of last exit)", p),
+                                                            "FLOPs saved per sample (fraction of last exit's)", p),
         "accuracy_vs_latency.png": lambda p: accuracy_vs_cost(report, "latency_ms_simulated",
                                                               "simulated latency per sample (ms)", p),
         "exit_histograms.png": lambda p: exit_histograms(report, p),

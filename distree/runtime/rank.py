@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from distree.data import SIZE
-from distree.errors import DistreeError
+from distree.errors import DistreeError, check_counts
 from distree.inference.evidence import bias_share
 from distree.runtime import single_process
 from distree.policies import make_policy
@@ -28,13 +28,14 @@ from distree.runtime.config import ServeConfig, add_serve_arguments, config_from
 from distree.runtime.device import Device, run_device
 from distree.runtime.faults import parse_fault
 from distree.runtime.group import AGGREGATOR_RANK, Session, init_group
-from distree.runtime.inputs import load_samples
 from distree.runtime.netem import link_models
 from distree.runtime.onnx_device import check_artifacts, onnx_steps
+from distree.runtime.predictions import check_replaceable, predictions_path, write_predictions
 from distree.runtime.plan import make_plan, parse_thresholds, with_paths
 from distree.runtime.summary import summarise
 from distree.runtime.timeline import phases, timeline, timeline_table
 from distree.inference.step import DeviceStep
+from distree.samples import load_samples
 from distree.run_dir import DISTRIBUTED, class_names, jsonable_thresholds, load_student_model, read_config
 
 TIMELINE_PLOT = "adaptive_timeline.png"  # beside the report, under a latency target
@@ -65,7 +66,8 @@ def serve(config: ServeConfig) -> int:
         percentile=config.percentile, window=config.adapt_window, shadow_fraction=config.shadow_fraction,
         warmup=config.warmup)
     aggregator = Aggregator(session, model, plan, deadlines, config.window, faults, adapt)
-    x, labels = load_samples(config.run, config.split, config.samples, config.images)
+    samples = load_samples(config.run, config.split, config.sample_count(), config.images)
+    x, labels = samples.x, samples.labels  # (S, C, H, W), (S,)
     single = single_process.SingleProcess(model, plan) if config.reference_samples > 0 else None
 
     def between(lo: int, hi: int) -> None:  # the same samples in one process, under the same load
@@ -75,6 +77,8 @@ def serve(config: ServeConfig) -> int:
     runs = aggregator.run(x, labels, config.chunk, between)
     aggregator.shutdown(torch.Size(input_shape).numel())
     report = build_report(config, session, model, plan, links, aggregator, runs, x, single)
+    if config.images:  # which file each sample is: predictions[k] answers files[k]
+        report.update(files=samples.files, skipped_files=[{"file": f, "why": why} for f, why in samples.skipped])
     path = Path(config.report or Path(config.run) / DISTRIBUTED)
     path.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
     if adapting(config):
@@ -82,6 +86,9 @@ def serve(config: ServeConfig) -> int:
 
         adaptive_timeline(report, path.parent / TIMELINE_PLOT)
     print_table(report, path)
+    if config.images:  # a user's own images: the answer per file
+        write_predictions(predictions_path(path, config.predictions), samples.files, samples.skipped, runs,
+                          labels.tolist(), class_names(run_config))
     return 0
 
 
@@ -116,8 +123,11 @@ def check_options(config: ServeConfig, n: int):
         check_artifacts(config.artifacts, plan, n)
     elif config.artifacts is not None:
         raise DistreeError("--artifacts is for --device-backend onnxruntime")
-    if min(config.window, config.chunk) < 1 or min(config.samples, config.deadline_ms) < 0 or config.dead_after_s <= 0:
-        raise DistreeError("--window and --chunk must be >= 1, --samples and --deadline-ms >= 0, --dead-after-s > 0")
+    if min(config.window, config.chunk) < 1 or config.deadline_ms < 0 or config.dead_after_s <= 0:
+        raise DistreeError("--window and --chunk must be >= 1, --deadline-ms >= 0, --dead-after-s > 0")
+    check_counts(samples=config.samples or 0, reference_samples=config.reference_samples, warmup=config.warmup)
+    if config.images:
+        check_replaceable(predictions_path(Path(config.report or Path(config.run) / DISTRIBUTED), config.predictions))
     return plan, faults, links
 
 
@@ -212,11 +222,6 @@ def print_table(report: dict, path: Path) -> None:
         print(f"{name:<18}{fmt(p['accuracy'], 7, 4)}{p['degraded']:>9}{fmt(lat['median'], 11)}{fmt(lat['p99'], 9)}"
               f"{fmt(p.get('latency_ms_simulated', {}).get('median'), 8)}{fmt(p['throughput_per_s'], 8, 1)}"
               f"{p['uplink_messages_per_sample']:>6.1f}")
-    if report["images"]:  # a user's own images: say what they were classified as
-        names = report["class_names"]
-        for name, p in report["policies"].items():
-            shown = ", ".join(names[c] if 0 <= c < len(names) else "-" for c in p["predictions"][:8])
-            print(f"{name}: {shown}{', ...' if len(p['predictions']) > 8 else ''}")
     for name, p in report["policies"].items():
         if "adaptive" in p or p["phases"]:
             print(timeline_table(name, p))

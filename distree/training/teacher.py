@@ -17,12 +17,14 @@ def to_device(x: torch.Tensor, device) -> torch.Tensor:
 def train_teacher(run_dir, config: dict, resume: bool, device="cpu") -> list[dict]:
     """Trains (or resumes) the teacher of a run; returns the per-epoch history.
 
-    The data's shape (classes, channels, image size, class names) is recorded in the run's
-    config.json here, where the data is first read: a folder's is known only then.
+    The data's shape (classes, channels, image size, class names) and its preprocessing (how an
+    image becomes an input, which serving and export apply to image files) are recorded in the
+    run's config.json here, where the data is first read: a folder's are known only then.
     """
     data = run_splits(run_dir, config)
-    if config.get("data_shape") != data.shape():
-        config["data_shape"] = data.shape()
+    recorded = {"data_shape": data.shape(), "preprocessing": data.preprocessing.to_dict()}
+    if any(config.get(k) != v for k, v in recorded.items()):
+        config.update(recorded)
         write_config(run_dir, config)
     cfg = config_from_dict(OptimConfig, config["teacher"]["optim"])
     torch.manual_seed(cfg.seed)  # the initial weights
