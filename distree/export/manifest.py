@@ -77,6 +77,7 @@ def build_manifest(plan, fmt: str, files: list[Path], class_names: list[str], op
         "rule": getattr(policy, "rule", None),
         "inclusive": getattr(policy, "inclusive", None),
         "setting": plan.setting,
+        "gate": plan.gate,  # the run's learned gate file a learned-gate export decides with
         "thresholds": jsonable_thresholds(plan.thresholds),  # exits 2..6
         "input": {"name": "image", "shape": list(x.shape), "dtype": "float32",
                   "normalisation": {"formula": "(pixels / 255 - mean) / std, per channel",

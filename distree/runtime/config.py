@@ -2,7 +2,7 @@
 import argparse
 from dataclasses import dataclass, field
 
-DEFAULT_POLICIES = ("distree", "last-exit", "confidence", "entropy")
+from distree.plan import DEFAULT_POLICIES
 DEVICE_BACKENDS = ("torch", "onnxruntime")
 
 
@@ -13,7 +13,8 @@ class ServeConfig:
     samples: int = 500  # 0: the whole split
     images: str = None  # a folder of images instead of the split
     policies: list = field(default_factory=lambda: list(DEFAULT_POLICIES))
-    thresholds: list = field(default_factory=list)  # POLICY=T or POLICY=T2,...,T6; else the run's calibration
+    thresholds: list = field(default_factory=list)  # POLICY=T or POLICY=T2,...,T6; else the run's setting
+    setting: str = None  # the run's setting served (distree.run_settings); None: calibrated
     window: int = 2  # samples in flight under local policies (1: no pipelining)
     chunk: int = 50  # samples per policy per turn: policies take turns, so they meet the same machine load
     deadline_ms: float = 0.0  # 0: deadline_factor x the recent median latency
@@ -50,7 +51,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", default=None, help="a folder of images to classify instead of the split")
     p.add_argument("--policies", default=",".join(d.policies), help="comma-separated, run in this order")
     p.add_argument("--threshold", dest="thresholds", action="append", default=[], metavar="POLICY=T[,...]",
-                   help="thresholds for exits 2..6 (one value or five); default: the run's calibration")
+                   help="thresholds for exits 2..6 (one value or five; inf stops no sample, -inf every sample "
+                        "for rules that stop above T); default: the run's --setting")
+    p.add_argument("--setting", default=None, metavar="NAME",
+                   help="the run's named thresholds to serve where --threshold gives none: calibrated (default), "
+                        "certified-RISK (e.g. certified-accuracy), or NAME:... from `distree evaluate --name NAME`; "
+                        "report.md lists them")
     p.add_argument("--window", type=int, default=d.window, help="samples in flight (1: one at a time)")
     p.add_argument("--chunk", type=int, default=d.chunk,
                    help="samples per policy per turn; policies take turns so that they see the same load")
@@ -98,7 +104,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     return ServeConfig(
         run=args.run, split=args.split, samples=args.samples, images=args.images,
-        policies=[p for p in args.policies.split(",") if p], thresholds=args.thresholds, window=args.window,
+        policies=[p for p in args.policies.split(",") if p], thresholds=args.thresholds, setting=args.setting,
+        window=args.window,
         chunk=args.chunk,
         deadline_ms=args.deadline_ms, deadline_factor=args.deadline_factor, dead_after_s=args.dead_after_s,
         link_delay_ms=args.link_delay_ms, link_mbps=args.link_mbps, link_jitter_ms=args.link_jitter_ms,
