@@ -346,25 +346,26 @@ def evaluate_run(run_dir, config: EvaluateConfig = EvaluateConfig(), dataset: st
     """Evaluates a trained run, keeps the learned gate it fitted and adds its settings to the run's
     (`distree.run_settings`: a name the run holds is never replaced); a named evaluation's report
     belongs in RUN/evaluations/NAME, an unnamed one's in the run."""
+    held = read_settings(run_dir)  # a damaged settings file is an error before the work, not after
     if name is not None:
         check_evaluation_name(name)
-        if evaluation_dir(run_dir, name).exists():
-            raise DistreeError(f"{evaluation_dir(run_dir, name)} exists: the run holds an evaluation named {name!r}; "
-                               "choose another --name")
+        if evaluation_dir(run_dir, name).exists() or any(s.evaluation == name for s in held.settings.values()):
+            raise DistreeError(f"the run holds an evaluation named {name!r} already; choose another --name")
     for t in config.thresholds.values():
         check_thresholds(t)  # before minutes of work, not after
     run_config = read_config(run_dir)
     model = load_student_model(run_dir)
     check_run(model, run_config, run_dir, dataset)
-    held = read_settings(run_dir)  # a damaged settings file is an error before the work, not after
     splits = run_splits(run_dir, run_config)
     evaluation = evaluate_model(model, splits, config)
     evaluation.report = {"dataset": run_config["data"]["name"], "class_names": class_names(run_config),
                          "teacher_accuracy": teacher_accuracy(run_dir), **evaluation.report}
-    gate = gate_file(run_dir, name, evaluation.gate, fresh=not held.holds_for(students_sha256(run_dir)))
+    fresh = not held.holds_for(students_sha256(run_dir))
+    gate = gate_file(run_dir, name, evaluation.gate, fresh)
     settings = [replace(s, name=setting_name(name, s.name), gate=gate)
                 for s in settings_from_report(evaluation.report).values()]
-    if gate == GATE or not (Path(run_dir) / gate).exists():
+    adds = any(s.name not in held.settings for s in settings)
+    if fresh or (adds and not (Path(run_dir) / gate).exists()):  # the gate that settings about to be stored use
         save_learned_gate(evaluation.gate, Path(run_dir) / gate, run_config)
     evaluation.stored = store_settings(run_dir, settings)
     evaluation.out = evaluation_dir(run_dir, name)
