@@ -91,12 +91,9 @@ std::tuple<at::Tensor, at::Tensor> exit_gate_decide_cpu(
     const c10::optional<at::Tensor>& previous, const c10::optional<at::Tensor>& bias_share,
     const c10::optional<at::Tensor>& gate_weight, const c10::optional<at::Tensor>& gate_bias,
     const at::Tensor& threshold, c10::string_view rule_name, bool inclusive) {
-  constexpr const char* op = "exit_gate_decide";
-  check_feat(feat, op);
+  const auto rule = check_exit_gate_decide_args(feat, first, previous, bias_share, gate_weight,
+                                                gate_bias, threshold, rule_name);
   const int64_t B = feat.size(0), K = feat.size(1);
-  const auto rule = check_decision_args(feat, "feat", B, K, first, previous, bias_share,
-                                        gate_weight, gate_bias, std::string(rule_name), op);
-  check_threshold(threshold, feat, "feat", op);
   auto score = at::empty({B}, feat.options().dtype(at::kFloat));
   auto exit = at::empty({B}, feat.options().dtype(at::kBool));
   if (B == 0) return {score, exit};

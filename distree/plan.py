@@ -7,6 +7,7 @@ else the policy's defaults, which stop nobody early. A setting named explicitly 
 policy that exits early; the default one falls back to the defaults for a policy it lacks, as
 serving did before any evaluation.
 """
+import argparse
 import math
 from dataclasses import dataclass, field
 
@@ -65,6 +66,17 @@ def parse_thresholds(items: list[str], option: str = "--threshold") -> dict[str,
             raise DistreeError(f"{option} given twice for {name}")
         out[name] = check_thresholds(parsed[0] if len(parsed) == 1 else parsed)
     return out
+
+
+def add_plan_arguments(p: argparse.ArgumentParser, verb: str) -> None:
+    """--threshold and --setting, as deploy and export take them; `verb` says what happens to them."""
+    p.add_argument("--threshold", dest="thresholds", action="append", default=[], metavar="POLICY=T[,...]",
+                   help="thresholds for exits 2..6 (one value or five; inf stops no sample, -inf every sample "
+                        "for rules that stop above T); default: the run's --setting")
+    p.add_argument("--setting", default=None, metavar="NAME",
+                   help=f"the run's named thresholds to {verb} where --threshold gives none: {CALIBRATED} "
+                        "(default), certified-RISK (e.g. certified-accuracy), or NAME:... from `distree evaluate "
+                        "--name NAME`; report.md lists them")
 
 
 def load_policy(name: str, run_dir, gate: str = GATE) -> Policy:

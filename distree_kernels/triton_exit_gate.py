@@ -1,8 +1,8 @@
 """Triton backend of the exit gate: exit_gate and exit_gate_decide, one kernel launch each.
 
 exit_gate runs one program per sample: it pools the sample's (C, H*W) block tile by tile and
-folds each pooled tile into the projection as exit_head's Triton kernel does (its layout and
-tiling helpers are reused from triton_exit_head.py), keeps the whole feat row (K values) in
+folds each pooled tile into the projection as exit_head's Triton kernel does (its pooling loop,
+1/cos and layout and tiling helpers are triton_exit_head.py's), keeps the whole feat row (K values) in
 registers and takes the rule's score from it there, so only (feat, score, exit) leave the chip.
 exit_gate_decide runs the same decision (_decide) on rows of a given feat.
 
@@ -13,8 +13,8 @@ import triton
 import triton.language as tl
 
 from .exit_gate_checks import RULES, SUMMARIES
-from .triton_exit_head import (_MAX_BLOCK_HW, _TILE, _acc_dtype, _device_guard, _hw_offsets,
-                               _num_warps, _spatial_args)
+from .triton_exit_head import (_MAX_BLOCK_HW, _TILE, _acc_dtype, _device_guard, _inverse_cosine_of_sums,
+                               _num_warps, _pool_tile, _spatial_args)
 
 
 @triton.jit
@@ -35,10 +35,7 @@ def _cosine(u, v):
 def _inverse_cosine(u, v):
     """1 / cos with exit_head's rules: 1 where a norm is 0, +inf where cos <= 0, NaN stays NaN."""
     uv, uu, vv = _cosine_sums(u, v)
-    cos = uv / (tl.sqrt(uu) * tl.sqrt(vv))
-    score = tl.where(cos <= 0, float("inf"), 1.0 / cos)
-    score = tl.where((uu == 0) | (vv == 0), 1.0, score)
-    return tl.where((uv != uv) | (uu != uu) | (vv != vv), float("nan"), score)
+    return _inverse_cosine_of_sums(uv, uu, vv)
 
 
 @triton.jit
@@ -115,22 +112,13 @@ def _exit_gate_kernel(
     b = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + b * s_xb
     offs_c = tl.arange(0, BLOCK_C)
-    offs_hw = tl.arange(0, BLOCK_HW)
     offs_k = tl.arange(0, BLOCK_K)
     k_mask = offs_k < K
     feat = tl.zeros([BLOCK_K], dtype=ACC)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + offs_c
         c_mask = c < C
-        c_off = c.to(tl.int64) * s_xc
-        acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
-        for hw0 in range(0, HW, BLOCK_HW):
-            hw = hw0 + offs_hw
-            hw_off = _hw_offsets(hw.to(tl.int64), W, s_xh, s_xw, FLAT_HW)
-            mask = c_mask[:, None] & (hw < HW)[None, :]
-            v = tl.load(x_row + c_off[:, None] + hw_off[None, :], mask=mask, other=0.0).to(ACC)
-            acc += tl.where(v < 0, 0.0, v)  # relu that keeps NaN
-        p = tl.sum(acc, axis=1) / HW  # (BLOCK_C,)
+        p = _pool_tile(x_row, c, c_mask, s_xc, W, HW, s_xh, s_xw, FLAT_HW, ACC, BLOCK_C, BLOCK_HW)  # (BLOCK_C,)
         if HAS_WEIGHT:
             w = tl.load(w_ptr + offs_k.to(tl.int64)[:, None] * s_wk + c.to(tl.int64)[None, :] * s_wc,
                         mask=k_mask[:, None] & c_mask[None, :], other=0.0).to(ACC)  # (BLOCK_K, BLOCK_C)

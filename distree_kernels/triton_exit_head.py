@@ -40,6 +40,38 @@ def _hw_offsets(hw, W, s_h, s_w, FLAT_HW: tl.constexpr):
 
 
 @triton.jit
+def _pool_tile(x_row, c, c_mask, s_xc, W, HW, s_xh, s_xw, FLAT_HW: tl.constexpr, ACC: tl.constexpr,
+               BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """mean over H*W of relu(x) for one sample's channel tile c (BLOCK_C,): (BLOCK_C,) in ACC,
+    0 on padded channels. Both ops' forward kernels pool through here."""
+    c_off = c.to(tl.int64) * s_xc
+    offs_hw = tl.arange(0, BLOCK_HW)
+    acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
+    for hw0 in range(0, HW, BLOCK_HW):
+        hw = hw0 + offs_hw
+        hw_off = _hw_offsets(hw.to(tl.int64), W, s_xh, s_xw, FLAT_HW)
+        mask = c_mask[:, None] & (hw < HW)[None, :]
+        v = tl.load(x_row + c_off[:, None] + hw_off[None, :], mask=mask, other=0.0).to(ACC)
+        # where(x < 0, 0, x) rather than maximum: relu(NaN) must stay NaN.
+        acc += tl.where(v < 0, 0.0, v)
+    return tl.sum(acc, axis=1) / HW
+
+
+@triton.jit
+def _inverse_cosine_of_sums(dot, uu, vv):
+    """1 / cos from <u, v>, |u|^2 and |v|^2 with exit_head's rules (distree_kernels/exit_rules.py):
+    1 where a norm is 0, +inf where cos <= 0, NaN where a sum is NaN; float32."""
+    nu = tl.sqrt(uu)
+    nv = tl.sqrt(vv)
+    cos = dot / (nu * nv)
+    score = tl.where(cos <= 0, float("inf"), 1.0 / cos)
+    score = tl.where((nu == 0) | (nv == 0), 1.0, score)
+    # NaN wins over every other rule (x != x is the NaN test).
+    score = tl.where((dot != dot) | (nu != nu) | (nv != nv), float("nan"), score)
+    return score.to(tl.float32)
+
+
+@triton.jit
 def _exit_head_forward_kernel(
     x_ptr, w_ptr, bias_ptr, ref_ptr, thr_ptr,  # inputs
     feat_ptr, score_ptr, exit_ptr,  # outputs: (B, D) x.dtype, (B,) float32, (B,) uint8
@@ -56,7 +88,6 @@ def _exit_head_forward_kernel(
     feat_row = feat_ptr + b * s_fb
     ref_row = ref_ptr + b * s_rb
     offs_c = tl.arange(0, BLOCK_C)
-    offs_hw = tl.arange(0, BLOCK_HW)
     if HAS_WEIGHT:
         offs_d = tl.arange(0, BLOCK_D)
         d_mask = offs_d < D
@@ -71,16 +102,7 @@ def _exit_head_forward_kernel(
     for c0 in range(0, C, BLOCK_C):
         c = c0 + offs_c
         c_mask = c < C
-        c_off = c.to(tl.int64) * s_xc
-        acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
-        for hw0 in range(0, HW, BLOCK_HW):
-            hw = hw0 + offs_hw
-            hw_off = _hw_offsets(hw.to(tl.int64), W, s_xh, s_xw, FLAT_HW)
-            mask = c_mask[:, None] & (hw < HW)[None, :]
-            v = tl.load(x_row + c_off[:, None] + hw_off[None, :], mask=mask, other=0.0).to(ACC)
-            # where(x < 0, 0, x) rather than maximum: relu(NaN) must stay NaN.
-            acc += tl.where(v < 0, 0.0, v)
-        p = tl.sum(acc, axis=1) / HW  # (BLOCK_C,); 0 on padded channels
+        p = _pool_tile(x_row, c, c_mask, s_xc, W, HW, s_xh, s_xw, FLAT_HW, ACC, BLOCK_C, BLOCK_HW)  # (BLOCK_C,)
 
         if HAS_WEIGHT:
             w = tl.load(
@@ -118,14 +140,7 @@ def _exit_head_forward_kernel(
 
     # The score comes from the unrounded accumulator-precision feat, not the stored one.
     if HAS_REF:
-        nu = tl.sqrt(uu)
-        nv = tl.sqrt(vv)
-        cos = dot / (nu * nv)
-        score = tl.where(cos <= 0, float("inf"), 1.0 / cos)
-        score = tl.where((nu == 0) | (nv == 0), 1.0, score)
-        # NaN wins over every other rule (x != x is the NaN test).
-        score = tl.where((dot != dot) | (nu != nu) | (nv != nv), float("nan"), score)
-        score = score.to(tl.float32)
+        score = _inverse_cosine_of_sums(dot, uu, vv)
     else:
         score = tl.full([], 1.0, tl.float32)
     tl.store(score_ptr + b, score)

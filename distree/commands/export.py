@@ -3,7 +3,7 @@ import time
 
 from distree.export.conformance import check_export
 from distree.export.run import FORMATS, export_run
-from distree.plan import parse_thresholds
+from distree.plan import add_plan_arguments, parse_thresholds
 
 
 def add_parser(subparsers) -> None:
@@ -14,13 +14,7 @@ def add_parser(subparsers) -> None:
                                                                              "(AOTInductor package)")
     p.add_argument("--out", help="output folder (default RUN/export-FORMAT); an earlier export there is replaced")
     p.add_argument("--policy", help="local exit policy baked in (default: distree)")
-    p.add_argument("--threshold", dest="thresholds", action="append", default=[], metavar="POLICY=T[,...]",
-                   help="thresholds for exits 2..6 (one value or five; inf stops no sample, -inf every sample "
-                        "for rules that stop above T); default: the run's --setting")
-    p.add_argument("--setting", default=None, metavar="NAME",
-                   help="the run's named thresholds to bake in where --threshold gives none: calibrated (default), "
-                        "certified-RISK (e.g. certified-accuracy), or NAME:... from `distree evaluate --name NAME`; "
-                        "report.md lists them")
+    add_plan_arguments(p, "bake in")
     p.add_argument("--check", action="store_true", help="run every artifact against the PyTorch engine")
     p.add_argument("--samples", type=int, default=1000, help="test samples --check compares on (default 1000)")
     p.set_defaults(func=run)

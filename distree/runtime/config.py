@@ -2,7 +2,8 @@
 import argparse
 from dataclasses import dataclass, field
 
-from distree.plan import DEFAULT_POLICIES
+from distree.plan import DEFAULT_POLICIES, add_plan_arguments
+
 DEVICE_BACKENDS = ("torch", "onnxruntime")
 
 
@@ -50,13 +51,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=d.samples, help="first S samples of the split (0: all)")
     p.add_argument("--images", default=None, help="a folder of images to classify instead of the split")
     p.add_argument("--policies", default=",".join(d.policies), help="comma-separated, run in this order")
-    p.add_argument("--threshold", dest="thresholds", action="append", default=[], metavar="POLICY=T[,...]",
-                   help="thresholds for exits 2..6 (one value or five; inf stops no sample, -inf every sample "
-                        "for rules that stop above T); default: the run's --setting")
-    p.add_argument("--setting", default=None, metavar="NAME",
-                   help="the run's named thresholds to serve where --threshold gives none: calibrated (default), "
-                        "certified-RISK (e.g. certified-accuracy), or NAME:... from `distree evaluate --name NAME`; "
-                        "report.md lists them")
+    add_plan_arguments(p, "serve")
     p.add_argument("--window", type=int, default=d.window, help="samples in flight (1: one at a time)")
     p.add_argument("--chunk", type=int, default=d.chunk,
                    help="samples per policy per turn; policies take turns so that they see the same load")
