@@ -58,9 +58,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> exit_gate_cuda(
     const c10::optional<at::Tensor>& gate_weight, const c10::optional<at::Tensor>& gate_bias,
     const at::Tensor& threshold, c10::string_view rule_name, bool inclusive) {
   constexpr const char* op = "exit_gate";
-  const int64_t K = check_exit_head_args(x, weight, bias, c10::nullopt, threshold, op);
-  const auto rule = check_decision_args(x, "x", x.size(0), K, first, previous, bias_share,
-                                        gate_weight, gate_bias, std::string(rule_name), op);
+  const GateChecked checked = check_exit_gate_args(x, weight, bias, first, previous, bias_share,
+                                                   gate_weight, gate_bias, threshold, rule_name);
+  const int64_t K = checked.K;
+  const scores::Rule rule = checked.rule;
   const cuda::Shape4 shape = shape4(x, K, op);
   check_classes(K, op);
   const c10::cuda::CUDAGuard guard(x.device());
