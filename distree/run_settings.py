@@ -44,7 +44,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass
-class Setting:
+class ServedSetting:
     """One named setting: the thresholds of every policy it holds, and where they come from."""
 
     name: str  # "calibrated", "certified-accuracy", "NAME:calibrated", ...
@@ -65,8 +65,8 @@ class Setting:
                 "grids": {p: g.to_json() for p, g in self.grids.items()}}
 
     @staticmethod
-    def from_json(entry: dict) -> "Setting":
-        return Setting(entry["name"], {p: _thresholds(t) for p, t in entry["thresholds"].items()},
+    def from_json(entry: dict) -> "ServedSetting":
+        return ServedSetting(entry["name"], {p: _thresholds(t) for p, t in entry["thresholds"].items()},
                        {p: GridCertificate.from_json(g) for p, g in entry.get("grids", {}).items()},
                        dict(entry.get("options", {})), entry.get("gate", GATE))
 
@@ -75,7 +75,7 @@ class Setting:
 class RunSettings:
     """Every setting a run holds, by name, and the students they were chosen for."""
 
-    settings: dict[str, Setting] = field(default_factory=dict)
+    settings: dict[str, ServedSetting] = field(default_factory=dict)
     students_sha256: str | None = None  # None: read from a report.json written before settings.json
 
     def holds_for(self, digest: str) -> bool:
@@ -83,14 +83,14 @@ class RunSettings:
         (those read from an old report.json are taken to be)."""
         return bool(self.settings) and self.students_sha256 in (None, digest)
 
-    def get(self, name: str) -> Setting:
+    def get(self, name: str) -> ServedSetting:
         """The setting called name, or an error listing the ones the run holds."""
         if name not in self.settings:
             held = ", ".join(self.settings) or "none (run `distree evaluate` first)"
             raise DistreeError(f"the run has no setting {name!r}; it holds: {held}")
         return self.settings[name]
 
-    def grid_source(self, served: str) -> Setting | None:
+    def grid_source(self, served: str) -> ServedSetting | None:
         """The consistency certificate of the evaluation that chose `served`: its grids are the
         combinations the adaptive runtime may move among."""
         prefix = served.rpartition(SEPARATOR)[0]
@@ -128,15 +128,15 @@ def _thresholds(values) -> torch.Tensor:
     return check_thresholds([float(v) for v in values])
 
 
-def settings_from_report(report: dict) -> dict[str, Setting]:
+def settings_from_report(report: dict) -> dict[str, ServedSetting]:
     """The settings an (unnamed) evaluation's report holds: `calibrated` and `certified-RISK` per risk."""
     calibrated = {e["policy"]: _thresholds(e["thresholds"]) for e in report["policies"] if e["setting"] == CALIBRATED}
-    out = {CALIBRATED: Setting(CALIBRATED, calibrated, options={"max_drop": report.get("max_drop")})} \
+    out = {CALIBRATED: ServedSetting(CALIBRATED, calibrated, options={"max_drop": report.get("max_drop")})} \
         if calibrated else {}
     for spec in report.get("certified") or []:
         rows = [e for e in spec["policies"] if e["certified"]]
         name = f"{CERTIFIED}{spec['risk']}"
-        out[name] = Setting(name, {e["policy"]: _thresholds(e["thresholds"]) for e in rows},
+        out[name] = ServedSetting(name, {e["policy"]: _thresholds(e["thresholds"]) for e in rows},
                             {e["policy"]: GridCertificate.from_json(e["grid"]) for e in spec["policies"]
                              if e.get("grid")},
                             {"risk": spec["risk"], "epsilon": spec["epsilon"], "delta": spec["delta"]})
@@ -151,7 +151,7 @@ def read_settings(run_dir) -> RunSettings:
             data = json.loads(path.read_text())
             if data.get("kind") != KIND:
                 raise ValueError(f"not a {KIND} file")
-            return RunSettings({s["name"]: Setting.from_json(s) for s in data["settings"]}, data["students_sha256"])
+            return RunSettings({s["name"]: ServedSetting.from_json(s) for s in data["settings"]}, data["students_sha256"])
         if report.exists():
             return RunSettings(settings_from_report(json.loads(report.read_text())))
         return RunSettings()
@@ -180,13 +180,13 @@ class Stored:
     fresh: bool  # the run held no settings for these students: the evaluation's are the first
 
 
-def same(a: Setting, b: Setting) -> bool:
+def same(a: ServedSetting, b: ServedSetting) -> bool:
     """Whether two settings hold the same thresholds for the same policies."""
     return a.thresholds.keys() == b.thresholds.keys() and all(
         torch.equal(a.thresholds[p], b.thresholds[p]) for p in a.thresholds)
 
 
-def store_settings(run_dir, new: list[Setting]) -> Stored:
+def store_settings(run_dir, new: list[ServedSetting]) -> Stored:
     """Adds an evaluation's settings to the run under names it does not hold; never replaces one.
 
     Settings stored for other students (students.pt changed since) are dropped first.

@@ -73,9 +73,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> exit_gate_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "exit_gate_cuda", [&] {
     using T = typename CudaType<scalar_t>::type;
     cuda::GateArgs<T> a{};
-    a.x = cuda_ptr<scalar_t>(x);
-    a.xs = strides4(x);
-    a.shape = shape;
+    set_x<scalar_t>(a, x, shape);
     a.project = weight.has_value();
     std::tie(a.weight, a.weight_sk, a.weight_sc) = optional_rows<scalar_t>(weight);
     std::tie(a.bias, a.bias_s, std::ignore) = optional_rows<scalar_t>(bias);

@@ -44,6 +44,14 @@ inline cuda::Strides4 strides4(const at::Tensor& t) {
   return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
+// x as both ops' argument structs hold it: its pointer, strides and checked shape.
+template <typename S, typename Args>
+void set_x(Args& a, const at::Tensor& x, const cuda::Shape4& shape) {
+  a.x = cuda_ptr<S>(x);
+  a.xs = strides4(x);
+  a.shape = shape;
+}
+
 // The kernels' limits: p in shared memory, one block per sample, 32-bit in-plane indices.
 // `op` names the op in messages.
 inline cuda::Shape4 shape4(const at::Tensor& x, int64_t D, const char* op = "exit_head") {

@@ -2,7 +2,7 @@
 import math
 
 from distree.run_dir import CALIBRATED, jsonable_thresholds
-from distree.run_settings import Setting, Stored
+from distree.run_settings import ServedSetting, Stored
 
 
 def _pct(x) -> str:
@@ -150,7 +150,7 @@ def _thresholds(t) -> str:
     return ", ".join(v if isinstance(v, str) else f"{v:.4g}" for v in jsonable_thresholds(t))
 
 
-def _chose(setting: Setting) -> str:
+def _chose(setting: ServedSetting) -> str:
     """What chose a setting, in words."""
     o = setting.options
     if "risk" in o:
@@ -172,7 +172,8 @@ def settings_table(stored: Stored) -> str:
 def stored_summary(stored: Stored) -> str:
     """One sentence on what this evaluation did to the settings the run serves."""
     added = ", ".join(stored.added) or "none"
-    out = f"Settings added to the run: {added}."
+    first = " (it held none for these students.pt)" if stored.fresh else ""
+    out = f"Settings added to the run{first}: {added}."
     if stored.kept:
         out += (f" Kept as stored, not replaced by this evaluation's: {', '.join(stored.kept)} (deploy and export "
                 "serve what they served; evaluate with --name NAME to add these as NAME:...).")
