@@ -1,12 +1,15 @@
 """The run directory: the name of every file a run holds, and how each is written and read back.
 
 A run holds config.json, teacher.pt, partition.json, students.pt and metrics.csv from
-training (and images.pt, the decoded images of a folder dataset); learned_gate.pt, report.json, report.md and the plots from `distree evaluate`; and
+training (and images.pt, the decoded images of a folder dataset); learned_gate.pt, report.json,
+report.md, the plots and settings.json (`distree.run_settings`: the named settings deploy and
+export serve) from `distree evaluate`, with RUN/evaluations/NAME/ for a named evaluation; and
 distributed.json from the runtime. Checkpoints are written to a temporary file and renamed over the old one, so a kill at any
 moment leaves either the previous epoch's checkpoint or the new one, never half of one. They
 are read with weights_only=True: plain tensors and containers, no code.
 """
 import csv
+import hashlib
 import json
 import math
 import os
@@ -29,6 +32,15 @@ DISTRIBUTED = "distributed.json"
 IMAGE_CACHE = "images.pt"  # a folder dataset decoded once: rebuilt whenever the folder's files change
 
 CALIBRATED = "calibrated"  # the report's name for each policy's main setting: least FLOPs within max_drop, on val
+
+
+def sha256(path) -> str:
+    """The sha256 of a file's bytes, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_atomic(obj, path) -> None:

@@ -21,7 +21,6 @@ settings.json existed serves from its report.json as it did: the settings are re
 This module is the one reader of what later commands read back from an evaluation; the
 runtime, the export and the report never index report.json or settings.json themselves.
 """
-import hashlib
 import json
 import os
 import re
@@ -33,7 +32,7 @@ import torch
 from distree.errors import DistreeError
 from distree.policies import check_thresholds
 from distree.risk_grid import GridCertificate
-from distree.run_dir import CALIBRATED, GATE, REPORT, STUDENTS, jsonable_thresholds
+from distree.run_dir import CALIBRATED, GATE, REPORT, STUDENTS, jsonable_thresholds, sha256
 
 SETTINGS = "settings.json"
 EVALUATIONS = "evaluations"  # RUN/evaluations/NAME/: a named evaluation's report, figures and learned gate
@@ -67,8 +66,8 @@ class ServedSetting:
     @staticmethod
     def from_json(entry: dict) -> "ServedSetting":
         return ServedSetting(entry["name"], {p: _thresholds(t) for p, t in entry["thresholds"].items()},
-                       {p: GridCertificate.from_json(g) for p, g in entry.get("grids", {}).items()},
-                       dict(entry.get("options", {})), entry.get("gate", GATE))
+                             {p: GridCertificate.from_json(g) for p, g in entry.get("grids", {}).items()},
+                             dict(entry.get("options", {})), entry.get("gate", GATE))
 
 
 @dataclass
@@ -93,9 +92,8 @@ class RunSettings:
     def grid_source(self, served: str) -> ServedSetting | None:
         """The consistency certificate of the evaluation that chose `served`: its grids are the
         combinations the adaptive runtime may move among."""
-        prefix = served.rpartition(SEPARATOR)[0]
-        return self.settings.get(f"{prefix}{SEPARATOR}{CERTIFIED}consistency" if prefix else
-                                 f"{CERTIFIED}consistency")
+        prefix, sep, _ = served.rpartition(SEPARATOR)
+        return self.settings.get(setting_name(prefix if sep else None, f"{CERTIFIED}consistency"))
 
 
 def setting_name(evaluation: str | None, kind: str) -> str:
@@ -117,11 +115,7 @@ def evaluation_dir(run_dir, name: str | None) -> Path:
 
 
 def students_sha256(run_dir) -> str:
-    digest = hashlib.sha256()
-    with open(Path(run_dir) / STUDENTS, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256(Path(run_dir) / STUDENTS)
 
 
 def _thresholds(values) -> torch.Tensor:

@@ -3,25 +3,16 @@
 A folder is ours only if its manifest.json says `"kind": "distree-export"`; anything else in
 the way of an export is the user's and is never overwritten or deleted.
 """
-import hashlib
 import json
 import os
 from importlib import metadata
 from pathlib import Path
 
 from distree.errors import DistreeError
-from distree.run_dir import jsonable_thresholds
+from distree.run_dir import jsonable_thresholds, sha256
 
 MANIFEST, KIND = "manifest.json", "distree-export"
 VERSIONED = ("distree", "torch", "onnx", "onnxscript", "onnxruntime")
-
-
-def sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def versions() -> dict:
