@@ -52,11 +52,11 @@ def parse_thresholds(items: list[str], option: str = "--threshold") -> dict[str,
     out = {}
     for item in items:
         name, sep, values = item.partition("=")
+        parsed, problem = None, "" if name and sep else "no POLICY= before the values"
         try:
-            parsed = [parse_threshold_value(v) for v in values.split(",")]
-            problem = "" if name and sep else "no POLICY= before the values"
+            parsed = None if problem else [parse_threshold_value(v) for v in values.split(",")]
         except ValueError as err:
-            parsed, problem = None, str(err)
+            problem = str(err)
         if problem:
             raise DistreeError(f"bad {option} {item!r} ({problem}); write POLICY=T or POLICY=T2,T3,T4,T5,T6, "
                                "numbers, inf or -inf")
