@@ -34,20 +34,20 @@ from distree.risk_grid import policy_grid
 from distree.runtime.config import ServeConfig
 from distree.runtime.deploy import deploy
 from distree.samples import load_samples
-from distree.run_dir import REPORT, load_student_model, read_config, run_splits
+from distree.run_dir import load_student_model, read_config, run_splits
+from distree.run_settings import CERTIFIED, read_settings
 
 POLICY = "distree"
 
 
 def certified_grid(run: str, epsilon: float | None) -> dict:
-    """The run's certified grid for POLICY (report.json's, as JSON); with `epsilon`, or where the
-    report predates stored grids, built again as `distree evaluate` builds it: the candidate order
-    on training evidence (checked against the run's certified setting), then every combination
-    tested on val."""
-    spec = next(c for c in json.loads((Path(run) / REPORT).read_text())["certified"] if c["risk"] == "consistency")
-    entry = next(e for e in spec["policies"] if e["policy"] == POLICY)
-    if entry.get("grid") and epsilon is None:
-        return entry["grid"]
+    """The run's certified grid for POLICY (its certified-consistency setting's, as JSON); with
+    `epsilon`, or where the run's evaluation predates stored grids, built again as `distree
+    evaluate` builds it: the candidate order on training evidence (checked against the run's
+    certified setting), then every combination tested on val."""
+    setting = read_settings(run).get(f"{CERTIFIED}consistency")
+    if POLICY in setting.grids and epsilon is None:
+        return setting.grids[POLICY].to_json()
     config, model = EvaluateConfig(), load_student_model(run)
     splits = run_splits(run, read_config(run))
     train = collect_evidence(model, splits.train, config.batch_size, config.gate_samples)
@@ -55,14 +55,14 @@ def certified_grid(run: str, epsilon: float | None) -> dict:
     flops = count_flops(model, sample.contiguous(memory_format=torch.channels_last))
     ordering = PolicyEvaluator(make_policy(POLICY), train, flops, config.costs)
     candidates = candidate_path(ordering, config.risk_path, config.risk_candidates)  # (C, 5)
-    if entry["certified"] and not torch.allclose(candidates[entry["candidate"]],
-                                                 torch.tensor([float(v) for v in entry["thresholds"]])):
-        raise SystemExit(f"candidate {entry['candidate']} rebuilt here is {candidates[entry['candidate']].tolist()}, "
-                         f"not the certified {entry['thresholds']}: the run's evaluation used other settings")
+    certified = setting.thresholds.get(POLICY)
+    if certified is not None and not (candidates == certified).all(1).any():
+        raise SystemExit(f"the certified {certified.tolist()} is not among the candidates rebuilt here: the run's "
+                         "evaluation used other settings")
     val = PolicyEvaluator(make_policy(POLICY), collect_evidence(model, splits.val, config.batch_size), flops,
                           config.costs)
-    epsilon = spec["epsilon"] if epsilon is None else epsilon
-    return policy_grid(val, train, candidates, epsilon, spec["delta"], config.grid_steps).to_json()
+    epsilon = setting.options["epsilon"] if epsilon is None else epsilon
+    return policy_grid(val, train, candidates, epsilon, setting.options["delta"], config.grid_steps).to_json()
 
 
 def session(out: Path, name: str, **options) -> dict:

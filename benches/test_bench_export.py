@@ -57,13 +57,13 @@ def _seconds_per_sample(run, xs) -> float:
 
 
 def test_student_latency_in_each_deployable_form(exports):
-    from distree.export.walks import make_plan
+    from distree.export.walks import export_plan
     from distree.samples import load_samples
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        plan = make_plan(RUN)
+        plan = export_plan(RUN)
         x = load_samples(RUN, "test", SAMPLES).x
         xs = [x[s:s + 1].contiguous() for s in range(len(x))]  # (1, C, H, W) each
         bench_common.EXPORT_LINES.extend([

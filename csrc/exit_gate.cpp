@@ -69,11 +69,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> exit_gate_cpu(
     const c10::optional<at::Tensor>& previous, const c10::optional<at::Tensor>& bias_share,
     const c10::optional<at::Tensor>& gate_weight, const c10::optional<at::Tensor>& gate_bias,
     const at::Tensor& threshold, c10::string_view rule_name, bool inclusive) {
-  constexpr const char* op = "exit_gate";
-  const int64_t K = check_exit_head_args(x, weight, bias, c10::nullopt, threshold, op);
+  const GateChecked checked = check_exit_gate_args(x, weight, bias, first, previous, bias_share,
+                                                   gate_weight, gate_bias, threshold, rule_name);
+  const int64_t K = checked.K;
+  const scores::Rule rule = checked.rule;
   const int64_t B = x.size(0);
-  const auto rule = check_decision_args(x, "x", B, K, first, previous, bias_share, gate_weight,
-                                        gate_bias, std::string(rule_name), op);
   auto feat = at::empty({B, K}, x.options());
   auto score = at::empty({B}, x.options().dtype(at::kFloat));
   auto exit = at::empty({B}, x.options().dtype(at::kBool));
@@ -91,12 +91,9 @@ std::tuple<at::Tensor, at::Tensor> exit_gate_decide_cpu(
     const c10::optional<at::Tensor>& previous, const c10::optional<at::Tensor>& bias_share,
     const c10::optional<at::Tensor>& gate_weight, const c10::optional<at::Tensor>& gate_bias,
     const at::Tensor& threshold, c10::string_view rule_name, bool inclusive) {
-  constexpr const char* op = "exit_gate_decide";
-  check_feat(feat, op);
+  const auto rule = check_exit_gate_decide_args(feat, first, previous, bias_share, gate_weight,
+                                                gate_bias, threshold, rule_name);
   const int64_t B = feat.size(0), K = feat.size(1);
-  const auto rule = check_decision_args(feat, "feat", B, K, first, previous, bias_share,
-                                        gate_weight, gate_bias, std::string(rule_name), op);
-  check_threshold(threshold, feat, "feat", op);
   auto score = at::empty({B}, feat.options().dtype(at::kFloat));
   auto exit = at::empty({B}, feat.options().dtype(at::kBool));
   if (B == 0) return {score, exit};

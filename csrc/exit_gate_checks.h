@@ -86,10 +86,43 @@ inline void check_threshold(const at::Tensor& threshold, const at::Tensor& like,
               " but ", like_name, " is on ", like.device());
 }
 
-// exit_gate_decide's feat: (B, K) floating.
-inline void check_feat(const at::Tensor& feat, const char* op) {
+// Every check of exit_gate's arguments (exit_head's on x, weight, bias and the threshold, then the
+// decision's inputs against x); the number of classes K and the rule.
+struct GateChecked {
+  int64_t K;
+  scores::Rule rule;
+};
+inline GateChecked check_exit_gate_args(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                        const c10::optional<at::Tensor>& bias,
+                                        const c10::optional<at::Tensor>& first,
+                                        const c10::optional<at::Tensor>& previous,
+                                        const c10::optional<at::Tensor>& bias_share,
+                                        const c10::optional<at::Tensor>& gate_weight,
+                                        const c10::optional<at::Tensor>& gate_bias,
+                                        const at::Tensor& threshold, c10::string_view rule_name) {
+  constexpr const char* op = "exit_gate";
+  const int64_t K = check_exit_head_args(x, weight, bias, c10::nullopt, threshold, op);
+  return {K, check_decision_args(x, "x", x.size(0), K, first, previous, bias_share, gate_weight,
+                                 gate_bias, std::string(rule_name), op)};
+}
+
+// Every check of exit_gate_decide's arguments (feat (B, K) floating, then the decision's inputs
+// and the threshold against it); returns the rule.
+inline scores::Rule check_exit_gate_decide_args(const at::Tensor& feat,
+                                                const c10::optional<at::Tensor>& first,
+                                                const c10::optional<at::Tensor>& previous,
+                                                const c10::optional<at::Tensor>& bias_share,
+                                                const c10::optional<at::Tensor>& gate_weight,
+                                                const c10::optional<at::Tensor>& gate_bias,
+                                                const at::Tensor& threshold,
+                                                c10::string_view rule_name) {
+  constexpr const char* op = "exit_gate_decide";
   TORCH_CHECK(feat.dim() == 2, op, ": feat must be 2-D (B, K), got shape ", feat.sizes());
   check_floating(feat, "feat", op);
+  const auto rule = check_decision_args(feat, "feat", feat.size(0), feat.size(1), first, previous,
+                                        bias_share, gate_weight, gate_bias, std::string(rule_name), op);
+  check_threshold(threshold, feat, "feat", op);
+  return rule;
 }
 
 }  // namespace distree

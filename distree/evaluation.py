@@ -8,9 +8,11 @@ the wall-clock time of the engine for each policy's main setting. Certified sett
 (`distree.risk`) are ordered on training-split evidence and tested on val; the resplit check pools
 val and test, by design, to see whether the guarantee holds on samples the calibration never saw.
 """
+import hashlib
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import torch
 
@@ -29,8 +31,10 @@ from distree.inference.diagnostics import flops_saved, oracle, score_aurocs
 from distree.risk import (PathLosses, RiskSpec, candidate_path, certify, max_losses, path_losses, resplit_check,
                           upper_bound)
 from distree.risk_grid import policy_grid
-from distree.run_dir import (CALIBRATED, class_names, jsonable_thresholds, load_student_model, read_config, run_splits,
-                             save_learned_gate, teacher_accuracy)
+from distree.run_dir import (CALIBRATED, GATE, class_names, jsonable_thresholds, load_learned_gate,
+                             load_student_model, read_config, run_splits, save_learned_gate, teacher_accuracy)
+from distree.run_settings import (Stored, check_evaluation_name, evaluation_dir, read_settings, setting_name,
+                                  settings_from_report, store_settings, students_sha256)
 
 
 @dataclass
@@ -41,7 +45,7 @@ class EvaluateConfig:
     gate_samples: int = 5000  # training images the learned gate is fitted on
     flops_budget: float | None = None  # (b): the most accurate setting within this fraction of last-exit FLOPs
     latency_budget_ms: float | None = None  # (b): ... within this simulated latency
-    thresholds: list[float] | None = None  # an extra DistrEE setting, evaluated as given
+    thresholds: dict[str, torch.Tensor] = field(default_factory=dict)  # policy -> (5,): extra settings, as given
     curve_points: int = 40  # points per policy on the accuracy-FLOPs curves
     seed: int = 0  # of the random policy
     timing: TimingConfig = field(default_factory=TimingConfig)
@@ -71,6 +75,8 @@ class Evaluation:
     test_scores: dict[str, torch.Tensor]  # policy -> (N, 5, B)
     last_right: torch.Tensor  # (B,) bool: whether exit 7 (all students) is right
     gate: LearnedGatePolicy  # as fitted on the training split
+    out: Path = None  # where its report goes: the run, or RUN/evaluations/NAME
+    stored: Stored = None  # what storing its settings in the run did
 
 
 def build_policies(model, train_split, config: EvaluateConfig) -> tuple[dict[str, Policy], Evidence]:
@@ -101,8 +107,7 @@ def extra_settings(val_eval: dict[str, PolicyEvaluator], main: list[Setting], co
     out = [Setting("random", "uniform", uniform_thresholds()),
            Setting("random", "matched to distree", matching_thresholds(histogram))]
     out += [Setting("distree", f"shared T={t:g}", torch.full((5,), t)) for t in PAPER_SWEEP]
-    if config.thresholds is not None:
-        out.append(Setting("distree", "given", torch.tensor(config.thresholds, dtype=torch.float32)))
+    out += [Setting(name, "given", t) for name, t in config.thresholds.items()]
     return out
 
 
@@ -320,16 +325,49 @@ def check_run(model, config: dict, run_dir, dataset: str | None) -> None:
         raise DistreeError(f"the students in {run_dir} do not fit {name} ({shape}); the checkpoint comes from another run")
 
 
-def evaluate_run(run_dir, config: EvaluateConfig = EvaluateConfig(), dataset: str | None = None) -> Evaluation:
-    """Evaluates a trained run; also saves the fitted learned gate beside the students."""
-    if config.thresholds is not None:
-        check_thresholds(config.thresholds)  # before minutes of work, not after
+def gate_file(run_dir, name: str | None, gate: LearnedGatePolicy, fresh: bool) -> str:
+    """Where this evaluation's learned gate is kept, relative to the run: a named evaluation's
+    folder; else learned_gate.pt unless that file holds another gate that stored settings use,
+    in which case one named after the new gate's contents (so neither is overwritten)."""
+    if name is not None:
+        return str(evaluation_dir(".", name) / GATE)
+    if fresh or not (Path(run_dir) / GATE).exists():
+        return GATE
+    stored = load_learned_gate(run_dir).state_dict()
+    new = gate.state_dict()
+    if stored.keys() == new.keys() and all(torch.equal(stored[k], new[k]) for k in new):
+        return GATE
+    digest = hashlib.sha256(b"".join(new[k].numpy().tobytes() for k in sorted(new))).hexdigest()[:12]
+    return f"learned_gate-{digest}.pt"
+
+
+def evaluate_run(run_dir, config: EvaluateConfig = EvaluateConfig(), dataset: str | None = None,
+                 name: str | None = None) -> Evaluation:
+    """Evaluates a trained run, keeps the learned gate it fitted and adds its settings to the run's
+    (`distree.run_settings`: a name the run holds is never replaced); a named evaluation's report
+    belongs in RUN/evaluations/NAME, an unnamed one's in the run."""
+    held = read_settings(run_dir)  # a damaged settings file is an error before the work, not after
+    if name is not None:
+        check_evaluation_name(name)
+        if evaluation_dir(run_dir, name).exists() or any(s.evaluation == name for s in held.settings.values()):
+            raise DistreeError(f"the run holds an evaluation named {name!r} already; choose another --name")
+    for t in config.thresholds.values():
+        check_thresholds(t)  # before minutes of work, not after
     run_config = read_config(run_dir)
     model = load_student_model(run_dir)
     check_run(model, run_config, run_dir, dataset)
     splits = run_splits(run_dir, run_config)
     evaluation = evaluate_model(model, splits, config)
-    save_learned_gate(evaluation.gate, run_dir, run_config)
     evaluation.report = {"dataset": run_config["data"]["name"], "class_names": class_names(run_config),
                          "teacher_accuracy": teacher_accuracy(run_dir), **evaluation.report}
+    fresh = not held.holds_for(students_sha256(run_dir))
+    gate = gate_file(run_dir, name, evaluation.gate, fresh)
+    settings = [replace(s, name=setting_name(name, s.name), gate=gate)
+                for s in settings_from_report(evaluation.report).values()]
+    adds = any(s.name not in held.settings for s in settings)
+    if fresh or (adds and not (Path(run_dir) / gate).exists()):  # the gate that settings about to be stored use
+        save_learned_gate(evaluation.gate, Path(run_dir) / gate, run_config)
+    evaluation.stored = store_settings(run_dir, settings)
+    evaluation.out = evaluation_dir(run_dir, name)
+    evaluation.out.mkdir(parents=True, exist_ok=True)
     return evaluation

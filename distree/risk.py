@@ -26,7 +26,9 @@ repeating the procedure on a resplit of validation + test is only repeating the 
 import math
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
+from scipy.stats import beta, binom
 
 from distree.calibration import CalibrationConfig, calibration_front
 from distree.errors import DistreeError
@@ -56,27 +58,22 @@ class RiskSpec:
 
 
 def binomial_cdf(n: int, p: float, top: int | None = None) -> torch.Tensor:
-    """P(Binom(n, p) <= k) for k = 0..top (default n), (top + 1,) float64, summed in log space."""
-    k = torch.arange((n if top is None else top) + 1, dtype=torch.float64)  # (top+1,)
-    log_pmf = (math.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
-               + k * math.log(p) + (n - k) * math.log1p(-p))  # (top+1,)
-    return torch.logcumsumexp(log_pmf, 0).exp().clamp(max=1.0)
+    """P(Binom(n, p) <= k) for k = 0..top (default n), (top + 1,) float64."""
+    k = np.arange((n if top is None else top) + 1)  # (top+1,)
+    return torch.from_numpy(binom.cdf(k, n, p))
 
 
 def p_value(losses: int, n: int, epsilon: float) -> float:
     """The exact binomial p-value of H0: risk > epsilon, with `losses` of n samples losing."""
-    return binomial_cdf(n, epsilon, losses)[-1].item()
+    return float(binom.cdf(losses, n, epsilon))
 
 
 def upper_bound(losses: int, n: int, delta: float) -> float:
-    """The smallest epsilon at which `losses` of n certify (Clopper-Pearson upper bound at 1 - delta)."""
+    """The smallest epsilon at which `losses` of n certify: the Clopper-Pearson upper bound at
+    1 - delta, the epsilon where P(Binom(n, epsilon) <= losses) = delta, a quantile of Beta(losses + 1, n - losses)."""
     if losses >= n:
         return 1.0
-    lo, hi = 0.0, 1.0
-    for _ in range(50):  # p_value falls as epsilon rises
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if p_value(losses, n, mid) <= delta else (mid, hi)
-    return hi
+    return float(beta.ppf(1 - delta, losses + 1, n - losses))
 
 
 def max_losses(n: int, epsilon: float, delta: float) -> int:

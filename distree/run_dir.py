@@ -1,12 +1,15 @@
 """The run directory: the name of every file a run holds, and how each is written and read back.
 
 A run holds config.json, teacher.pt, partition.json, students.pt and metrics.csv from
-training (and images.pt, the decoded images of a folder dataset); learned_gate.pt, report.json, report.md and the plots from `distree evaluate`; and
+training (and images.pt, the decoded images of a folder dataset); learned_gate.pt, report.json,
+report.md, the plots and settings.json (`distree.run_settings`: the named settings deploy and
+export serve) from `distree evaluate`, with RUN/evaluations/NAME/ for a named evaluation; and
 distributed.json from the runtime. Checkpoints are written to a temporary file and renamed over the old one, so a kill at any
 moment leaves either the previous epoch's checkpoint or the new one, never half of one. They
 are read with weights_only=True: plain tensors and containers, no code.
 """
 import csv
+import hashlib
 import json
 import math
 import os
@@ -20,7 +23,7 @@ from distree.errors import DistreeError
 from distree.models.distree_model import DistrEEModel
 from distree.models.student import Student, StudentConfig
 from distree.models.wrn import WideResNet, WRNConfig
-from distree.policies import LearnedGatePolicy, check_thresholds
+from distree.policies import LearnedGatePolicy
 from distree.preprocessing import Preprocessing
 
 CONFIG, TEACHER, STUDENTS = "config.json", "teacher.pt", "students.pt"
@@ -30,6 +33,15 @@ DISTRIBUTED = "distributed.json"
 IMAGE_CACHE = "images.pt"  # a folder dataset decoded once: rebuilt whenever the folder's files change
 
 CALIBRATED = "calibrated"  # the report's name for each policy's main setting: least FLOPs within max_drop, on val
+
+
+def sha256(path) -> str:
+    """The sha256 of a file's bytes, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_atomic(obj, path) -> None:
@@ -175,15 +187,17 @@ def teacher_accuracy(run_dir) -> float | None:
     return float(rows[-1]["test_acc"]) if rows else None
 
 
-def save_learned_gate(gate: LearnedGatePolicy, run_dir, run_config: dict) -> None:
-    """learned_gate.pt: the gate fitted on the run's training split, beside the students."""
+def save_learned_gate(gate: LearnedGatePolicy, path, run_config: dict) -> None:
+    """A learned gate fitted on the run's training split (RUN/learned_gate.pt, beside the students,
+    or a named evaluation's own)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_atomic({"dataset": run_config["data"]["name"], "num_students": gate.weight.shape[0],
-                 "state": gate.state_dict()}, Path(run_dir) / GATE)
+                 "state": gate.state_dict()}, path)
 
 
-def load_learned_gate(run_dir) -> LearnedGatePolicy:
-    """The run's fitted learned gate, or an error saying how to fit it."""
-    path = Path(run_dir) / GATE
+def load_learned_gate(run_dir, gate: str = GATE) -> LearnedGatePolicy:
+    """The run's fitted learned gate (`gate`: its file, relative to the run), or an error saying how to fit it."""
+    path = Path(run_dir) / gate
     if not path.exists():
         raise DistreeError(f"no fitted learned gate in {run_dir}; run `distree evaluate --run {run_dir}` first")
     return LearnedGatePolicy.from_state_dict(load_checkpoint(path)["state"])
@@ -192,16 +206,3 @@ def load_learned_gate(run_dir) -> LearnedGatePolicy:
 def jsonable_thresholds(t: torch.Tensor) -> list:
     """Thresholds as JSON: infinities (stop nobody / everybody) as the strings "inf" and "-inf"."""
     return [v if math.isfinite(v) else ("inf" if v > 0 else "-inf") for v in t.tolist()]
-
-
-def calibrated_thresholds(run_dir) -> dict[str, torch.Tensor]:
-    """{policy: thresholds} of the calibrated settings in the run's report.json; {} without one."""
-    path = Path(run_dir) / REPORT
-    if not path.exists():
-        return {}
-    try:
-        entries = json.loads(path.read_text())["policies"]
-        return {e["policy"]: check_thresholds([float(v) for v in e["thresholds"]])
-                for e in entries if e["setting"] == CALIBRATED}
-    except (ValueError, KeyError, TypeError) as err:
-        raise DistreeError(f"cannot read the calibrated thresholds in {path}: {err!r}") from None

@@ -2,13 +2,14 @@
 the same decision from evidence already computed (calibration over precomputed evidence).
 
 Registers, for distree::exit_gate and distree::exit_gate_decide (schemas in csrc/exit_gate.cpp):
-fake kernels, exit_gate's autograd (exit_head's backward: feat is exit_head's feat), a FLOP
+fake kernels, exit_gate's autograd (autograd.py, exit_head's: feat is exit_head's feat), a FLOP
 formula, and the Triton backend as ops of its own, so that every backend traces under
 torch.compile(fullgraph=True).
 """
 import torch
 
 from . import backends, ops
+from .autograd import make_backward, setup_context
 from .flops import register_projection_flops
 from .exit_gate_checks import INCLUSIVE, check_exit_gate_args, check_exit_gate_decide_args
 from .exit_gate_reference import exit_gate_decide_reference, exit_gate_reference
@@ -31,27 +32,12 @@ def _fake_decide(feat, first, previous, bias_share, gate_weight, gate_bias, thre
     return feat.new_empty(B, dtype=torch.float32), feat.new_empty(B, dtype=torch.bool)
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, *_, threshold, _rule, _inclusive = inputs
-    ops._setup_context(ctx, (x, weight, bias, None, threshold), output)
-
-
-def _make_backward(backward_op):
-    """exit_head's backward (ops.py) for feat; the other eight inputs get no gradient."""
-    head_backward = ops._make_backward(backward_op)
-
-    def backward(ctx, grad_feat, grad_score, grad_exit):
-        grad_x, grad_w, grad_b, _, _ = head_backward(ctx, grad_feat, grad_score, grad_exit)
-        return (grad_x, grad_w, grad_b) + (None,) * 8
-    return backward
-
-
 if ops.EXTENSION_ERROR is None:
     torch.library.register_fake("distree::exit_gate")(_fake_exit_gate)
     torch.library.register_fake("distree::exit_gate_decide")(_fake_decide)
     torch.library.register_autograd("distree::exit_gate",
-                                    _make_backward(torch.ops.distree.exit_head_backward),
-                                    setup_context=_setup_context)
+                                    make_backward(torch.ops.distree.exit_head_backward, inputs=11),
+                                    setup_context=setup_context)
     register_projection_flops(torch.ops.distree.exit_gate)
 
 
@@ -82,8 +68,8 @@ if ops.TRITON_ERROR is None:
 
     exit_gate_triton.register_fake(_fake_exit_gate)
     exit_gate_decide_triton.register_fake(_fake_decide)
-    exit_gate_triton.register_autograd(_make_backward(ops.exit_head_backward_triton),
-                                       setup_context=_setup_context)
+    exit_gate_triton.register_autograd(make_backward(ops.exit_head_backward_triton, inputs=11),
+                                       setup_context=setup_context)
     register_projection_flops(torch.ops.distree.exit_gate_triton)
 
 

@@ -7,9 +7,10 @@ exit_head (x, weight, bias, threshold) is checks.py's check_exit_head_args.
 import torch
 
 from .checks import FLOAT_DTYPES, check_exit_head_args
+from .exit_rules import GATE_FEATURES
 
 RULES = ("inverse_cos", "max_prob", "cos_previous", "gate")
-SUMMARIES = 5  # gate features before the K class probabilities
+SUMMARIES = len(GATE_FEATURES)  # gate features before the K class probabilities
 # The optional inputs each rule reads.
 NEEDS = {"inverse_cos": ("first",), "max_prob": (), "cos_previous": ("previous",),
          "gate": ("first", "previous", "gate_weight", "gate_bias")}

@@ -1,5 +1,5 @@
 """torch.library registrations of the exit head: fake kernels for the C++ op, and the Triton
-backend as ops of its own with their autograd, so that every backend traces under
+backend as ops of its own with their autograd (autograd.py), so that every backend traces under
 torch.compile; and each op's FLOP formula (flops.py), so that FlopCounterMode counts them.
 
 The schema of distree::exit_head lives in csrc/exit_head.cpp and its autograd in
@@ -9,8 +9,8 @@ trace with.
 """
 import torch
 
+from .autograd import make_backward, setup_context
 from .checks import check_exit_head_args
-from .dtypes import accumulation_dtype
 from .flops import register_projection_flops
 
 try:
@@ -38,26 +38,6 @@ def _fake_backward(grad_p, x):
     return torch.empty_like(x), grad_p.new_empty(x.shape[0], x.shape[1])
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, _ref, _threshold = inputs
-    ctx.save_for_backward(x, weight)
-    ctx.has_bias = bias is not None
-    ctx.mark_non_differentiable(output[1], output[2])
-
-
-def _make_backward(backward_op):
-    """The backward of the Triton op, the formulas of csrc/exit_head_autograd.cpp."""
-    def backward(ctx, grad_feat, _grad_score, _grad_exit):
-        x, weight = ctx.saved_tensors
-        g = grad_feat.to(accumulation_dtype(x.dtype))  # (B, D)
-        grad_p = g if weight is None else g @ weight.to(g.dtype)  # (B, C)
-        grad_x, p = backward_op(grad_p.contiguous(), x)  # (B, C, H, W), (B, C)
-        grad_w = None if weight is None else (g.T @ p).to(weight.dtype)  # (D, C)
-        grad_b = g.sum(0).to(x.dtype) if ctx.has_bias else None  # (D,)
-        return grad_x, grad_w, grad_b, None, None
-    return backward
-
-
 if EXTENSION_ERROR is None:
     torch.library.register_fake("distree::exit_head")(_fake_forward)
     torch.library.register_fake("distree::exit_head_backward")(_fake_backward)
@@ -81,6 +61,6 @@ if TRITON_ERROR is None:
 
     exit_head_triton.register_fake(_fake_forward)
     exit_head_backward_triton.register_fake(_fake_backward)
-    exit_head_triton.register_autograd(
-        _make_backward(exit_head_backward_triton), setup_context=_setup_context)
+    exit_head_triton.register_autograd(make_backward(exit_head_backward_triton, inputs=5),
+                                       setup_context=setup_context)
     register_projection_flops(torch.ops.distree.exit_head_triton)

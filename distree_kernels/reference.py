@@ -7,18 +7,7 @@ import torch
 
 from .checks import check_exit_head_args
 from .dtypes import accumulation_dtype
-
-
-def inverse_cosine(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """1 / cos(u, v) per row, in the accumulation dtype: 1 where a norm is 0, +inf where cos <= 0,
-    NaN where a row holds NaN."""
-    dot = (u * v).sum(1)  # (B,)
-    uu, vv = (u * u).sum(1), (v * v).sum(1)  # (B,), (B,)
-    cos = dot / (uu.sqrt() * vv.sqrt())
-    score = torch.where(cos <= 0, torch.full_like(cos, float("inf")), 1 / cos)
-    score = torch.where((uu == 0) | (vv == 0), torch.ones_like(cos), score)
-    nan = dot.isnan() | uu.isnan() | vv.isnan()
-    return torch.where(nan, torch.full_like(cos, float("nan")), score).float()
+from .exit_rules import inverse_cosine
 
 
 def exit_head_reference(x, weight=None, bias=None, ref=None, threshold=None):

@@ -1,8 +1,8 @@
 """Triton backend of the exit gate: exit_gate and exit_gate_decide, one kernel launch each.
 
 exit_gate runs one program per sample: it pools the sample's (C, H*W) block tile by tile and
-folds each pooled tile into the projection as exit_head's Triton kernel does (its layout and
-tiling helpers are reused from triton_exit_head.py), keeps the whole feat row (K values) in
+folds each pooled tile into the projection as exit_head's Triton kernel does (its pooling loop,
+1/cos and layout and tiling helpers are triton_exit_head.py's), keeps the whole feat row (K values) in
 registers and takes the rule's score from it there, so only (feat, score, exit) leave the chip.
 exit_gate_decide runs the same decision (_decide) on rows of a given feat.
 
@@ -13,8 +13,8 @@ import triton
 import triton.language as tl
 
 from .exit_gate_checks import RULES, SUMMARIES
-from .triton_exit_head import (_MAX_BLOCK_HW, _TILE, _acc_dtype, _device_guard, _hw_offsets,
-                               _num_warps, _spatial_args)
+from .triton_exit_head import (_TILE, _acc_dtype, _device_guard, _inverse_cosine_of_sums, _num_warps, _outputs,
+                               _pool_tile, _pool_tiles)
 
 
 @triton.jit
@@ -35,10 +35,7 @@ def _cosine(u, v):
 def _inverse_cosine(u, v):
     """1 / cos with exit_head's rules: 1 where a norm is 0, +inf where cos <= 0, NaN stays NaN."""
     uv, uu, vv = _cosine_sums(u, v)
-    cos = uv / (tl.sqrt(uu) * tl.sqrt(vv))
-    score = tl.where(cos <= 0, float("inf"), 1.0 / cos)
-    score = tl.where((uu == 0) | (vv == 0), 1.0, score)
-    return tl.where((uv != uv) | (uu != uu) | (vv != vv), float("nan"), score)
+    return _inverse_cosine_of_sums(uv, uu, vv)
 
 
 @triton.jit
@@ -101,6 +98,19 @@ def _load_rows(first_ptr, prev_ptr, bs_ptr, b, s_first, s_prev, offs_k, k_mask, 
 
 
 @triton.jit
+def _decide_row(f, b, first_ptr, prev_ptr, bs_ptr, gw_ptr, gb_ptr, thr_ptr, score_ptr, exit_ptr, s_first, s_prev,
+                offs_k, k_mask, HAS_FIRST: tl.constexpr, HAS_PREV: tl.constexpr, HAS_BS: tl.constexpr,
+                RULE: tl.constexpr, PROBABILITIES: tl.constexpr, INCLUSIVE: tl.constexpr, ACC: tl.constexpr):
+    """Sample b's decision from its feat row f (BLOCK_K,), stored as score[b] and exit[b]."""
+    first, prev, bs = _load_rows(first_ptr, prev_ptr, bs_ptr, b, s_first, s_prev, offs_k, k_mask,
+                                 ACC, HAS_FIRST, HAS_PREV, HAS_BS)
+    score, exit_ = _decide(f, first, prev, bs, offs_k, k_mask, gw_ptr, gb_ptr, thr_ptr,
+                           RULE, PROBABILITIES, INCLUSIVE)
+    tl.store(score_ptr + b, score)
+    tl.store(exit_ptr + b, exit_.to(tl.uint8))
+
+
+@triton.jit
 def _exit_gate_kernel(
     x_ptr, w_ptr, bias_ptr, first_ptr, prev_ptr, bs_ptr, gw_ptr, gb_ptr, thr_ptr,  # inputs
     feat_ptr, score_ptr, exit_ptr,  # outputs: (B, K) x.dtype, (B,) float32, (B,) uint8
@@ -115,22 +125,13 @@ def _exit_gate_kernel(
     b = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + b * s_xb
     offs_c = tl.arange(0, BLOCK_C)
-    offs_hw = tl.arange(0, BLOCK_HW)
     offs_k = tl.arange(0, BLOCK_K)
     k_mask = offs_k < K
     feat = tl.zeros([BLOCK_K], dtype=ACC)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + offs_c
         c_mask = c < C
-        c_off = c.to(tl.int64) * s_xc
-        acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
-        for hw0 in range(0, HW, BLOCK_HW):
-            hw = hw0 + offs_hw
-            hw_off = _hw_offsets(hw.to(tl.int64), W, s_xh, s_xw, FLAT_HW)
-            mask = c_mask[:, None] & (hw < HW)[None, :]
-            v = tl.load(x_row + c_off[:, None] + hw_off[None, :], mask=mask, other=0.0).to(ACC)
-            acc += tl.where(v < 0, 0.0, v)  # relu that keeps NaN
-        p = tl.sum(acc, axis=1) / HW  # (BLOCK_C,)
+        p = _pool_tile(x_row, c, c_mask, s_xc, W, HW, s_xh, s_xw, FLAT_HW, ACC, BLOCK_C, BLOCK_HW)  # (BLOCK_C,)
         if HAS_WEIGHT:
             w = tl.load(w_ptr + offs_k.to(tl.int64)[:, None] * s_wk + c.to(tl.int64)[None, :] * s_wc,
                         mask=k_mask[:, None] & c_mask[None, :], other=0.0).to(ACC)  # (BLOCK_K, BLOCK_C)
@@ -143,12 +144,8 @@ def _exit_gate_kernel(
         feat += tl.load(bias_ptr + offs_k, mask=k_mask, other=0.0).to(ACC)
     feat = tl.where(k_mask, feat, 0.0)  # NaN * 0 reached the padded rows
     tl.store(feat_ptr + b * K + offs_k, feat.to(feat_ptr.dtype.element_ty), mask=k_mask)
-    first, prev, bs = _load_rows(first_ptr, prev_ptr, bs_ptr, b, s_first, s_prev, offs_k, k_mask,
-                                 ACC, HAS_FIRST, HAS_PREV, HAS_BS)
-    score, exit_ = _decide(feat, first, prev, bs, offs_k, k_mask, gw_ptr, gb_ptr, thr_ptr,
-                           RULE, PROBABILITIES, INCLUSIVE)
-    tl.store(score_ptr + b, score)
-    tl.store(exit_ptr + b, exit_.to(tl.uint8))
+    _decide_row(feat, b, first_ptr, prev_ptr, bs_ptr, gw_ptr, gb_ptr, thr_ptr, score_ptr, exit_ptr, s_first,
+                s_prev, offs_k, k_mask, HAS_FIRST, HAS_PREV, HAS_BS, RULE, PROBABILITIES, INCLUSIVE, ACC)
 
 
 @triton.jit
@@ -163,12 +160,8 @@ def _exit_gate_decide_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     k_mask = offs_k < K
     f = tl.load(feat_ptr + b * s_fb + offs_k.to(tl.int64) * s_fk, mask=k_mask, other=0.0).to(ACC)
-    first, prev, bs = _load_rows(first_ptr, prev_ptr, bs_ptr, b, s_first, s_prev, offs_k, k_mask,
-                                 ACC, HAS_FIRST, HAS_PREV, HAS_BS)
-    score, exit_ = _decide(f, first, prev, bs, offs_k, k_mask, gw_ptr, gb_ptr, thr_ptr,
-                           RULE, PROBABILITIES, INCLUSIVE)
-    tl.store(score_ptr + b, score)
-    tl.store(exit_ptr + b, exit_.to(tl.uint8))
+    _decide_row(f, b, first_ptr, prev_ptr, bs_ptr, gw_ptr, gb_ptr, thr_ptr, score_ptr, exit_ptr, s_first,
+                s_prev, offs_k, k_mask, HAS_FIRST, HAS_PREV, HAS_BS, RULE, PROBABILITIES, INCLUSIVE, ACC)
 
 
 def _decision_args(first, previous, bias_share, gate_weight, gate_bias, rule, inclusive, K, placeholder):
@@ -187,17 +180,12 @@ def exit_gate_forward(x, weight, bias, first, previous, bias_share, gate_weight,
     """distree::exit_gate on one launch, grid (B,): feat (B, K) x.dtype, score (B,), exit (B,)."""
     B, C, H, W = x.shape
     K = C if weight is None else weight.shape[0]
-    feat = torch.empty((B, K), dtype=x.dtype, device=x.device)
-    score = torch.empty((B,), dtype=torch.float32, device=x.device)
-    exit_ = torch.empty((B,), dtype=torch.bool, device=x.device)
+    feat, score, exit_ = _outputs(x, K)
     if B == 0:
         return feat, score, exit_
-    _, acc = _acc_dtype(x.dtype)
-    flat, [(s_xh, s_xw)] = _spatial_args(x)
-    block_hw = min(triton.next_power_of_2(H * W), _MAX_BLOCK_HW)
+    tiles = _pool_tiles(x)
     block_k = triton.next_power_of_2(max(K, 1))
-    block_c = min(triton.next_power_of_2(max(C, 1)), max(_TILE // block_hw, 1),
-                  max(2 * _TILE // block_k, 1))
+    block_c = min(tiles.block_c, max(2 * _TILE // block_k, 1))
     (first_, prev_, bs_, gw_, gb_), flags = _decision_args(
         first, previous, bias_share, gate_weight, gate_bias, rule, inclusive, K, score)
     with _device_guard(x):
@@ -206,12 +194,12 @@ def exit_gate_forward(x, weight, bias, first, previous, bias_share, gate_weight,
             first_, prev_, bs_, gw_, gb_, threshold,
             feat, score, exit_.view(torch.uint8),
             C, W, H * W, K,
-            x.stride(0), x.stride(1), s_xh, s_xw,
+            x.stride(0), x.stride(1), tiles.s_h, tiles.s_w,
             weight.stride(0) if weight is not None else 0, weight.stride(1) if weight is not None else 0,
             first_.stride(0) if first is not None else 0, prev_.stride(0) if previous is not None else 0,
             HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, **flags,
-            FLAT_HW=flat, ACC=acc, BLOCK_C=block_c, BLOCK_HW=block_hw, BLOCK_K=block_k,
-            num_warps=_num_warps(block_c * block_hw),
+            FLAT_HW=tiles.flat, ACC=tiles.acc, BLOCK_C=block_c, BLOCK_HW=tiles.block_hw, BLOCK_K=block_k,
+            num_warps=_num_warps(block_c * tiles.block_hw),
         )
     return feat, score, exit_
 

@@ -15,6 +15,7 @@ Accumulation is in float32, or float64 for float64 inputs (so ``gradcheck`` sees
 rather than float32 rounding). The callers validate the inputs; these functions assume them.
 """
 import contextlib
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -40,6 +41,38 @@ def _hw_offsets(hw, W, s_h, s_w, FLAT_HW: tl.constexpr):
 
 
 @triton.jit
+def _pool_tile(x_row, c, c_mask, s_xc, W, HW, s_xh, s_xw, FLAT_HW: tl.constexpr, ACC: tl.constexpr,
+               BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """mean over H*W of relu(x) for one sample's channel tile c (BLOCK_C,): (BLOCK_C,) in ACC,
+    0 on padded channels. Both ops' forward kernels pool through here."""
+    c_off = c.to(tl.int64) * s_xc
+    offs_hw = tl.arange(0, BLOCK_HW)
+    acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
+    for hw0 in range(0, HW, BLOCK_HW):
+        hw = hw0 + offs_hw
+        hw_off = _hw_offsets(hw.to(tl.int64), W, s_xh, s_xw, FLAT_HW)
+        mask = c_mask[:, None] & (hw < HW)[None, :]
+        v = tl.load(x_row + c_off[:, None] + hw_off[None, :], mask=mask, other=0.0).to(ACC)
+        # where(x < 0, 0, x) rather than maximum: relu(NaN) must stay NaN.
+        acc += tl.where(v < 0, 0.0, v)
+    return tl.sum(acc, axis=1) / HW
+
+
+@triton.jit
+def _inverse_cosine_of_sums(dot, uu, vv):
+    """1 / cos from <u, v>, |u|^2 and |v|^2 with exit_head's rules (distree_kernels/exit_rules.py):
+    1 where a norm is 0, +inf where cos <= 0, NaN where a sum is NaN; float32."""
+    nu = tl.sqrt(uu)
+    nv = tl.sqrt(vv)
+    cos = dot / (nu * nv)
+    score = tl.where(cos <= 0, float("inf"), 1.0 / cos)
+    score = tl.where((nu == 0) | (nv == 0), 1.0, score)
+    # NaN wins over every other rule (x != x is the NaN test).
+    score = tl.where((dot != dot) | (nu != nu) | (nv != nv), float("nan"), score)
+    return score.to(tl.float32)
+
+
+@triton.jit
 def _exit_head_forward_kernel(
     x_ptr, w_ptr, bias_ptr, ref_ptr, thr_ptr,  # inputs
     feat_ptr, score_ptr, exit_ptr,  # outputs: (B, D) x.dtype, (B,) float32, (B,) uint8
@@ -56,7 +89,6 @@ def _exit_head_forward_kernel(
     feat_row = feat_ptr + b * s_fb
     ref_row = ref_ptr + b * s_rb
     offs_c = tl.arange(0, BLOCK_C)
-    offs_hw = tl.arange(0, BLOCK_HW)
     if HAS_WEIGHT:
         offs_d = tl.arange(0, BLOCK_D)
         d_mask = offs_d < D
@@ -71,16 +103,7 @@ def _exit_head_forward_kernel(
     for c0 in range(0, C, BLOCK_C):
         c = c0 + offs_c
         c_mask = c < C
-        c_off = c.to(tl.int64) * s_xc
-        acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
-        for hw0 in range(0, HW, BLOCK_HW):
-            hw = hw0 + offs_hw
-            hw_off = _hw_offsets(hw.to(tl.int64), W, s_xh, s_xw, FLAT_HW)
-            mask = c_mask[:, None] & (hw < HW)[None, :]
-            v = tl.load(x_row + c_off[:, None] + hw_off[None, :], mask=mask, other=0.0).to(ACC)
-            # where(x < 0, 0, x) rather than maximum: relu(NaN) must stay NaN.
-            acc += tl.where(v < 0, 0.0, v)
-        p = tl.sum(acc, axis=1) / HW  # (BLOCK_C,); 0 on padded channels
+        p = _pool_tile(x_row, c, c_mask, s_xc, W, HW, s_xh, s_xw, FLAT_HW, ACC, BLOCK_C, BLOCK_HW)  # (BLOCK_C,)
 
         if HAS_WEIGHT:
             w = tl.load(
@@ -118,14 +141,7 @@ def _exit_head_forward_kernel(
 
     # The score comes from the unrounded accumulator-precision feat, not the stored one.
     if HAS_REF:
-        nu = tl.sqrt(uu)
-        nv = tl.sqrt(vv)
-        cos = dot / (nu * nv)
-        score = tl.where(cos <= 0, float("inf"), 1.0 / cos)
-        score = tl.where((nu == 0) | (nv == 0), 1.0, score)
-        # NaN wins over every other rule (x != x is the NaN test).
-        score = tl.where((dot != dot) | (nu != nu) | (nv != nv), float("nan"), score)
-        score = score.to(tl.float32)
+        score = _inverse_cosine_of_sums(dot, uu, vv)
     else:
         score = tl.full([], 1.0, tl.float32)
     tl.store(score_ptr + b, score)
@@ -204,6 +220,34 @@ def _num_warps(tile):
     return 8 if tile >= _TILE else 4
 
 
+@dataclass
+class PoolTiles:
+    """How a forward kernel pools x: its accumulation dtype, spatial layout and tile sizes."""
+
+    acc: object  # Triton dtype: tl.float32, or tl.float64 for float64 x
+    flat: bool  # FLAT_HW: H and W merge into one axis
+    s_h: int
+    s_w: int
+    block_hw: int
+    block_c: int  # the widest channel tile the x tiles allow (a projection may ask for less)
+
+
+def _pool_tiles(x) -> PoolTiles:
+    """The pooling tiles of a forward pass over x (B, C, H, W): both ops' forward kernels use them."""
+    _, C, H, W = x.shape
+    _, acc = _acc_dtype(x.dtype)
+    flat, [(s_h, s_w)] = _spatial_args(x)
+    block_hw = min(triton.next_power_of_2(H * W), _MAX_BLOCK_HW)
+    return PoolTiles(acc, flat, s_h, s_w, block_hw, min(triton.next_power_of_2(max(C, 1)), max(_TILE // block_hw, 1)))
+
+
+def _outputs(x, D: int):
+    """An exit op's outputs for x, not yet written: feat (B, D) x.dtype, score (B,) float32, exit (B,) bool."""
+    B = x.shape[0]
+    return (torch.empty((B, D), dtype=x.dtype, device=x.device), torch.empty((B,), dtype=torch.float32, device=x.device),
+            torch.empty((B,), dtype=torch.bool, device=x.device))
+
+
 def exit_head_forward(x, weight, bias, ref, threshold):
     """x (B, C, H, W), weight (D, C) or None, bias (D,) or None, ref (B, D) or None,
     threshold 0-d float32 -> feat (B, D) x.dtype, score (B,) float32, exit (B,) bool.
@@ -213,15 +257,11 @@ def exit_head_forward(x, weight, bias, ref, threshold):
     """
     B, C, H, W = x.shape
     D = C if weight is None else weight.shape[0]
-    feat = torch.empty((B, D), dtype=x.dtype, device=x.device)
-    score = torch.empty((B,), dtype=torch.float32, device=x.device)
-    exit_ = torch.empty((B,), dtype=torch.bool, device=x.device)
+    feat, score, exit_ = _outputs(x, D)
     if B == 0:
         return feat, score, exit_
-    _, acc = _acc_dtype(x.dtype)
-    flat, [(s_xh, s_xw)] = _spatial_args(x)
-    block_hw = min(triton.next_power_of_2(H * W), _MAX_BLOCK_HW)
-    block_c = min(triton.next_power_of_2(max(C, 1)), max(_TILE // block_hw, 1))
+    tiles = _pool_tiles(x)
+    block_c = tiles.block_c
     block_d = triton.next_power_of_2(max(D, 1)) if weight is not None else 1
     if weight is not None:
         block_c = min(block_c, max(2 * _TILE // block_d, 1))
@@ -235,7 +275,7 @@ def exit_head_forward(x, weight, bias, ref, threshold):
             x, w_arg, bias_arg, ref_arg, threshold,
             feat, score, exit_.view(torch.uint8),  # bool stored as bytes: same storage, no copy
             C, W, H * W, D,
-            x.stride(0), x.stride(1), s_xh, s_xw,
+            x.stride(0), x.stride(1), tiles.s_h, tiles.s_w,
             weight.stride(0) if weight is not None else 0,
             weight.stride(1) if weight is not None else 0,
             bias.stride(0) if bias is not None else 0,
@@ -243,9 +283,9 @@ def exit_head_forward(x, weight, bias, ref, threshold):
             ref.stride(1) if ref is not None else 0,
             feat.stride(0),
             HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, HAS_REF=ref is not None,
-            FLAT_HW=flat, ACC=acc,
-            BLOCK_C=block_c, BLOCK_HW=block_hw, BLOCK_D=block_d,
-            num_warps=_num_warps(block_c * block_hw),
+            FLAT_HW=tiles.flat, ACC=tiles.acc,
+            BLOCK_C=block_c, BLOCK_HW=tiles.block_hw, BLOCK_D=block_d,
+            num_warps=_num_warps(block_c * tiles.block_hw),
         )
     return feat, score, exit_
 

@@ -29,7 +29,8 @@ from distree.runtime.deploy import deploy
 from distree.runtime.device import ThresholdSettings
 from distree.runtime.faults import parse_fault
 from distree.samples import load_samples
-from distree.runtime.plan import make_plan, with_paths
+from distree.plan import make_plan
+from distree.runtime.plan import with_paths
 from distree.runtime.rank import check_options
 from distree.risk_grid import GridCertificate
 from distree.run_dir import load_student_model
@@ -249,7 +250,8 @@ def test_evaluation_stores_the_certified_grid():
 def test_plan_reads_the_certified_grid(tmp_path):
     grid = small_grid([[0, 10, 40], [10, 20, 80], [40, 80, 90]]).to_json()
     certified = [{"risk": "consistency", "epsilon": 0.05, "delta": 0.1,
-                  "policies": [{"policy": "distree", "certified": True, "candidate": 4, "grid": grid},
+                  "policies": [{"policy": "distree", "certified": True, "candidate": 4, "grid": grid,
+                                "thresholds": [1.2] * 5},
                                {"policy": "entropy", "certified": False, "candidate": -1}]}]
     (tmp_path / "report.json").write_text(json.dumps({"policies": [], "certified": certified}))
     plan = with_paths(make_plan(["distree", "entropy"], {}, tmp_path), tmp_path, None, steps=2, epsilon=0.01,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from distree_kernels import exit_gate_reference, exit_head
-from distree_kernels.exit_gate_reference import gate_scores
+from distree_kernels.exit_rules import rule_score
 from exit_gate_cases import RULES, THRESHOLDS, make_gate_args, run_decide, run_gate
 from exit_head_cases import backends
 from test_exit_head import eager_exit_head
@@ -60,7 +60,7 @@ def test_half_precision_error_at_most_twice_pytorchs(backend, device, dtype, rul
     ours_feat, ours_score, _ = run_gate(backend, args, t, rule)
     # plain PyTorch in x's dtype: the eager head, then the same decision math in that dtype
     eager_feat, _ = eager_exit_head(*args[:3], args[3])  # (B, K) in dtype
-    eager_score = gate_scores(eager_feat, *args[3:], rule)  # (B,), computed in dtype
+    eager_score = rule_score(eager_feat, *args[3:], rule)  # (B,), computed in dtype
     finite = torch.isfinite(score32)  # cos <= 0 is +inf in every backend
     assert finite.any() and torch.equal(ours_score[~finite], score32[~finite])
     pairs = ((ours_feat, eager_feat, feat32), (ours_score[finite], eager_score[finite], score32[finite]))

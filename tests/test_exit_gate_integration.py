@@ -6,7 +6,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import distree_kernels
 from distree.policies.base import LocalInputs
-from distree.policies.features import cosine, max_probability
+from distree.policies.features import max_probability
+from distree_kernels.exit_rules import cosine
 from distree.policies.learned_gate import gate_features
 from distree_kernels import exit_gate_reference
 from exit_gate_cases import RULES, make_gate_args, run_decide, run_gate

@@ -23,7 +23,7 @@ from distree.errors import DistreeError
 from distree.export.conformance import check_export
 from distree.export.manifest import KIND, MANIFEST, clear_output
 from distree.export.run import export_run
-from distree.runtime.plan import parse_thresholds
+from distree.plan import make_plan, parse_thresholds
 from exit_gate_cases import RULES, make_gate_args
 from test_runtime import make_run, median_thresholds
 
@@ -287,21 +287,23 @@ def test_an_earlier_export_is_replaced_and_nothing_else(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
-def test_thresholds_come_from_the_given_then_the_report_setting(tmp_path):
-    from distree.export.walks import choose_thresholds
-
+def test_thresholds_come_from_the_given_then_the_named_setting(tmp_path):
+    """export and deploy make one plan: --threshold, else the --setting named, else calibrated; a
+    report.json from before settings.json existed reads the same."""
     certified = [{"policy": "distree", "certified": True, "thresholds": [1.2, 1.2, 1.2, 1.2, "inf"]},
                  {"policy": "similarity", "certified": False, "thresholds": None}]
     report = {"policies": [{"policy": "distree", "setting": "calibrated", "thresholds": [1.1] * 5}],
-              "certified": [{"risk": "accuracy", "policies": certified}]}
+              "certified": [{"risk": "accuracy", "epsilon": 0.005, "delta": 0.1, "policies": certified}]}
     (tmp_path / "report.json").write_text(json.dumps(report))
-    assert choose_thresholds("distree", {}, tmp_path).tolist() == pytest.approx([1.1] * 5)
-    assert choose_thresholds("distree", {}, tmp_path, "certified-accuracy").tolist() == pytest.approx(
-        [1.2] * 4 + [float("inf")])
-    assert choose_thresholds("distree", parse_thresholds(["distree=2"]), tmp_path).tolist() == [2.0] * 5
-    with pytest.raises(DistreeError, match="no certified-accuracy thresholds for 'similarity'"):
-        choose_thresholds("similarity", {}, tmp_path, "certified-accuracy")
-    with pytest.raises(DistreeError, match="unknown --setting 'best'"):
-        choose_thresholds("distree", {}, tmp_path, "best")
+    assert make_plan(["distree"], {}, tmp_path)[0].thresholds.tolist() == pytest.approx([1.1] * 5)
+    spec, = make_plan(["distree"], {}, tmp_path, "certified-accuracy")
+    assert spec.thresholds.tolist() == pytest.approx([1.2] * 4 + [float("inf")])
+    assert spec.source == "certified-accuracy"
+    spec, = make_plan(["distree"], parse_thresholds(["distree=2"]), tmp_path, "certified-accuracy")
+    assert spec.thresholds.tolist() == [2.0] * 5 and spec.source == "given"
+    with pytest.raises(DistreeError, match="setting 'certified-accuracy' holds no thresholds for 'similarity'"):
+        make_plan(["similarity"], {}, tmp_path, "certified-accuracy")
+    with pytest.raises(DistreeError, match="no setting 'best'; it holds: calibrated, certified-accuracy"):
+        make_plan(["distree"], {}, tmp_path, "best")
     with pytest.raises(DistreeError, match="--threshold given for confidence"):
-        choose_thresholds("distree", parse_thresholds(["confidence=0.5"]), tmp_path)
+        make_plan(["distree"], parse_thresholds(["confidence=0.5"]), tmp_path)

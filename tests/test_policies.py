@@ -4,11 +4,12 @@ import torch
 
 from distree.errors import DistreeError
 from distree.inference.evidence import policy_exits, policy_scores
-from distree.policies import NUM_EXITS, POLICIES, check_thresholds, make_policy
-from distree.policies.features import cosine, entropy, max_probability
+from distree.policies import NUM_EXITS, POLICIES, LearnedGatePolicy, LocalInputs, check_thresholds, make_policy
+from distree.policies.features import entropy, max_probability
 from distree.policies.learned_gate import gate_features, train_learned_gate, unchanged_answer
 from distree.policies.random_exit import RandomPolicy, matching_thresholds, uniform_thresholds
-from distree_kernels.reference import inverse_cosine
+from distree_kernels import exit_gate_decide
+from distree_kernels.exit_rules import cosine, inverse_cosine
 from inference_cases import K, N, synthetic_evidence
 
 EV = synthetic_evidence(b=600)
@@ -53,10 +54,31 @@ def test_local_scores_follow_their_definitions():
 
 
 def test_features_follow_the_op_rules_on_zero_vectors():
-    u = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
-    assert cosine(u, torch.tensor([[1.0, 2.0], [0.0, 1.0]])).tolist() == [1.0, 0.0]
+    u = torch.tensor([[0.0, 0.0], [1.0, 0.0], [float("nan"), 1.0], [float("nan"), 0.0]])
+    v = torch.tensor([[1.0, 2.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    assert cosine(u, v)[:2].tolist() == [1.0, 0.0] and cosine(u, v)[2:].isnan().all()  # NaN stays NaN, as in the op
     assert max_probability(torch.zeros(1, 4)).item() == 0.25
     assert entropy(torch.zeros(1, 4)).item() == pytest.approx(torch.log(torch.tensor(4.0)).item())
+
+
+@pytest.mark.parametrize("probabilities", [True, False])
+def test_the_gate_is_fitted_on_the_features_the_op_decides_with(probabilities):
+    """gate_features (what the learned gate is fitted on) against the fused op's score (what it
+    decides with), edge rows included: a zero vector, a NaN and a probability that underflows."""
+    torch.manual_seed(3)
+    x = EV.local_inputs(0, 3)
+    u, first, previous = x.u[:6].clone(), x.first[:6].clone(), x.previous[:6].clone()  # (6, K)
+    first[0] = 0.0
+    previous[1, 2] = float("nan")
+    u[2, 0] = 200.0  # softmax's other probabilities underflow to 0: entropy takes 0 log 0 = 0
+    x = LocalInputs(u, first, previous, x.bias_share, torch.arange(6), 0, 3)
+    features = gate_features(x, probabilities)  # (6, F)
+    weight, bias = torch.randn(features.shape[1]), torch.tensor(0.3)
+    score, _ = exit_gate_decide(u, first, previous, x.bias_share, weight, bias, 0.5, "gate", backend="cpp")
+    torch.testing.assert_close(torch.sigmoid(features @ weight + bias), score, rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert features[1].isnan().any() and score[1].isnan() and features[[0, 2]].isfinite().all()
+    gate = LearnedGatePolicy(weight.expand(2, 7, -1).clone(), bias.expand(2, 7).clone())
+    torch.testing.assert_close(gate.score(x), score, equal_nan=True)
 
 
 def test_random_is_seeded_uniform_and_can_match_a_histogram():

@@ -54,8 +54,10 @@ def test_evaluate_writes_the_report_with_its_keys(run_dir):
 
 
 def test_bad_input_gets_a_clear_error(run_dir, capsys):
-    assert main(["evaluate", "--run", str(run_dir), "--thresholds", "1.1,1.2"]) == 2
+    assert main(["evaluate", "--run", str(run_dir), "--threshold", "distree=1.1,1.2"]) == 2
     assert "5 values" in capsys.readouterr().err
+    assert main(["evaluate", "--run", str(run_dir), "--thresholds", "1.1,1.2,1.2,1.3,1.3"]) == 2
+    assert "no POLICY= before the values" in capsys.readouterr().err
     assert main(["evaluate", "--run", str(run_dir), "--dataset", "cifar10"]) == 2
     assert "is a synthetic run, not cifar10" in capsys.readouterr().err
     config = json.loads((run_dir / "config.json").read_text())

@@ -40,9 +40,33 @@ def test_the_issues_numbers_for_5000_samples():
     assert p_value(18, 5000, 0.005) <= 0.1 < p_value(19, 5000, 0.005)
     assert upper_bound(0, 5000, 0.1) == pytest.approx(1 - 0.1 ** (1 / 5000), rel=1e-6)  # no loss at all: 0.046%
     bound = upper_bound(18, 5000, 0.1)
-    assert p_value(18, 5000, bound) <= 0.1 < p_value(18, 5000, bound * 0.999)
+    assert p_value(18, 5000, bound) == pytest.approx(0.1, rel=1e-12) and p_value(18, 5000, bound * 0.999) > 0.1
     n = samples_needed(0.005, 0.1, 0.0036)
     assert max_losses(n, 0.005, 0.1) >= math.floor(0.0036 * n) and 3000 < n < 7000
+
+
+# (losses, n, epsilon, p-value, Clopper-Pearson bound at delta 0.1) as the risk module computed them
+# before it used scipy.stats: a log-space sum of the binomial pmf, and a 50-step bisection.
+BEFORE_SCIPY = [(18, 5000, 0.005, 0.09148785138912414, 0.004947911559264995),
+                (40, 5000, 0.01, 0.08499265788618633, 0.009868745817763092),
+                (12, 64, 0.3, 0.02989647686971677, 0.2651133689088363),
+                (13, 1000, 0.02, 0.06422611489957175, 0.018901434399910322),
+                (0, 200, 0.1, 7.055079108655332e-10, 0.011446905343061253)]
+
+
+@pytest.mark.parametrize("losses, n, epsilon, p, bound", BEFORE_SCIPY)
+def test_scipy_s_tails_and_bounds_are_today_s_values(losses, n, epsilon, p, bound):
+    assert p_value(losses, n, epsilon) == pytest.approx(p, rel=1e-10)
+    assert binomial_cdf(n, epsilon)[losses].item() == pytest.approx(p, rel=1e-10)
+    assert upper_bound(losses, n, 0.1) == pytest.approx(bound, rel=1e-12)
+    assert p_value(losses, n, upper_bound(losses, n, 0.1)) == pytest.approx(0.1, rel=1e-9)
+
+
+def test_the_readme_s_table_of_losses_an_epsilon_allows():
+    """README's "How many validation samples an epsilon costs" (delta 0.1), unchanged."""
+    table = {1000: [1, 5, 13], 2000: [5, 13, 31], 5000: [18, 40, 86], 10000: [40, 86, 181], 20000: [86, 181, 374]}
+    for n, losses in table.items():
+        assert [max_losses(n, e, 0.1) for e in (0.005, 0.01, 0.02)] == losses
 
 
 def test_fixed_sequence_stops_at_the_first_p_value_above_delta():

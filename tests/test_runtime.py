@@ -23,7 +23,7 @@ from distree.runtime.device import LOST
 from distree.runtime.faults import parse_fault
 from distree.samples import load_samples
 from distree.runtime.netem import LinkModel, link_models
-from distree.runtime.plan import make_plan, parse_thresholds
+from distree.plan import make_plan, parse_thresholds
 from distree.run_dir import build_students, load_student_model, save_atomic, write_config
 from distree.training.presets import run_config
 

@@ -19,7 +19,7 @@ from distree.inference.step import DeviceStep  # noqa: E402
 from distree.runtime.config import ServeConfig  # noqa: E402
 from distree.samples import load_samples  # noqa: E402
 from distree.runtime.onnx_device import onnx_steps  # noqa: E402
-from distree.runtime.plan import make_plan, parse_thresholds  # noqa: E402
+from distree.plan import make_plan, parse_thresholds  # noqa: E402
 from distree.runtime.rank import check_options  # noqa: E402
 from distree.run_dir import load_student_model  # noqa: E402
 from test_runtime import SAMPLES, engine_predictions, make_run, median_thresholds, session  # noqa: E402

@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <string>
+#include <tuple>
 
 #include "../exit_gate_checks.h"
 #include "exit_gate_kernels.cuh"
@@ -31,12 +32,8 @@ cuda::DecisionArgs<typename CudaType<S>::type> decision_args(
     const c10::optional<at::Tensor>& gate_bias, const at::Tensor& threshold, scores::Rule rule,
     bool inclusive, at::Tensor& score, at::Tensor& exit) {
   cuda::DecisionArgs<typename CudaType<S>::type> d{};
-  d.first = cuda_ptr<S>(first);
-  d.first_sb = first ? first->stride(0) : 0;
-  d.first_sk = first ? first->stride(1) : 0;
-  d.previous = cuda_ptr<S>(previous);
-  d.previous_sb = previous ? previous->stride(0) : 0;
-  d.previous_sk = previous ? previous->stride(1) : 0;
+  std::tie(d.first, d.first_sb, d.first_sk) = optional_rows<S>(first);
+  std::tie(d.previous, d.previous_sb, d.previous_sk) = optional_rows<S>(previous);
   d.bias_share = float_ptr(bias_share);
   d.gate_weight = float_ptr(gate_weight);
   d.F = gate_weight.defined() ? static_cast<int>(gate_weight.numel()) : 0;
@@ -61,9 +58,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> exit_gate_cuda(
     const c10::optional<at::Tensor>& gate_weight, const c10::optional<at::Tensor>& gate_bias,
     const at::Tensor& threshold, c10::string_view rule_name, bool inclusive) {
   constexpr const char* op = "exit_gate";
-  const int64_t K = check_exit_head_args(x, weight, bias, c10::nullopt, threshold, op);
-  const auto rule = check_decision_args(x, "x", x.size(0), K, first, previous, bias_share,
-                                        gate_weight, gate_bias, std::string(rule_name), op);
+  const GateChecked checked = check_exit_gate_args(x, weight, bias, first, previous, bias_share,
+                                                   gate_weight, gate_bias, threshold, rule_name);
+  const int64_t K = checked.K;
+  const scores::Rule rule = checked.rule;
   const cuda::Shape4 shape = shape4(x, K, op);
   check_classes(K, op);
   const c10::cuda::CUDAGuard guard(x.device());
@@ -75,15 +73,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> exit_gate_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "exit_gate_cuda", [&] {
     using T = typename CudaType<scalar_t>::type;
     cuda::GateArgs<T> a{};
-    a.x = cuda_ptr<scalar_t>(x);
-    a.xs = strides4(x);
-    a.shape = shape;
+    set_x<scalar_t>(a, x, shape);
     a.project = weight.has_value();
-    a.weight = cuda_ptr<scalar_t>(weight);
-    a.weight_sk = weight ? weight->stride(0) : 0;
-    a.weight_sc = weight ? weight->stride(1) : 0;
-    a.bias = cuda_ptr<scalar_t>(bias);
-    a.bias_s = bias ? bias->stride(0) : 0;
+    std::tie(a.weight, a.weight_sk, a.weight_sc) = optional_rows<scalar_t>(weight);
+    std::tie(a.bias, a.bias_s, std::ignore) = optional_rows<scalar_t>(bias);
     a.K = static_cast<int>(K);
     a.feat = reinterpret_cast<T*>(feat.data_ptr<scalar_t>());
     a.decision = decision_args<scalar_t>(first, previous, bs, gw, gate_bias, threshold, rule,
@@ -100,11 +93,9 @@ std::tuple<at::Tensor, at::Tensor> exit_gate_decide_cuda(
     const c10::optional<at::Tensor>& gate_weight, const c10::optional<at::Tensor>& gate_bias,
     const at::Tensor& threshold, c10::string_view rule_name, bool inclusive) {
   constexpr const char* op = "exit_gate_decide";
-  check_feat(feat, op);
+  const auto rule = check_exit_gate_decide_args(feat, first, previous, bias_share, gate_weight,
+                                                gate_bias, threshold, rule_name);
   const int64_t B = feat.size(0), K = feat.size(1);
-  const auto rule = check_decision_args(feat, "feat", B, K, first, previous, bias_share,
-                                        gate_weight, gate_bias, std::string(rule_name), op);
-  check_threshold(threshold, feat, "feat", op);
   check_classes(K, op);
   TORCH_CHECK(B <= std::numeric_limits<int>::max(), op, " (CUDA): B = ", B, " must be below 2^31");
   const c10::cuda::CUDAGuard guard(feat.device());

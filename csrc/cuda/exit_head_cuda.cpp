@@ -8,6 +8,8 @@
 #include <c10/cuda/CUDAStream.h>  // the stream at::cuda::getCurrentCUDAStream() returns
 #include <torch/library.h>
 
+#include <tuple>
+
 #include "../exit_head_checks.h"
 #include "exit_head_kernels.cuh"
 #include "glue.h"
@@ -29,18 +31,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> exit_head_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "exit_head_cuda", [&] {
     using T = typename CudaType<scalar_t>::type;
     cuda::ForwardArgs<T> a{};
-    a.x = cuda_ptr<scalar_t>(x);
-    a.xs = strides4(x);
-    a.shape = shape;
+    set_x<scalar_t>(a, x, shape);
     a.project = weight.has_value();
-    a.weight = cuda_ptr<scalar_t>(weight);
-    a.weight_sd = weight ? weight->stride(0) : 0;
-    a.weight_sc = weight ? weight->stride(1) : 0;
-    a.bias = cuda_ptr<scalar_t>(bias);
-    a.bias_s = bias ? bias->stride(0) : 0;
-    a.ref = cuda_ptr<scalar_t>(ref);
-    a.ref_sb = ref ? ref->stride(0) : 0;
-    a.ref_sd = ref ? ref->stride(1) : 0;
+    std::tie(a.weight, a.weight_sd, a.weight_sc) = optional_rows<scalar_t>(weight);
+    std::tie(a.bias, a.bias_s, std::ignore) = optional_rows<scalar_t>(bias);
+    std::tie(a.ref, a.ref_sb, a.ref_sd) = optional_rows<scalar_t>(ref);
     a.threshold = threshold.const_data_ptr<float>();
     a.D = static_cast<int>(D);
     a.feat = reinterpret_cast<T*>(feat.data_ptr<scalar_t>());
@@ -68,11 +63,9 @@ std::tuple<at::Tensor, at::Tensor> exit_head_backward_cuda(const at::Tensor& gra
     a.grad_p = grad_p.const_data_ptr<A>();
     a.grad_p_sb = grad_p.stride(0);
     a.grad_p_sc = grad_p.stride(1);
-    a.x = cuda_ptr<scalar_t>(x);
-    a.xs = strides4(x);
+    set_x<scalar_t>(a, x, shape);
     a.grad_x = reinterpret_cast<T*>(grad_x.data_ptr<scalar_t>());
     a.gs = strides4(grad_x);
-    a.shape = shape;
     a.p = p.data_ptr<A>();
     cuda::exit_head_backward(a, c10::cuda::getCurrentCUDAStream());
   });

@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 
 #include <limits>
+#include <tuple>
 
 #include "exit_head_kernels.cuh"
 
@@ -30,13 +31,25 @@ template <typename S>
 const typename CudaType<S>::type* cuda_ptr(const at::Tensor& t) {
   return reinterpret_cast<const typename CudaType<S>::type*>(t.const_data_ptr<S>());
 }
+// An optional 1-D or 2-D tensor as the kernels take it: (pointer, stride 0, stride 1), with a
+// null pointer and zero strides where it is absent (and stride 1 zero for a 1-D one).
 template <typename S>
-const typename CudaType<S>::type* cuda_ptr(const c10::optional<at::Tensor>& t) {
-  return t.has_value() ? cuda_ptr<S>(*t) : nullptr;
+std::tuple<const typename CudaType<S>::type*, int64_t, int64_t> optional_rows(
+    const c10::optional<at::Tensor>& t) {
+  if (!t.has_value()) return {nullptr, 0, 0};
+  return {cuda_ptr<S>(*t), t->stride(0), t->dim() > 1 ? t->stride(1) : 0};
 }
 
 inline cuda::Strides4 strides4(const at::Tensor& t) {
   return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
+// x as both ops' argument structs hold it: its pointer, strides and checked shape.
+template <typename S, typename Args>
+void set_x(Args& a, const at::Tensor& x, const cuda::Shape4& shape) {
+  a.x = cuda_ptr<S>(x);
+  a.xs = strides4(x);
+  a.shape = shape;
 }
 
 // The kernels' limits: p in shared memory, one block per sample, 32-bit in-plane indices.

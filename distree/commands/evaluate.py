@@ -1,13 +1,12 @@
 """`distree evaluate`: calibrate every exit policy on val, measure on test, write the report."""
-from pathlib import Path
-
 from distree.calibration import CalibrationConfig
 from distree.data import DATASETS
 from distree.errors import DistreeError, check_counts, check_fraction
 from distree.inference.timing import TimingConfig
 from distree.evaluation import EvaluateConfig, evaluate_run
 from distree.report import write_report
-from distree.report.markdown import certified_summary, policy_table, summary
+from distree.report.markdown import certified_summary, policy_table, stored_summary, summary
+from distree.plan import parse_thresholds
 from distree.risk import DEFAULT_EPSILON, RiskSpec
 from distree.run_dir import REPORT_MD
 
@@ -24,8 +23,13 @@ def add_parser(subparsers) -> None:
                                                       "last-exit FLOPs, in (0, 1], e.g. 0.6 (default: none)")
     p.add_argument("--latency-budget-ms", type=float, help="also pick the most accurate setting within this "
                                                            "simulated latency, > 0 (default: none)")
-    p.add_argument("--thresholds", help="DistrEE thresholds to evaluate as given: one value or 5 (exits 2..6), "
-                                        "comma-separated (default: none)")
+    p.add_argument("--threshold", "--thresholds", dest="thresholds", action="append", default=[],
+                   metavar="POLICY=T[,...]", help="also evaluate these thresholds for exits 2..6 as given (one value "
+                                                  "or five; inf, -inf allowed), as deploy and export take them; "
+                                                  "repeatable (default: none)")
+    p.add_argument("--name", help="keep this evaluation beside the run's others: its report in "
+                                  "RUN/evaluations/NAME, its settings added as NAME:calibrated, NAME:certified-RISK "
+                                  "(default: the run's own report; settings the run holds are never replaced)")
     p.add_argument("--risk", default="accuracy,consistency",
                    help="risks to certify, comma-separated: accuracy (harm rate; bounds the accuracy drop) and/or "
                         "consistency (answer differs from exit 7's; needs no labels) (default: %(default)s)")
@@ -47,13 +51,6 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def parse_thresholds(text: str | None) -> list[float] | None:
-    try:
-        return None if text is None else [float(v) for v in text.split(",")]
-    except ValueError:
-        raise DistreeError(f"--thresholds takes comma-separated numbers, got {text!r}") from None
-
-
 def parse_risks(risk: str, epsilon: str | None, delta: float) -> list[RiskSpec]:
     """One checked RiskSpec per --risk name, with its --epsilon (one value for all, one each, or the default)."""
     names = risk.split(",")
@@ -73,6 +70,8 @@ def parse_risks(risk: str, epsilon: str | None, delta: float) -> list[RiskSpec]:
 
 def config_from_args(args) -> EvaluateConfig:
     thresholds = parse_thresholds(args.thresholds)
+    if "last-exit" in thresholds:
+        raise DistreeError("--threshold: last-exit takes no thresholds (it always runs to exit 7)")
     check_counts(resplits=args.resplits, gate_samples=args.gate_samples, timing_samples=args.timing_samples,
                  streaming_samples=args.streaming_samples)
     check_fraction(flops_budget=args.flops_budget)
@@ -87,11 +86,12 @@ def config_from_args(args) -> EvaluateConfig:
 
 
 def run(args) -> int:
-    evaluation = evaluate_run(args.run, config_from_args(args), args.dataset)
-    write_report(evaluation, args.run)
+    evaluation = evaluate_run(args.run, config_from_args(args), args.dataset, args.name)
+    write_report(evaluation, evaluation.out)
     print(policy_table(evaluation.report))
     print()
     print(summary(evaluation.report))
     print(certified_summary(evaluation.report))
-    print(f"report: {Path(args.run) / REPORT_MD}")
+    print(stored_summary(evaluation.stored))
+    print(f"report: {evaluation.out / REPORT_MD}")
     return 0

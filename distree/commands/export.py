@@ -4,9 +4,8 @@ import time
 from distree.errors import check_counts
 from distree.export.conformance import check_export
 from distree.export.run import FORMATS, export_run
+from distree.plan import add_plan_arguments, parse_thresholds
 from distree.policies import POLICIES
-from distree.run_dir import CALIBRATED
-from distree.runtime.plan import parse_thresholds
 
 
 def add_parser(subparsers) -> None:
@@ -19,11 +18,7 @@ def add_parser(subparsers) -> None:
                                  "refused (default: RUN/export-FORMAT)")
     exportable = [n for n, cls in POLICIES.items() if getattr(cls, "rule", None)] + ["last-exit"]
     p.add_argument("--policy", help=f"local exit policy baked in: {', '.join(exportable)} (default: distree)")
-    p.add_argument("--threshold", dest="thresholds", action="append", default=[], metavar="POLICY=T[,...]",
-                   help="thresholds for exits 2..6, one value or five, repeatable (default: the --setting's in "
-                        "report.json)")
-    p.add_argument("--setting", default=CALIBRATED, help="report.json thresholds to take without --threshold: "
-                                                         "calibrated (default) or certified-RISK, e.g. certified-accuracy")
+    add_plan_arguments(p, "bake in")
     p.add_argument("--check", action="store_true", help="run every artifact against the PyTorch engine")
     p.add_argument("--samples", type=int, default=1000, help="test samples --check compares on (default: %(default)s)")
     p.set_defaults(func=run)

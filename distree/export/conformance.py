@@ -13,10 +13,10 @@ import torch
 from distree.errors import DistreeError
 from distree.export.manifest import read_manifest, verify_files
 from distree.inference.engine import InferenceEngine
+from distree.plan import load_policy
 from distree.policies import check_thresholds
-from distree.run_dir import load_student_model
+from distree.run_dir import GATE, load_student_model
 from distree.samples import load_samples
-from distree.runtime.plan import load_policy
 
 ATOL = 1e-4  # class evidence: the artifacts sum in other orders than the C++ kernel
 
@@ -54,7 +54,7 @@ def _engine(manifest: dict):
     run = manifest["run"]
     model = load_student_model(run)
     thresholds = check_thresholds([float(v) for v in manifest["thresholds"]])
-    return model, InferenceEngine(model, load_policy(manifest["policy"], run), thresholds)
+    return model, InferenceEngine(model, load_policy(manifest["policy"], run, manifest.get("gate", GATE)), thresholds)
 
 
 def check_export(out_dir, samples: int = 1000) -> Conformance:

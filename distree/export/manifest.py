@@ -3,25 +3,16 @@
 A folder is ours only if its manifest.json says `"kind": "distree-export"`; anything else in
 the way of an export is the user's and is never overwritten or deleted.
 """
-import hashlib
 import json
 import os
 from importlib import metadata
 from pathlib import Path
 
 from distree.errors import DistreeError
-from distree.run_dir import jsonable_thresholds, run_preprocessing
+from distree.run_dir import jsonable_thresholds, run_preprocessing, sha256
 
 MANIFEST, KIND = "manifest.json", "distree-export"
 VERSIONED = ("distree", "torch", "onnx", "onnxscript", "onnxruntime")
-
-
-def sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def versions() -> dict:
@@ -77,6 +68,7 @@ def build_manifest(plan, fmt: str, files: list[Path], class_names: list[str], op
         "rule": getattr(policy, "rule", None),
         "inclusive": getattr(policy, "inclusive", None),
         "setting": plan.setting,
+        "gate": plan.gate,  # the run's learned gate file a learned-gate export decides with
         "thresholds": jsonable_thresholds(plan.thresholds),  # exits 2..6
         "input": {"name": "image", "shape": list(x.shape), "dtype": "float32",
                   "normalisation": {"formula": "(pixels / 255 - mean) / std, per channel",

@@ -2,7 +2,7 @@
 
 `torch.ops.distree.exit_head` and `torch.ops.distree.exit_gate` are C++ kernels, so the ONNX
 exporter cannot see inside them; these onnxscript functions (traced, opset 18) rebuild each op
-from the reference semantics (distree_kernels/reference.py, exit_gate_reference.py) so that
+from the rules' one definition (distree_kernels/exit_rules.py, the reference ops') so that
 stock ONNX Runtime runs the graph with no custom-op library. The score arithmetic follows the
 C++ kernel (csrc/exit_scores.h): the stable softmax log p = z - max - log sum exp(z - max), 1
 where a norm is 0, NaN kept, 1/cos = +inf where cos <= 0, and a NaN score never exits.
@@ -12,8 +12,9 @@ import math
 import torch
 from onnxscript import opset18 as op
 
+from distree_kernels.exit_gate_checks import SUMMARIES
+
 OPSET = 18
-SUMMARIES = 5  # the learned gate's features before the K class probabilities (exit_gate_checks.py)
 
 
 def _feature(x, weight, bias):

@@ -4,8 +4,8 @@ from pathlib import Path
 
 from distree.errors import DistreeError
 from distree.export.manifest import build_manifest, clear_output, write_manifest
-from distree.export.walks import make_plan
-from distree.run_dir import CALIBRATED, class_names, read_config
+from distree.export.walks import export_plan
+from distree.run_dir import class_names, read_config
 
 FORMATS = ("onnx", "pt2")
 
@@ -28,16 +28,16 @@ def default_out(run_dir, fmt: str) -> Path:
 
 
 def export_run(run_dir, fmt: str, out=None, policy: str | None = None, thresholds: dict | None = None,
-               setting: str = CALIBRATED, progress=print) -> tuple[Path, dict]:
+               setting: str | None = None, progress=print) -> tuple[Path, dict]:
     """Exports run_dir's students as `fmt` into out (default RUN/export-FMT); (out, manifest).
 
-    thresholds: {policy: (5,)} as parse_thresholds gives them; else the report's `setting`
-    ("calibrated", or "certified-RISK" for the thresholds `distree evaluate` certified).
+    thresholds: {policy: (5,)} as `distree.plan.parse_thresholds` gives them; else the run's
+    `setting` (`distree.run_settings`; None: calibrated).
     """
     if fmt not in FORMATS:
         raise DistreeError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     export, opset = _exporter(fmt)
-    plan = make_plan(run_dir, policy, thresholds, setting)
+    plan = export_plan(run_dir, policy, thresholds, setting)
     out = clear_output(default_out(run_dir, fmt) if out is None else out)
     files = [out / f"student{i}.{fmt}" for i in range(len(plan.walks))]
     try:

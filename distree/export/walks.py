@@ -2,12 +2,11 @@
 
 The walk is `distree.inference.graph_walk.GraphWalk` over the same `DeviceStep` the engine and
 the runtime's devices run, so an artifact takes exactly their decisions: the policy's fused-op
-rule with the thresholds baked in as constants. The thresholds come from --threshold, else from
-the run's calibration (report.json), as `distree deploy` takes them.
+rule with the thresholds baked in as constants. The thresholds come from the plan `distree
+deploy` makes too (`distree.plan.make_plan`): --threshold, else the run's named --setting
+(calibrated by default).
 """
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -15,19 +14,16 @@ from distree.errors import DistreeError
 from distree.inference.evidence import bias_share
 from distree.inference.graph_walk import GraphWalk
 from distree.inference.step import DeviceStep
-from distree.policies import POLICIES, Policy, check_thresholds
-from distree.run_dir import (CALIBRATED, REPORT, calibrated_thresholds, load_student_model, read_config,
-                             run_splits)
-from distree.runtime.config import DEFAULT_POLICIES
-from distree.runtime.plan import load_policy
-
-CERTIFIED = "certified-"  # --setting certified-RISK: the thresholds `distree evaluate` certified for RISK
+from distree.plan import DEFAULT, DEFAULT_POLICIES, make_plan
+from distree.policies import POLICIES, Policy
+from distree.run_dir import load_student_model, read_config, run_splits
 
 
 @dataclass
 class ExportPlan:
     run: str
-    setting: str  # where the thresholds come from: "given", "calibrated", "certified-RISK" or "none" (last-exit)
+    setting: str  # where the thresholds come from: "given", the run's setting's name, or "none" (last-exit)
+    gate: str  # the run's learned gate file the plan's policy uses, relative to the run
     policy: Policy
     thresholds: torch.Tensor  # (5,) for exits 2..6
     model: torch.nn.Module  # the DistrEEModel, eval mode
@@ -42,40 +38,6 @@ def default_policy() -> str:
     return next(name for name in DEFAULT_POLICIES if getattr(POLICIES[name], "rule", None))
 
 
-def certified_thresholds(run_dir, risk: str) -> dict[str, torch.Tensor]:
-    """{policy: thresholds} certified for `risk` in the run's report.json; {} where none is."""
-    path = Path(run_dir) / REPORT
-    if not path.exists():
-        return {}
-    try:
-        specs = [s for s in json.loads(path.read_text()).get("certified") or [] if s["risk"] == risk]
-        return {e["policy"]: check_thresholds([float(v) for v in e["thresholds"]])
-                for spec in specs for e in spec["policies"] if e["certified"]}
-    except (ValueError, KeyError, TypeError) as err:
-        raise DistreeError(f"cannot read the certified thresholds in {path}: {err!r}") from None
-
-
-def choose_thresholds(name: str, given: dict, run_dir, setting: str = CALIBRATED) -> torch.Tensor:
-    """The thresholds (5,) of policy `name`: given, else the report's `setting`
-    ("calibrated" or "certified-RISK"), else an error."""
-    if set(given) - {name}:
-        raise DistreeError(f"--threshold given for {', '.join(sorted(set(given) - {name}))}, "
-                           f"but the export's policy is {name!r}")
-    if name in given:
-        return given[name]
-    if setting == CALIBRATED:
-        found = calibrated_thresholds(run_dir)
-    elif setting.startswith(CERTIFIED):
-        found = certified_thresholds(run_dir, setting[len(CERTIFIED):])
-    else:
-        raise DistreeError(f"unknown --setting {setting!r}; write {CALIBRATED} or {CERTIFIED}RISK "
-                           f"(e.g. {CERTIFIED}accuracy)")
-    if name not in found:
-        raise DistreeError(f"{run_dir} has no {setting} thresholds for {name!r} in report.json; "
-                           f"run `distree evaluate --run {run_dir}` or give --threshold {name}=T2,...,T6")
-    return found[name]
-
-
 def check_exportable(policy: Policy) -> None:
     """A one-line error for a policy an artifact cannot decide alone."""
     if not policy.local:
@@ -83,21 +45,27 @@ def check_exportable(policy: Policy) -> None:
                            "at every stage and cannot run on a device alone; export a local policy (e.g. distree)")
 
 
-def make_plan(run_dir, policy_name: str | None = None, given: dict | None = None,
-              setting: str = CALIBRATED) -> ExportPlan:
+def export_plan(run_dir, policy_name: str | None = None, given: dict | None = None,
+                setting: str | None = None) -> ExportPlan:
     """The walks of every student of run_dir under the policy (default: default_policy), with the
-    given thresholds, else the report's `setting`."""
+    given thresholds, else the run's `setting` (None: calibrated)."""
     config = read_config(run_dir)
     model = load_student_model(run_dir)
     name = policy_name or default_policy()
-    policy = load_policy(name, run_dir)
-    check_exportable(policy)
     given = given or {}
-    if policy.exits_early:
-        thresholds = choose_thresholds(name, given, run_dir, setting)
-        setting = "given" if name in given else setting
+    if set(given) - {name}:
+        raise DistreeError(f"--threshold given for {', '.join(sorted(set(given) - {name}))}, "
+                           f"but the export's policy is {name!r}")
+    spec = make_plan([name], given, run_dir, setting)[0]
+    policy, thresholds = spec.policy, spec.thresholds
+    check_exportable(policy)
+    if not policy.exits_early:
+        source = "none"
+    elif spec.source == DEFAULT:
+        raise DistreeError(f"{run_dir} has no calibrated thresholds for {name!r}; run `distree evaluate --run "
+                           f"{run_dir}`, pick a --setting or give --threshold {name}=T2,...,T6")
     else:
-        thresholds, setting = policy.default_thresholds(), "none"
+        source = spec.source
     test = run_splits(run_dir, config).test
     example = test.batch(torch.arange(1))[0]  # (1, C, H, W)
     share = bias_share(model)
@@ -109,5 +77,5 @@ def make_plan(run_dir, policy_name: str | None = None, given: dict | None = None
             fused = ", ".join(n for n, cls in POLICIES.items() if getattr(cls, "rule", None))
             raise DistreeError(f"policy {name!r} is not decided by the exit gate (the fused op), so an exported walk "
                                f"cannot take its decision; export one of {fused}, or last-exit") from None
-    return ExportPlan(str(run_dir), setting, policy, thresholds, model, walks, example,
+    return ExportPlan(str(run_dir), source, spec.gate, policy, thresholds, model, walks, example,
                       test.mean.flatten().tolist(), test.std.flatten().tolist())

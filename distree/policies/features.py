@@ -1,16 +1,11 @@
-"""Small per-sample statistics of class evidence that several policies score with.
+"""Small per-sample statistics of the aggregated logits that the per-exit policies score with.
+
+(The local rules' scores, the learned gate's features among them, are distree_kernels.exit_rules'.)
 
 Each is a handful of ops: on a device deciding one sample at a time, every op's dispatch costs
 more than its arithmetic.
 """
 import torch
-
-
-def cosine(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """cos(u, v) per row (B, K) -> (B,), with the fused op's rule: 1 where either norm is 0."""
-    dot = (u * v).sum(-1)  # (B,)
-    norms = u.norm(dim=-1) * v.norm(dim=-1)  # (B,)
-    return torch.where(norms > 0, dot / norms, torch.ones_like(dot))
 
 
 def max_probability(logits: torch.Tensor) -> torch.Tensor:

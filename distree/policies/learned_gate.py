@@ -6,17 +6,17 @@ at exit 7). The DistrEE score enters as cos(u_j, u_1), its bounded, sign-keeping
 index enters by having one model per exit. By default the gate also sees the class
 probabilities themselves, so it can learn which classes the exit confuses: on the demo this
 took the FLOPs saved within 0.5 points of last-exit from about 24% to about 30%. The gate is
-fitted here on `gate_features`; on the device the fused exit gate (rule "gate") computes the
-same features from the exit's evidence and applies the fitted weights in the same pass.
+fitted here on `gate_features`, the features' one definition (`distree_kernels.exit_rules`, the
+reference op's); on the device the fused exit gate (rule "gate") computes the same features from
+the exit's evidence and applies the fitted weights in the same pass.
 """
 from dataclasses import dataclass
 
 import torch
 
 from distree.policies.base import NUM_EXITS, LocalInputs, LocalPolicy
-from distree.policies.features import cosine
-
-GATE_FEATURES = ("max_prob", "margin", "entropy", "cos_first", "cos_previous")  # then, optionally, the K probabilities
+from distree_kernels import exit_rules
+from distree_kernels.exit_rules import GATE_FEATURES
 
 
 @dataclass
@@ -29,14 +29,9 @@ class GateConfig:
 
 
 def gate_features(x: LocalInputs, class_probabilities: bool = True) -> torch.Tensor:
-    """The device's local features at one exit: (B, 5) in GATE_FEATURES order, then (B, K) probabilities."""
-    log_p = (x.u + x.bias_share).float().log_softmax(-1)  # (B, K)
-    p = log_p.exp()  # (B, K)
-    top2 = p.topk(2, dim=-1).values  # (B, 2)
-    entropy = -(p * log_p).sum(-1, keepdim=True)  # (B, 1)
-    cos = torch.stack([cosine(x.u, x.first), cosine(x.u, x.previous)], -1)  # (B, 2)
-    summary = torch.cat([top2[:, :1], top2[:, :1] - top2[:, 1:], entropy, cos], -1)  # (B, 5)
-    return torch.cat([summary, p], -1) if class_probabilities else summary  # (B, F)
+    """The device's local features at one exit, as the exit gate computes them: (B, 5) in
+    GATE_FEATURES order, then (B, K) probabilities."""
+    return exit_rules.gate_features(x.u.float(), x.first, x.previous, x.bias_share, class_probabilities)  # (B, F)
 
 
 def unchanged_answer(u: torch.Tensor, aggregate) -> torch.Tensor:

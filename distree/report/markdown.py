@@ -1,7 +1,8 @@
 """report.md: the evaluation's numbers as readable tables, with the figures linked."""
 import math
 
-from distree.run_dir import CALIBRATED
+from distree.run_dir import CALIBRATED, jsonable_thresholds
+from distree.run_settings import ServedSetting, Stored
 
 
 def _pct(x) -> str:
@@ -148,13 +149,47 @@ def certified_summary(report: dict) -> str:
     return " ".join(out)
 
 
+def _thresholds(t) -> str:
+    return ", ".join(v if isinstance(v, str) else f"{v:.4g}" for v in jsonable_thresholds(t))
+
+
+def _chose(setting: ServedSetting) -> str:
+    """What chose a setting, in words."""
+    o = setting.options
+    if "risk" in o:
+        return f"{o['risk']} risk <= {100 * o['epsilon']:g}%, delta {o['delta']:g}"
+    return "-" if o.get("max_drop") is None else f"least FLOPs within {100 * o['max_drop']:.1f} points on val"
+
+
+def settings_table(stored: Stored) -> str:
+    """Every setting the run serves: one row per setting and policy, with its thresholds."""
+    lines = [_row(["setting", "chosen by", "policy", "thresholds T2..T6", "this evaluation"]), _row(["---"] * 5)]
+    for setting in stored.settings.settings.values():
+        note = ("added" if setting.name in stored.added else
+                "its own differ: kept as stored" if setting.name in stored.kept else "kept as stored")
+        lines += [_row([f"`{setting.name}`", _chose(setting), policy, _thresholds(t), note])
+                  for policy, t in setting.thresholds.items()]
+    return "\n".join(lines)
+
+
+def stored_summary(stored: Stored) -> str:
+    """One sentence on what this evaluation did to the settings the run serves."""
+    added = ", ".join(stored.added) or "none"
+    first = " (it held none for these students.pt)" if stored.fresh else ""
+    out = f"Settings added to the run{first}: {added}."
+    if stored.kept:
+        out += (f" Kept as stored, not replaced by this evaluation's: {', '.join(stored.kept)} (deploy and export "
+                "serve what they served; evaluate with --name NAME to add these as NAME:...).")
+    return out
+
+
 def _elapsed(report: dict) -> str:
     if "evaluation_s" in report:  # written by the demo: the whole experiment, then its evaluation
         return f"the whole experiment took {report['elapsed_s']:.0f} s, its evaluation {report['evaluation_s']:.0f} s"
     return f"evaluated in {report['elapsed_s']:.0f} s"
 
 
-def render(report: dict, figures: list[str]) -> str:
+def render(report: dict, figures: list[str], stored: Stored | None = None) -> str:
     teacher = report.get("teacher_accuracy")
     head = [f"# DistrEE evaluation: {report.get('dataset', '?')}", "",
             f"{report['num_students']} students; teacher accuracy {_pct(teacher)}; last-exit accuracy "
@@ -170,6 +205,9 @@ def render(report: dict, figures: list[str]) -> str:
             "prediction and the measurement is the exit machinery's."]
     sections = [("Policies", policy_table(report)), ("DistrEE rule, the paper's shared-T sweep", sweep_table(report)),
                 *[(f"Certified settings: {c['risk']} risk", certified_text(c)) for c in report.get("certified", [])],
+                *([("Settings the run serves",
+                    f"`distree deploy` and `distree export` serve `{CALIBRATED}` unless --setting names another. "
+                    f"{stored_summary(stored)}\n\n{settings_table(stored)}")] if stored is not None else []),
                 ("Accuracy with every student at exit j", exit_table(report)),
                 ("Can a score tell exits that keep exit 7's answer from those that change it? (AUROC)",
                  auroc_table(report))]

@@ -13,4 +13,4 @@ def write_report(evaluation: Evaluation, out) -> None:
     out = Path(out)
     figures = write_plots(evaluation.report, evaluation.test_scores, evaluation.last_right, out)
     (out / REPORT).write_text(json.dumps(evaluation.report, indent=1, allow_nan=False) + "\n")
-    (out / REPORT_MD).write_text(render(evaluation.report, figures))
+    (out / REPORT_MD).write_text(render(evaluation.report, figures, evaluation.stored))

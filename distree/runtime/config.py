@@ -2,9 +2,9 @@
 import argparse
 from dataclasses import dataclass, field
 
+from distree.plan import DEFAULT_POLICIES, add_plan_arguments
 from distree.policies import POLICIES
 
-DEFAULT_POLICIES = ("distree", "last-exit", "confidence", "entropy")
 DEVICE_BACKENDS = ("torch", "onnxruntime")
 FAULT_HELP = ("KIND:TARGET@AT[:ARGS], TARGET a device index or agg (the aggregator), AT the inputs the device has "
               "received (the answers the aggregator has given) before it strikes: kill:D@AT (SIGKILL), freeze:D@AT "
@@ -23,7 +23,8 @@ class ServeConfig:
     images: str = None  # a folder of images instead of the split
     predictions: str = None  # --images: the per-file CSV (default predictions.csv beside the report)
     policies: list = field(default_factory=lambda: list(DEFAULT_POLICIES))
-    thresholds: list = field(default_factory=list)  # POLICY=T or POLICY=T2,...,T6; else the run's calibration
+    thresholds: list = field(default_factory=list)  # POLICY=T or POLICY=T2,...,T6; else the run's setting
+    setting: str = None  # the run's setting served (distree.run_settings); None: calibrated
     window: int = 2  # samples in flight under local policies (1: no pipelining)
     chunk: int = 50  # samples per policy per turn: policies take turns, so they meet the same machine load
     deadline_ms: float = 0.0  # 0: deadline_factor x the recent median latency
@@ -73,9 +74,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                         "replaced only if distree wrote it")
     p.add_argument("--policies", default=",".join(d.policies),
                    help=f"exit policies to serve, comma-separated, run in this order; of {', '.join(POLICIES)}" + D)
-    p.add_argument("--threshold", dest="thresholds", action="append", default=[], metavar="POLICY=T[,...]",
-                   help="thresholds for exits 2..6, one value or five, repeatable (default: the run's calibration "
-                        "in report.json)")
+    add_plan_arguments(p, "serve")
     p.add_argument("--window", type=int, default=d.window, help="samples in flight, 1: one at a time" + D)
     p.add_argument("--chunk", type=int, default=d.chunk,
                    help="samples per policy per turn; policies take turns so that they see the same load" + D)
@@ -133,7 +132,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     return ServeConfig(
         run=args.run, split=args.split, samples=args.samples, images=args.images, predictions=args.predictions,
-        policies=[p for p in args.policies.split(",") if p], thresholds=args.thresholds, window=args.window,
+        policies=[p for p in args.policies.split(",") if p], thresholds=args.thresholds, setting=args.setting,
+        window=args.window,
         chunk=args.chunk,
         deadline_ms=args.deadline_ms, deadline_factor=args.deadline_factor, dead_after_s=args.dead_after_s,
         link_delay_ms=args.link_delay_ms, link_mbps=args.link_mbps, link_jitter_ms=args.link_jitter_ms,

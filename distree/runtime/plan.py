@@ -1,73 +1,29 @@
-"""Which policies a session runs, in which order, with which thresholds.
+"""The paths a session's local policies adapt along under a latency target.
 
-Every rank builds the same plan from the same arguments and run directory, so a message names
-its policy by its index in the plan and nothing else needs to travel. Thresholds come from the
-command line, else from the run's calibration (`distree evaluate` writes the setting chosen on
-validation into report.json), else the policy's defaults, which stop nobody early.
+Every rank builds the same plan (`distree.plan.make_plan`: which policies, in which order,
+with which thresholds) from the same arguments and run directory, so a message names its
+policy by its index in the plan and nothing else needs to travel.
 
 Under a latency target a local policy also gets a path: the settings each device may move
 along, most conservative first (`with_paths`), and which combinations of per-device settings
-it may run. From the run, that is the grid `distree evaluate` certifies and stores in report.json
-(`distree.risk_grid`: every combination tested at once, so any of them the runtime moves among
-keeps the consistency risk within epsilon). A path given in a JSON file is either such a grid or
-a plain list of settings, which certifies nothing: every combination of it may run, and at
-most `steps` of its settings, evenly spaced, both ends kept, are used. Every device starts at the
-conservative end.
+it may run. From the run, that is the grid `distree evaluate` certified with the served
+setting (`distree.run_settings`: the consistency certificate of the same evaluation; every
+combination tested at once, so any of them the runtime moves among keeps the consistency risk
+within epsilon). A path given in a JSON file is either such a grid or a plain list of settings,
+which certifies nothing: every combination of it may run, and at most `steps` of its settings,
+evenly spaced, both ends kept, are used. Every device starts at the conservative end.
 """
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from distree.errors import DistreeError
-from distree.policies import LearnedGatePolicy, Policy, check_thresholds, make_policy
+from distree.plan import PolicySpec, parse_threshold_value
+from distree.policies import check_thresholds
 from distree.risk_grid import GridCertificate
-from distree.run_dir import REPORT, calibrated_thresholds, load_learned_gate
-
-
-@dataclass
-class PolicySpec:
-    name: str
-    policy: Policy
-    thresholds: torch.Tensor  # (5,) for exits 2..6
-    path: torch.Tensor = None  # (C, 5) settings to adapt along, conservative first; None: static
-    grid: GridCertificate = None  # the combinations certified together; None: a given path, every combination runs
-    risk: dict = field(default_factory=dict)  # the consistency risk the shadow check holds: epsilon, delta, source
-
-
-def parse_thresholds(items: list[str]) -> dict[str, torch.Tensor]:
-    """{policy: thresholds} from ["distree=1.1", "confidence=0.9,0.9,0.8,0.8,0.7", ...]."""
-    out = {}
-    for item in items:
-        name, sep, values = item.partition("=")
-        try:
-            parsed = [float(v) for v in values.split(",")]
-        except ValueError:
-            parsed = None
-        if not (name and sep and parsed):
-            raise DistreeError(f"bad --threshold {item!r}; write POLICY=T or POLICY=T2,T3,T4,T5,T6")
-        out[name] = check_thresholds(parsed[0] if len(parsed) == 1 else parsed)
-    return out
-
-
-def load_policy(name: str, run_dir) -> Policy:
-    """The policy called name; the learned gate comes fitted from the run directory."""
-    return load_learned_gate(run_dir) if name == LearnedGatePolicy.name else make_policy(name)
-
-
-def make_plan(names: list[str], given: dict[str, torch.Tensor], run_dir) -> list[PolicySpec]:
-    """The policies in order, each with its given, else calibrated, else default thresholds."""
-    unknown = set(given) - set(names)
-    if unknown:
-        raise DistreeError(f"--threshold given for {', '.join(sorted(unknown))}, which --policies does not run")
-    thresholds = {**calibrated_thresholds(run_dir), **given}
-    plan = []
-    for name in names:
-        policy = load_policy(name, run_dir)
-        t = thresholds.get(name)
-        plan.append(PolicySpec(name, policy, policy.default_thresholds() if t is None else t))
-    return plan
+from distree.run_dir import CALIBRATED
+from distree.run_settings import read_settings
 
 
 def read_path_file(path, num_devices: int) -> dict[str, tuple[torch.Tensor, GridCertificate | None]]:
@@ -83,23 +39,22 @@ def read_path_file(path, num_devices: int) -> dict[str, tuple[torch.Tensor, Grid
                     raise ValueError(f"the grid of {name} is for {grid.losses.dim()} devices, not {num_devices}")
                 out[name] = grid.path, grid
             elif value:
-                out[name] = torch.stack([check_thresholds([float(v) for v in t]) for t in value]), None
+                out[name] = torch.stack([check_thresholds([parse_threshold_value(str(v)) for v in t])
+                                         for t in value]), None
         return out
     except (OSError, ValueError, TypeError, AttributeError, KeyError, RuntimeError, DistreeError) as err:
         raise DistreeError(f"--threshold-path {path}: write {{\"POLICY\": [[T2, ..., T6], ...]}}, "
                            f"conservative first, or a grid from report.json ({err})") from None
 
 
-def certified_grids(run_dir, num_devices: int) -> dict[str, GridCertificate]:
-    """{policy: its grid} from the consistency certificate of the run's report.json; {} without one."""
-    report = Path(run_dir) / REPORT
-    if not report.exists():
-        return {}
-    for spec in json.loads(report.read_text()).get("certified", []):
-        if spec["risk"] == "consistency":
-            grids = {e["policy"]: GridCertificate.from_json(e["grid"]) for e in spec["policies"] if e.get("grid")}
-            return {name: g for name, g in grids.items() if g.losses.dim() == num_devices}
-    return {}
+def certified_grids(run_dir, served: str | None, num_devices: int) -> tuple[dict[str, GridCertificate], str]:
+    """({policy: its grid}, where from) of the consistency certificate that goes with the served
+    setting (None: calibrated); ({}, ...) where the run holds none."""
+    source = read_settings(run_dir).grid_source(served or CALIBRATED)
+    if source is None:
+        return {}, ""
+    grids = {name: g for name, g in source.grids.items() if g.losses.dim() == num_devices}
+    return grids, f"{run_dir}: setting {source.name}"
 
 
 def thin_path(path: torch.Tensor, steps: int) -> torch.Tensor:
@@ -109,15 +64,15 @@ def thin_path(path: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 def with_paths(plan: list[PolicySpec], run_dir, path_file, steps: int, epsilon: float, delta: float,
-               num_devices: int) -> list[PolicySpec]:
-    """The plan with a path on every local policy that has one (given in path_file, else the run's
-    certified grid); a DistreeError if none has. epsilon and delta are the shadow check's where no
-    grid says which risk the settings were certified for."""
+               num_devices: int, served: str | None = None) -> list[PolicySpec]:
+    """The plan with a path on every local policy that has one (given in path_file, else the grid
+    certified with the served setting, None: calibrated); a DistreeError if none has. epsilon and
+    delta are the shadow check's where no grid says which risk the settings were certified for."""
     given = read_path_file(path_file, num_devices) if path_file else {}
     unknown = set(given) - {s.name for s in plan}
     if unknown:
         raise DistreeError(f"--threshold-path gives {', '.join(sorted(unknown))}, which --policies does not run")
-    stored = certified_grids(run_dir, num_devices)
+    stored, stored_source = certified_grids(run_dir, served, num_devices)
     for spec in plan:
         if spec.name in given and not spec.policy.local:
             raise DistreeError(f"--threshold-path: {spec.name} decides at the aggregator; only local policies adapt")
@@ -128,7 +83,7 @@ def with_paths(plan: list[PolicySpec], run_dir, path_file, steps: int, epsilon: 
             source = f"--threshold-path {path_file}"
         elif spec.name in stored:
             grid = stored[spec.name]
-            path, source = grid.path, f"{Path(run_dir) / REPORT}: certified consistency"
+            path, source = grid.path, stored_source
         else:
             continue
         spec.path, spec.grid = (path, grid) if grid is not None else (thin_path(path, steps), None)
@@ -138,6 +93,6 @@ def with_paths(plan: list[PolicySpec], run_dir, path_file, steps: int, epsilon: 
     if all(s.path is None for s in plan):
         raise DistreeError(f"a latency target needs a local policy with a threshold path: none of "
                            f"{', '.join(s.name for s in plan)} has a certified grid for {num_devices} devices in "
-                           f"{Path(run_dir) / REPORT} (run `distree evaluate` again to store it) and "
+                           f"the run's settings (run `distree evaluate` again to store it) and "
                            "--threshold-path gives none")
     return plan

@@ -31,7 +31,8 @@ from distree.runtime.group import AGGREGATOR_RANK, Session, init_group
 from distree.runtime.netem import link_models
 from distree.runtime.onnx_device import check_artifacts, onnx_steps
 from distree.runtime.predictions import check_replaceable, predictions_path, write_predictions
-from distree.runtime.plan import make_plan, parse_thresholds, with_paths
+from distree.plan import make_plan, parse_thresholds
+from distree.runtime.plan import with_paths
 from distree.runtime.summary import summarise
 from distree.runtime.timeline import phases, timeline, timeline_table
 from distree.inference.step import DeviceStep
@@ -110,10 +111,10 @@ def device_steps(config: ServeConfig, plan: list, i: int, session: Session):
 def check_options(config: ServeConfig, n: int):
     """The plan, faults and links config asks for, or a DistreeError before any process starts."""
     check_adaptive_options(config)
-    plan = make_plan(config.policies, parse_thresholds(config.thresholds), config.run)
+    plan = make_plan(config.policies, parse_thresholds(config.thresholds), config.run, config.setting)
     if adapting(config):
         plan = with_paths(plan, config.run, config.threshold_path, config.path_steps, config.consistency_epsilon,
-                          delta=0.1, num_devices=n)
+                          delta=0.1, num_devices=n, served=config.setting)
     faults = [parse_fault(f, n) for f in config.faults]
     links = link_models(config.link_delay_ms, config.link_mbps, config.link_jitter_ms, n)
     if config.device_backend == "onnxruntime":
