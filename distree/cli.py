@@ -1,6 +1,7 @@
 """The `distree` command: parses arguments, calls one function per sub-command, reports errors."""
 import argparse
 import importlib
+import os
 import sys
 
 from distree.errors import DistreeError
@@ -32,7 +33,8 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except DistreeError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike; rank 0 says why
+            print(f"error: {err}", file=sys.stderr)
         return 2
 
 

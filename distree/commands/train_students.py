@@ -1,4 +1,5 @@
-"""`distree train-students`: jointly train the run's N students and aggregator against its teacher."""
+"""`distree train-students`: jointly train the run's N students and aggregator against its teacher
+(under torchrun: on K ranks)."""
 import argparse
 from pathlib import Path
 
@@ -6,32 +7,45 @@ from distree.errors import DistreeError
 from distree.models.student import EXIT_SPACES
 from distree.training.partition import load_partition
 from distree.run_dir import PARTITION, STUDENTS, read_config, write_config
+from distree.training.precision import AMP_MODES, precision
 from distree.training.presets import override
+from distree.training.ranks import joined, launched_ranks, rank_device
 from distree.training.students import train_students
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("train-students", help="train the students of a partitioned run (or resume them)")
     p.add_argument("--run", required=True, help="run directory holding a teacher and its partition")
-    p.add_argument("--students", type=int, help="number of students; must match partition.json")
-    p.add_argument("--width", type=int, help="student WRN-16 widening factor")
-    p.add_argument("--exit-space", choices=EXIT_SPACES, help="class evidence (default) or projected features")
-    p.add_argument("--head-backend", help="distree_kernels backend of the exit heads (default auto)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--students", type=int, help="number of students; must match partition.json (default: its)")
+    p.add_argument("--width", type=int, help="student WRN-16 widening factor (default: the preset's)")
+    p.add_argument("--exit-space", choices=EXIT_SPACES,
+                   help="what exits send: %(choices)s; class evidence or projected features (default: the preset's)")
+    p.add_argument("--head-backend", help="distree_kernels backend of the exit heads: auto, cpp, cuda, triton or "
+                                          "reference (default: the preset's, auto)")
+    p.add_argument("--epochs", type=int, help="training epochs (default: the preset's)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
+    p.add_argument("--batch-size", type=int, help="global batch size, split over the ranks under torchrun: a "
+                                                   "multiple of their number (default: the preset's)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction,
-                   help="augment training images (the teacher then runs at every step)")
-    p.add_argument("--beta", type=float, help="weight of attention transfer")
-    p.add_argument("--mixed-weight", type=float, help="weight of the mixed-exit term (0: off)")
-    p.add_argument("--dropout", type=float, help="probability that a sample loses one student's feature")
-    p.add_argument("--seed", type=int, help="seed of training")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+                   help="augment training images (the teacher then runs at every step) (default: the preset's)")
+    p.add_argument("--beta", type=float, help="weight of attention transfer (default: the preset's)")
+    p.add_argument("--mixed-weight", type=float, help="weight of the mixed-exit term, 0 for off (default: the preset's)")
+    p.add_argument("--dropout", type=float, help="probability that a sample loses one student's feature, 0 to 1 "
+                                                 "(default: the preset's)")
+    p.add_argument("--seed", type=int, help="seed of training (default: the preset's)")
+    p.add_argument("--device", default="cpu", help="torch device; under torchrun, cuda gives each rank "
+                                                   "cuda:LOCAL_RANK (default %(default)s)")
+    p.add_argument("--amp", choices=AMP_MODES, default="off",
+                   help="mixed precision: %(choices)s; fp16 needs a GPU (default %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint, on any number of "
+                                                         "ranks (default: off)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    ranks = launched_ranks()
+    device = rank_device(ranks, args.device)
+    amp = precision(args.amp, device)
     run_dir = Path(args.run)
     config = read_config(run_dir)
     students = config["students"]
@@ -50,8 +64,12 @@ def run(args) -> int:
         for key, values in changes.items():
             override(students[key], **values)
         students["num_students"] = n
-        write_config(run_dir, config)
-    history = train_students(run_dir, config, args.resume, args.device)
+        if ranks.main:
+            write_config(run_dir, config)
+    with joined(ranks, device):
+        history = train_students(run_dir, config, args.resume, device, amp, ranks)
+    if not ranks.main:
+        return 0
     accs = [history[-1][f"test_acc_exit{j}"] for j in range(1, 8)]
     print("test accuracy at exits 1..7 (all students at exit j): " + ", ".join(f"{100 * a:.2f}%" for a in accs))
     return 0
