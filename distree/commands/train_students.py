@@ -10,6 +10,7 @@ from distree.run_dir import PARTITION, STUDENTS, read_config, write_config
 from distree.training.precision import AMP_MODES, precision
 from distree.training.presets import override
 from distree.training.ranks import joined, launched_ranks, rank_device
+from distree.training.shards import check_batch_size
 from distree.training.students import train_students
 
 
@@ -57,15 +58,17 @@ def run(args) -> int:
     if args.students is not None and args.students != n:
         raise DistreeError(f"--students {args.students} does not match {run_dir / PARTITION}, which is for {n} "
                            f"students; rerun `distree partition --run {run_dir} --students {args.students}`")
-    if args.resume and (run_dir / STUDENTS).exists():
+    resuming = args.resume and (run_dir / STUDENTS).exists()
+    if resuming:
         if any(v is not None for section in changes.values() for v in section.values()):
             raise DistreeError("--resume continues the students as configured; drop the other options")
     else:
         for key, values in changes.items():
             override(students[key], **values)
         students["num_students"] = n
-        if ranks.main:
-            write_config(run_dir, config)
+    check_batch_size(students["optim"]["batch_size"], ranks)
+    if ranks.main and not resuming:
+        write_config(run_dir, config)
     with joined(ranks, device):
         history = train_students(run_dir, config, args.resume, device, amp, ranks)
     if not ranks.main:

@@ -7,6 +7,7 @@ from distree.run_dir import TEACHER, read_config, write_config
 from distree.training.precision import AMP_MODES, precision
 from distree.training.presets import PRESETS, override, run_config
 from distree.training.ranks import joined, launched_ranks, rank_device
+from distree.training.shards import check_batch_size
 from distree.training.teacher import train_teacher
 
 
@@ -58,6 +59,8 @@ def run(args) -> int:
         override(config["teacher"]["model"], depth=args.depth, width=args.width)
         override(config["teacher"]["optim"], epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                  seed=args.seed)
+    check_batch_size(config["teacher"]["optim"]["batch_size"], ranks)
+    if not args.resume:
         out.mkdir(parents=True, exist_ok=True)
         if ranks.main:
             write_config(out, config)

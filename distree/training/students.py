@@ -25,7 +25,7 @@ from distree.run_dir import PARTITION, build_students, config_from_dict, load_te
 from distree.training.loop import OptimConfig, Phase, fit, make_optimizer, predict, sgd_step, split_accuracy, train_epoch
 from distree.training.precision import Precision
 from distree.training.ranks import SINGLE, Ranks, data_parallel, main_first, gather_rows, sync_buffers
-from distree.training.shards import Share, check_batch_size, eval_rows
+from distree.training.shards import Share, eval_rows
 from distree.training.teacher import teacher_outputs, to_device, train_batch
 from distree_kernels.backends import resolve
 
@@ -58,7 +58,6 @@ def train_students(run_dir, config: dict, resume: bool, device="cpu", precision:
     teacher = load_teacher(run_dir).to(device)
     partition = load_partition(Path(run_dir) / PARTITION, teacher.num_filters, n)
     cfg = config_from_dict(OptimConfig, students["optim"])
-    check_batch_size(cfg.batch_size, ranks)
     loss_cfg = config_from_dict(LossConfig, students["loss"])
     if len(loss_cfg.exit_weights) != NUM_EXITS:
         raise DistreeError(f"exit_weights needs {NUM_EXITS} values, got {loss_cfg.exit_weights}")

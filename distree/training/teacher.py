@@ -10,7 +10,7 @@ from distree.run_dir import build_teacher, config_from_dict, run_splits, write_c
 from distree.training.loop import OptimConfig, Phase, fit, make_optimizer, sgd_step, split_accuracy, train_epoch
 from distree.training.precision import Precision
 from distree.training.ranks import SINGLE, Ranks, data_parallel, main_first, sync_buffers
-from distree.training.shards import Share, check_batch_size
+from distree.training.shards import Share
 
 
 def to_device(x: torch.Tensor, device) -> torch.Tensor:
@@ -43,7 +43,6 @@ def train_teacher(run_dir, config: dict, resume: bool, device="cpu", precision: 
         if ranks.main:
             write_config(run_dir, config)
     cfg = config_from_dict(OptimConfig, config["teacher"]["optim"])
-    check_batch_size(cfg.batch_size, ranks)
     torch.manual_seed(cfg.seed)  # the initial weights
     model = build_teacher(config).to(device)
     net = data_parallel(model, torch.device(device), ranks)
