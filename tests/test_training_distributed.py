@@ -245,7 +245,8 @@ def test_two_ranks_train_like_one_process(runs):
 
     The smoke preset evaluates on 128 test and 64 val images after 3 and 2 epochs, and each rank
     normalises BatchNorm over its 16 of the 32 samples, so the runs part ways within an epoch:
-    one process and 2 ranks measured 63% and 61% at the students' last exit, 85% and 70% at exit 2.
+    one process and 2 ranks measured 63% and 61% at the students' last exit, 85% and 70% at exit 2,
+    7.5 points apart on average over the exits.
     """
     for one, two, name in ((runs / "one", runs / "two", "teacher.pt"),
                            (runs / "one", runs / "two-students", "students.pt")):
@@ -254,7 +255,7 @@ def test_two_ranks_train_like_one_process(runs):
         assert h2[0]["train_loss"] == pytest.approx(h1[0]["train_loss"], rel=0.05)  # before the paths part
         tests = [k for k in h1[-1] if k.startswith("test_acc")]
         gaps = [abs(h1[-1][k] - h2[-1][k]) for k in tests]
-        assert max(gaps) <= 0.25 and sum(gaps) / len(gaps) <= 0.1, dict(zip(tests, gaps))
+        assert max(gaps) <= 0.25 and sum(gaps) / len(gaps) <= 0.15, dict(zip(tests, gaps))
     assert history(runs / "two", "teacher.pt")[-1]["test_acc"] >= 0.9
 
 
