@@ -3,13 +3,13 @@
 import argparse
 from pathlib import Path
 
+from distree.commands.training_options import add_launch_arguments, add_schedule_arguments, launch
 from distree.errors import DistreeError
 from distree.models.student import EXIT_SPACES
 from distree.training.partition import load_partition
 from distree.run_dir import PARTITION, STUDENTS, read_config, write_config
-from distree.training.precision import AMP_MODES, precision
 from distree.training.presets import override
-from distree.training.ranks import joined, launched_ranks, rank_device
+from distree.training.ranks import joined
 from distree.training.shards import check_batch_size
 from distree.training.students import train_students
 
@@ -23,10 +23,7 @@ def add_parser(subparsers) -> None:
                    help="what exits send: %(choices)s; class evidence or projected features (default: the preset's)")
     p.add_argument("--head-backend", help="distree_kernels backend of the exit heads: auto, cpp, cuda, triton or "
                                           "reference (default: the preset's, auto)")
-    p.add_argument("--epochs", type=int, help="training epochs (default: the preset's)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
-    p.add_argument("--batch-size", type=int, help="global batch size, split over the ranks under torchrun: a "
-                                                   "multiple of their number (default: the preset's)")
+    add_schedule_arguments(p)
     p.add_argument("--augment", action=argparse.BooleanOptionalAction,
                    help="augment training images (the teacher then runs at every step) (default: the preset's)")
     p.add_argument("--beta", type=float, help="weight of attention transfer (default: the preset's)")
@@ -34,19 +31,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dropout", type=float, help="probability that a sample loses one student's feature, 0 to 1 "
                                                  "(default: the preset's)")
     p.add_argument("--seed", type=int, help="seed of training (default: the preset's)")
-    p.add_argument("--device", default="cpu", help="torch device; under torchrun, cuda gives each rank "
-                                                   "cuda:LOCAL_RANK (default %(default)s)")
-    p.add_argument("--amp", choices=AMP_MODES, default="off",
-                   help="mixed precision: %(choices)s; fp16 needs a GPU (default %(default)s)")
+    add_launch_arguments(p)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint, on any number of "
                                                          "ranks (default: off)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    ranks = launched_ranks()
-    device = rank_device(ranks, args.device)
-    amp = precision(args.amp, device)
+    job = launch(args)
     run_dir = Path(args.run)
     config = read_config(run_dir)
     students = config["students"]
@@ -66,12 +58,12 @@ def run(args) -> int:
         for key, values in changes.items():
             override(students[key], **values)
         students["num_students"] = n
-    check_batch_size(students["optim"]["batch_size"], ranks)
-    if ranks.main and not resuming:
+    check_batch_size(students["optim"]["batch_size"], job.ranks)
+    if job.ranks.main and not resuming:
         write_config(run_dir, config)
-    with joined(ranks, device):
-        history = train_students(run_dir, config, args.resume, device, amp, ranks)
-    if not ranks.main:
+    with joined(job.ranks, job.device):
+        history = train_students(run_dir, config, args.resume, job.device, job.precision, job.ranks)
+    if not job.ranks.main:
         return 0
     accs = [history[-1][f"test_acc_exit{j}"] for j in range(1, 8)]
     print("test accuracy at exits 1..7 (all students at exit j): " + ", ".join(f"{100 * a:.2f}%" for a in accs))

@@ -2,11 +2,11 @@
 from pathlib import Path
 
 from distree.data import DATASETS
+from distree.commands.training_options import add_launch_arguments, add_schedule_arguments, launch
 from distree.errors import DistreeError
 from distree.run_dir import TEACHER, read_config, write_config
-from distree.training.precision import AMP_MODES, precision
 from distree.training.presets import PRESETS, override, run_config
-from distree.training.ranks import joined, launched_ranks, rank_device
+from distree.training.ranks import joined
 from distree.training.shards import check_batch_size
 from distree.training.teacher import train_teacher
 
@@ -24,24 +24,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--val-size", type=int, help="training images held out for validation (default: the preset's)")
     p.add_argument("--depth", type=int, help="teacher WRN depth, 6n + 4 (default: the preset's)")
     p.add_argument("--width", type=int, help="teacher WRN widening factor (default: the preset's)")
-    p.add_argument("--epochs", type=int, help="training epochs (default: the preset's)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
-    p.add_argument("--batch-size", type=int, help="global batch size, split over the ranks under torchrun: a "
-                                                   "multiple of their number (default: the preset's)")
+    add_schedule_arguments(p)
     p.add_argument("--seed", type=int, help="seed of the split and of training (default: the preset's)")
-    p.add_argument("--device", default="cpu", help="torch device; under torchrun, cuda gives each rank "
-                                                   "cuda:LOCAL_RANK (default %(default)s)")
-    p.add_argument("--amp", choices=AMP_MODES, default="off",
-                   help="mixed precision: %(choices)s; fp16 needs a GPU (default %(default)s)")
+    add_launch_arguments(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, "
                                                          "on any number of ranks (default: off)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    ranks = launched_ranks()
-    device = rank_device(ranks, args.device)
-    amp = precision(args.amp, device)
+    job = launch(args)
     out = Path(args.out)
     changes = [args.data, args.data_dir, args.image_size, args.val_size, args.depth, args.width, args.epochs, args.lr,
                args.batch_size, args.seed]
@@ -59,13 +51,13 @@ def run(args) -> int:
         override(config["teacher"]["model"], depth=args.depth, width=args.width)
         override(config["teacher"]["optim"], epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                  seed=args.seed)
-    check_batch_size(config["teacher"]["optim"]["batch_size"], ranks)
+    check_batch_size(config["teacher"]["optim"]["batch_size"], job.ranks)
     if not args.resume:
         out.mkdir(parents=True, exist_ok=True)
-        if ranks.main:
+        if job.ranks.main:
             write_config(out, config)
-    with joined(ranks, device):
-        history = train_teacher(out, config, args.resume, device, amp, ranks)
-    if ranks.main:
+    with joined(job.ranks, job.device):
+        history = train_teacher(out, config, args.resume, job.device, job.precision, job.ranks)
+    if job.ranks.main:
         print(f"teacher test accuracy: {100 * history[-1]['test_acc']:.2f}%")
     return 0
