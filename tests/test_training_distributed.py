@@ -326,5 +326,6 @@ def test_students_train_under_bf16(runs, tmp_path, capsys):
     gaps = [abs(last[f"test_acc_exit{j}"] - exact[f"test_acc_exit{j}"]) for j in range(1, 8)]
     assert last["test_acc_exit7"] > 0.3 and sum(gaps) / 7 <= 0.1, gaps  # chance is 0.1; measured: mean gap 0.04
     (run / "students.pt").unlink()
+    capsys.readouterr()  # the run's progress bars
     assert "needs the fused exit heads" in error_of(capsys, "train-students", "--run", run, "--amp", "bf16",
                                                     "--head-backend", "reference")

@@ -27,7 +27,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--augment", action=argparse.BooleanOptionalAction,
                    help="augment training images (the teacher then runs at every step) (default: the preset's)")
     p.add_argument("--beta", type=float, help="weight of attention transfer (default: the preset's)")
-    p.add_argument("--mixed-weight", type=float, help="weight of the mixed-exit term, 0 for off (default: the preset's)")
+    p.add_argument("--mixed-weight", type=float,
+                   help="weight of the mixed-exit term, 0 for off (default: the preset's)")
     p.add_argument("--dropout", type=float, help="probability that a sample loses one student's feature, 0 to 1 "
                                                  "(default: the preset's)")
     p.add_argument("--seed", type=int, help="seed of training (default: the preset's)")

@@ -122,7 +122,7 @@ class Phase:
         """The checkpoint's state on every rank; any rank count may resume it (shards.py makes the
         order and the global batch independent of it), the precision must be the same."""
         ckpt = load_checkpoint(self.path)
-        amp, world_size = ckpt.get("amp", "off"), ckpt.get("world_size", 1)  # checkpoints from before: one float32 process
+        amp, world_size = ckpt.get("amp", "off"), ckpt.get("world_size", 1)  # older checkpoints: float32, 1 rank
         if amp != self.amp:
             raise DistreeError(f"{self.path} was trained with --amp {amp}; resume it with --amp {amp}, not {self.amp}")
         if world_size != self.ranks.world_size and self.ranks.main:

@@ -64,7 +64,7 @@ def rank_device(ranks: Ranks, device: str) -> torch.device:
         raise DistreeError(f"--device {device!r} is not a torch device") from None
     if ranks.distributed and dev.type == "cuda":
         if dev.index is not None:
-            raise DistreeError(f"--device {device}: with several ranks pass --device cuda; rank r takes cuda:LOCAL_RANK")
+            raise DistreeError(f"--device {device}: with several ranks pass --device cuda; each takes cuda:LOCAL_RANK")
         return torch.device("cuda", ranks.local_rank)
     return dev
 

@@ -22,7 +22,8 @@ from distree.losses import LossConfig, drop_students, joint_loss
 from distree.models.student import NUM_EXITS
 from distree.training.partition import load_partition
 from distree.run_dir import PARTITION, build_students, config_from_dict, load_teacher, run_splits
-from distree.training.loop import OptimConfig, Phase, fit, make_optimizer, predict, sgd_step, split_accuracy, train_epoch
+from distree.training.loop import (OptimConfig, Phase, fit, make_optimizer, predict, sgd_step, split_accuracy,
+                                   train_epoch)
 from distree.training.precision import Precision
 from distree.training.ranks import SINGLE, Ranks, data_parallel, main_first, gather_rows, sync_buffers
 from distree.training.shards import Share, eval_rows
