@@ -3,8 +3,10 @@
 # Triton, and no network: builds the extension with the CUDA kernels, runs the CUDA and Triton
 # tests (among them no host sync in forward + backward, CUDA-graph replay), then their
 # benchmarks (timings, bandwidth against the GPU's peak, launches per forward, and one sample's
-# walk to its exit as a CUDA graph against the eager walk with host reads). Every step has
-# a timeout so the whole run stays under 8 minutes; a summary comes last.
+# walk to its exit as a CUDA graph against the eager walk with host reads), and one epoch of the
+# paper preset's teacher and students with --amp off and --amp bf16 (benches/epoch_time.py;
+# random images of CIFAR-10's size where CIFAR-10 is absent). Every step has a timeout so the
+# whole run stays under 10 minutes; a summary comes last.
 # Log: ${OUT:-/tmp}/gpu_check.log. PYTHON picks the python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +15,7 @@ mkdir -p "$(dirname "$LOG")"
 exec > >(tee "$LOG") 2>&1
 
 PY="${PYTHON:-python}"
-BUDGET=${GPU_CHECK_BUDGET:-450}  # seconds for all steps together
+BUDGET=${GPU_CHECK_BUDGET:-580}  # seconds for all steps together
 SUMMARY=()
 FAILED=0
 unset TRITON_INTERPRET  # the real Triton kernels, not the CPU interpreter
@@ -54,6 +56,8 @@ step "build with CUDA (arch $TORCH_CUDA_ARCH_LIST)" 200 bash -c '
 step "tests -k 'cuda or triton'" 150 "$PY" -m pytest -q tests -k "cuda or triton"
 step "benchmarks -k 'cuda or triton'" 180 "$PY" -m pytest -q benches -k "cuda or triton" \
   --benchmark-max-time=0.2 --benchmark-columns=median,ops
+step "paper preset: one epoch, --amp off and bf16" 240 "$PY" benches/epoch_time.py amp \
+  --out "$(mktemp -d /tmp/epoch_time.XXXX)"
 
 echo
 echo "=== summary ($SECONDS s; the benchmarks' tables are just above; log $LOG)"

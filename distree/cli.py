@@ -10,6 +10,7 @@ training levers. `distree COMMAND --help` lists a command's options.
 """
 import argparse
 import importlib
+import os
 import sys
 from importlib import metadata
 
@@ -54,7 +55,8 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except DistreeError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike; rank 0 says why
+            print(f"error: {err}", file=sys.stderr)
         return 2
 
 

@@ -5,6 +5,7 @@ from distree.errors import DistreeError
 from distree.training.partition import partition_run
 from distree.run_dir import PARTITION, STUDENTS, read_config, write_config
 from distree.training.presets import override
+from distree.training.ranks import launched_ranks
 
 
 RUNS = "(default: the run's config.json, from its preset)"
@@ -29,6 +30,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    if not launched_ranks().main:  # under torchrun rank 0 alone partitions; the others read partition.json later
+        return 0
     run_dir = Path(args.run)
     config = read_config(run_dir)
     if (run_dir / STUDENTS).exists():
