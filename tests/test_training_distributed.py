@@ -188,6 +188,15 @@ def test_bad_launches_are_one_line_on_rank_0_only(tmp_path, capsys, monkeypatch)
     assert capsys.readouterr().err == ""  # the other ranks exit quietly with the same code
 
 
+def test_partition_under_torchrun_runs_on_rank_0_alone(tmp_path, monkeypatch):
+    for key, value in {**TORCHRUN_ENV, "RANK": "1", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    assert cli("partition", "--run", tmp_path / "no-teacher-here") == 0  # rank 1 neither reads nor writes
+    assert not (tmp_path / "no-teacher-here").exists()
+    monkeypatch.setenv("RANK", "0")
+    assert cli("partition", "--run", tmp_path / "no-teacher-here") == 2  # rank 0 does the work, and fails here
+
+
 # --- real runs: one process against two ranks ------------------------------------------------------
 
 def env() -> dict:
