@@ -19,7 +19,7 @@ import distree_kernels
 from distree.cli import main
 from distree.errors import DistreeError
 from distree.export.conformance import check_export
-from distree.export.manifest import KIND, MANIFEST, clear_output
+from distree.artifacts.manifest import KIND, MANIFEST, clear_output
 from distree.export.run import export_run
 from distree.runtime.plan import parse_thresholds
 from exit_gate_cases import RULES, make_gate_args
@@ -132,7 +132,7 @@ def test_check_names_the_student_and_sample_that_disagree(onnx_out, tmp_path):
 def test_onnx_student_runs_with_onnxruntime_and_numpy_only(onnx_out):
     """OnnxStudent in a fresh interpreter: it answers, and torch is never imported."""
     script = ("import sys, numpy as np\n"
-              "from distree.export.onnx_session import OnnxStudent\n"
+              "from distree.artifacts.onnx_student import OnnxStudent\n"
               f"u, exit = OnnxStudent({str(onnx_out / 'student1.onnx')!r}).run(np.zeros((1, 3, 32, 32), np.float32))\n"
               "assert u.shape == (1, 10) and u.dtype == np.float32 and 0 <= exit <= 6\n"
               "assert 'torch' not in sys.modules\n"

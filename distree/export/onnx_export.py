@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from distree.export.onnx_ops import OPSET, translation_table
-from distree.export.onnx_session import INPUT, OUTPUTS
+from distree.artifacts.onnx_student import INPUT, OUTPUTS
 from distree.export.quiet import quiet
 
 
