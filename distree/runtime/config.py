@@ -41,6 +41,11 @@ class ServeConfig:
     consistency_epsilon: float = 0.01  # the shadow check's epsilon for a given list, which certifies nothing
     timeline_window: int = 50  # samples per row of the report's timeline
 
+    @property
+    def adapting(self) -> bool:
+        """Whether the thresholds follow a latency target (runtime/adaptive.py)."""
+        return self.latency_target_ms is not None or self.latency_target_x is not None
+
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     d = ServeConfig(run="")

@@ -6,7 +6,7 @@ the phase of its middle sample.
 """
 import numpy as np
 
-from distree.runtime.summary import PolicyRun, accuracy, percentiles_ms
+from distree.runtime.policy_run import PolicyRun, accuracy, percentiles_ms
 
 
 def phase(sample: float, window: dict) -> str:
