@@ -179,6 +179,39 @@ def test_each_rule_translates_to_the_reference(rule, probabilities, inclusive, t
     assert 0 < int(want[2].sum()) < 4  # the case decides both ways
 
 
+def unread_initializers(graph) -> list[str]:
+    """The initializers of an onnx graph, and of every subgraph inside it, that no node reads and no graph
+    returns (a subgraph's nodes may read their outer graphs' initializers)."""
+    def subgraphs(g):
+        return [sub for node in g.node for attr in node.attribute
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)]
+
+    def reads(g) -> set:
+        return {name for node in g.node for name in node.input}.union(*(reads(sub) for sub in subgraphs(g)))
+
+    read, returned = reads(graph), {o.name for o in graph.output}
+    own = [i.name for i in graph.initializer if i.name not in read and i.name not in returned]
+    return own + [name for sub in subgraphs(graph) for name in unread_initializers(sub)]
+
+
+@needs_onnx
+def test_onnx_files_hold_no_unused_initializers_and_load_without_warnings(run, tmp_path, capfd):
+    """local-confidence's gates leave constants that no node reads (stock onnxruntime warns once per
+    constant as it drops them); the exporter drops them first, so nothing is said at the default log level."""
+    import onnx
+    import onnxruntime
+
+    path, _ = run
+    out = tmp_path / "export"
+    assert main(["export", "--run", path, "--format", "onnx", "--out", str(out), "--policy", "local-confidence",
+                 "--threshold", median_thresholds(path, "local-confidence")]) == 0
+    capfd.readouterr()
+    for file in sorted(out.glob("*.onnx")):
+        assert unread_initializers(onnx.load(file).graph) == [], file
+        onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    assert capfd.readouterr().err == ""
+
+
 # -- AOTInductor ---------------------------------------------------------------------------------------
 
 def test_pt2_export_conforms_and_its_manifest_holds(run, pt2_out):
