@@ -35,7 +35,7 @@ from distree.runtime.plan import make_plan, with_paths
 from distree.runtime.rank import check_options
 from distree.risk_grid import GridCertificate
 from distree.run_dir import load_student_model
-from test_runtime import make_run, median_thresholds
+from test_runtime import EVENT_DEADLINE_MS, make_run, median_thresholds
 
 INF = float("inf")
 SESSION_TIMEOUT = 300.0  # an outer bound, met only by a hang
@@ -60,7 +60,9 @@ def path_file(run: str, directory) -> str:
 
 
 def seconds_per_sample(run: str, device: int, thresholds: float) -> float:
-    """One thread's median time for one sample of the test split on student `device`."""
+    """One thread's least time for one sample of the test split on student `device`: a lower bound of what
+    the device computes per sample in a session, however loaded the machine is then (a median taken here,
+    under another load than the session's, may exceed it)."""
     model = load_student_model(run)
     x, _ = load_samples(run, "test", 24)
     step = DeviceStep(model.students[device], device, make_policy("distree"), torch.full((5,), thresholds),
@@ -75,7 +77,7 @@ def seconds_per_sample(run: str, device: int, thresholds: float) -> float:
             times.append(time.perf_counter() - began)
     finally:
         torch.set_num_threads(threads)
-    return sorted(times)[len(times) // 2]
+    return min(times)
 
 
 def session(run: str, n: int, tmp_path, **options):
@@ -349,25 +351,27 @@ def test_slow_device_moves_cheaper_and_returns(wide2, tmp_path):
 @pytest.mark.slow
 def test_no_target_moves_nothing_but_slow_and_link_faults_cost_time(wide3, tmp_path):
     full = seconds_per_sample(wide3, 2, INF)
-    outcome, report = session(wide3, 3, tmp_path, faults=["slow:2@30:4", "slow:2@70:1", "link:0@80:40"])
+    # every round waits for all devices, so no device is ever late and its input k is sample k
+    outcome, report = session(wide3, 3, tmp_path, faults=["slow:2@30:4", "slow:2@70:1", "link:0@80:40"],
+                              deadline_ms=EVENT_DEADLINE_MS)
     assert outcome.codes == [0, 0, 0, 0]
     p = report["policies"]["distree"]
     assert "adaptive" not in p and all(s == [-1, -1, -1] for s in p["settings_per_sample"])
     slow, link = p["phases"]["slow:2@30"], p["phases"]["link:0@80"]
-    assert (slow["start"], link["start"]) == (30, 80)
-    assert 70 <= slow["end"] <= 73  # the second slow fault ended the first (a late device skips some samples)
+    assert (slow["start"], slow["end"], link["start"]) == (30, 70, 80)  # the second slow fault ended the first
     assert "slow:2@70" not in p["phases"]  # factor 1: the end of the first, not a fault of its own
     assert slow["during"]["latency_ms"]["median"] - slow["before"]["latency_ms"]["median"] >= 1e3 * 2 * full
     resumed = sorted(p["latency_ms_per_sample"][slow["end"]:80])  # factor 1 again, before the link fault
     assert resumed[len(resumed) // 2] < slow["during"]["latency_ms"]["median"] - 1e3 * 2 * full
     unfaulted = sorted(p["latency_ms_per_sample"][:slow["start"]])  # before either fault (slowed ones follow)
-    assert unfaulted[len(unfaulted) // 2] < 40 <= link["during"]["latency_ms"]["median"]  # every answer waits 40 ms
+    during = link["during"]["latency_ms"]["median"]
+    assert during >= 40 and during > unfaulted[len(unfaulted) // 2]  # every answer waits 40 ms more
 
 
 @pytest.mark.slow
 def test_out_of_range_thresholds_are_rejected_by_the_devices(run2_small, tmp_path, capfd):
     outcome, report = session(run2_small, 2, tmp_path, faults=["corrupt:agg@10"], latency_target_ms=1e4,
-                              threshold_path=path_file(run2_small, tmp_path))
+                              threshold_path=path_file(run2_small, tmp_path), deadline_ms=EVENT_DEADLINE_MS)
     assert outcome.codes == [0, 0, 0]
     err = capfd.readouterr().err
     assert err.count("rejected a THRESHOLDS message") == 2  # one per device, and neither stopped

@@ -163,7 +163,8 @@ def test_image_folder_inputs(tmp_path):
 def test_predictions_equal_the_engine_n2(run2, tmp_path):
     names = ("distree", "last-exit", "confidence", "entropy")
     thresholds = {n: median_thresholds(run2, n) for n in ("distree", "confidence", "entropy")}
-    outcome, report = session(run2, 2, tmp_path, names, thresholds=list(thresholds.values()))
+    outcome, report = session(run2, 2, tmp_path, names, thresholds=list(thresholds.values()),
+                              deadline_ms=EVENT_DEADLINE_MS)  # no answer degraded by a loaded machine
     assert outcome.codes == [0, 0, 0] and not outcome.killed
     for name in names:
         p = report["policies"][name]
@@ -179,7 +180,8 @@ def test_predictions_equal_the_engine_n2(run2, tmp_path):
 def test_predictions_equal_the_engine_n3_with_emulated_links(run3, tmp_path):
     thresholds = [median_thresholds(run3, "distree"), median_thresholds(run3, "confidence")]
     outcome, report = session(run3, 3, tmp_path, ("distree", "confidence"), thresholds=thresholds,
-                              link_delay_ms="0,0,15", link_jitter_ms="1", reference_samples=4)
+                              link_delay_ms="0,0,15", link_jitter_ms="1", reference_samples=4,
+                              deadline_ms=EVENT_DEADLINE_MS)
     assert outcome.codes == [0, 0, 0, 0]
     for name, t in zip(("distree", "confidence"), thresholds):
         p = report["policies"][name]
@@ -215,20 +217,22 @@ def check_device_1_killed_at_8(report: dict) -> None:
 
 @pytest.mark.slow
 def test_stalled_device_does_not_stall_the_stream(run2, tmp_path):
-    deadline = 0.3
-    outcome, report = session(run2, 2, tmp_path, faults=["stall:0@4:2"], deadline_ms=deadline * 1e3, warmup=0)
+    deadline, stall = 0.3, 2.0  # the stall ends within the aggregator's 2 s drain of END, so device 0 stops cleanly
+    outcome, report = session(run2, 2, tmp_path, faults=[f"stall:0@4:{stall:g}"], deadline_ms=deadline * 1e3,
+                              warmup=0)
     assert outcome.codes == [0, 0, 0]
     p = report["policies"]["distree"]
     assert p["samples"] == SAMPLES and p["degraded"] >= 1
-    assert p["latency_ms_measured"]["p99"] <= (deadline + 0.5) * 1e3  # the deadline, not the 2 s stall, bounds it
+    assert p["latency_ms_measured"]["p99"] < stall / 2 * 1e3  # the deadline, not the stall, bounds it
     assert not report["lost_devices"]  # slow is not dead: its heartbeat went on
 
 
 @pytest.mark.slow
 def test_frozen_device_is_declared_lost(run2, tmp_path):
-    # device 0's slow link keeps the stream going >= 1 s after the freeze, past dead_after
-    outcome, report = session(run2, 2, tmp_path, faults=["freeze:1@4"], deadline_ms=200, dead_after_s=0.5,
-                              window=1, link_delay_ms="50,0")
+    # device 0's slow link keeps the stream going >= 2 s after the freeze (19 samples, each 100 ms on the link),
+    # twice dead_after: the frozen device falls silent while the aggregator still waits on its stream
+    outcome, report = session(run2, 2, tmp_path, faults=["freeze:1@4"], deadline_ms=200, dead_after_s=1.0,
+                              window=1, link_delay_ms="100,0")
     assert outcome.codes[:2] == [0, 0] and outcome.killed == [2]  # deploy ends the frozen process
     assert "heartbeat" in report["lost_devices"]["1"]
     assert report["policies"]["distree"]["samples"] == SAMPLES
@@ -236,7 +240,8 @@ def test_frozen_device_is_declared_lost(run2, tmp_path):
 
 @pytest.mark.slow
 def test_malformed_message_is_rejected_and_answered_degraded(run2, tmp_path):
-    outcome, report = session(run2, 2, tmp_path, faults=["corrupt:0@3"], deadline_ms=500)
+    # a healthy round never takes 5 s, however loaded the machine; only the corrupted sample waits it out
+    outcome, report = session(run2, 2, tmp_path, faults=["corrupt:0@3"], deadline_ms=5000)
     assert outcome.codes == [0, 0, 0]
     p = report["policies"]["distree"]
     assert p["rejected_messages"] == 1 and p["degraded_samples"] == [3]
