@@ -1,7 +1,7 @@
 """A policy's run over time: per window of samples, and per phase of each slow or link fault.
 
 A fault's window is the samples issued while it was in force ([start, end), from the aggregator's
-clock: Aggregator.fault_windows); a sample is before, during or after it. A timeline window takes
+clock: FaultLog.windows); a sample is before, during or after it. A timeline window takes
 the phase of its middle sample.
 """
 import numpy as np
