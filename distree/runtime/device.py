@@ -127,7 +127,10 @@ class Device:
     def _post(self, payload_numel: int):
         """Post the receive of the next message from the aggregator: (buffer, work)."""
         buf = torch.empty(m.message_size(payload_numel), dtype=torch.int32, device=self.device)
-        return buf, dist.irecv(buf, AGGREGATOR_RANK)
+        try:
+            return buf, dist.irecv(buf, AGGREGATOR_RANK)
+        except RuntimeError as err:  # the aggregator has gone since the last message: gloo refuses at once
+            raise AggregatorLost(f"link to the aggregator broke ({first_line(err)})") from None
 
     def _take(self, pending, kinds: tuple, payload_numel: int) -> m.Message | None:
         """Wait for a posted receive and check the message; None for a malformed THRESHOLDS (rejected)."""
