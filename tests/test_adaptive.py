@@ -13,7 +13,6 @@ change by 2x within seconds, so the session checks that premise on its own sampl
 again where it did not hold.
 """
 import json
-import time
 
 import pytest
 import torch
@@ -30,11 +29,9 @@ from distree.runtime.config import ServeConfig
 from distree.runtime.deploy import deploy
 from distree.runtime.device import ThresholdSettings
 from distree.runtime.faults import parse_fault
-from distree.runtime.inputs import load_samples
 from distree.runtime.plan import make_plan, with_paths
 from distree.runtime.rank import check_options
 from distree.risk_grid import GridCertificate
-from distree.run_dir import load_student_model
 from test_runtime import EVENT_DEADLINE_MS, make_run, median_thresholds
 
 INF = float("inf")
@@ -48,7 +45,7 @@ def wide2(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def wide3(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("wide3"), 3, width=2)
+    return make_run(tmp_path_factory.mktemp("wide3"), 3, width=4)  # compute well above the messages' time
 
 
 def path_file(run: str, directory) -> str:
@@ -57,27 +54,6 @@ def path_file(run: str, directory) -> str:
     path = directory / "path.json"
     path.write_text(json.dumps({"distree": [["inf"] * 5, median, ["-inf"] * 5]}))
     return str(path)
-
-
-def seconds_per_sample(run: str, device: int, thresholds: float) -> float:
-    """One thread's least time for one sample of the test split on student `device`: a lower bound of what
-    the device computes per sample in a session, however loaded the machine is then (a median taken here,
-    under another load than the session's, may exceed it)."""
-    model = load_student_model(run)
-    x, _ = load_samples(run, "test", 24)
-    step = DeviceStep(model.students[device], device, make_policy("distree"), torch.full((5,), thresholds),
-                      bias_share(model))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        times = []
-        for k in range(len(x)):
-            began = time.perf_counter()
-            step.run_one(x[k], k)
-            times.append(time.perf_counter() - began)
-    finally:
-        torch.set_num_threads(threads)
-    return min(times)
 
 
 def session(run: str, n: int, tmp_path, **options):
@@ -350,9 +326,8 @@ def test_slow_device_moves_cheaper_and_returns(wide2, tmp_path):
 
 @pytest.mark.slow
 def test_no_target_moves_nothing_but_slow_and_link_faults_cost_time(wide3, tmp_path):
-    full = seconds_per_sample(wide3, 2, INF)
     # every round waits for all devices, so no device is ever late and its input k is sample k
-    outcome, report = session(wide3, 3, tmp_path, faults=["slow:2@30:4", "slow:2@70:1", "link:0@80:40"],
+    outcome, report = session(wide3, 3, tmp_path, faults=["slow:2@30:8", "slow:2@70:1", "link:0@80:40"],
                               deadline_ms=EVENT_DEADLINE_MS)
     assert outcome.codes == [0, 0, 0, 0]
     p = report["policies"]["distree"]
@@ -360,12 +335,17 @@ def test_no_target_moves_nothing_but_slow_and_link_faults_cost_time(wide3, tmp_p
     slow, link = p["phases"]["slow:2@30"], p["phases"]["link:0@80"]
     assert (slow["start"], slow["end"], link["start"]) == (30, 70, 80)  # the second slow fault ended the first
     assert "slow:2@70" not in p["phases"]  # factor 1: the end of the first, not a fault of its own
-    assert slow["during"]["latency_ms"]["median"] - slow["before"]["latency_ms"]["median"] >= 1e3 * 2 * full
+    # the slowed device computes 8x as long (what it reports, its sleep included): 40 of the 126 answers after
+    # warm-up, so the 95th percentile of the slowest device's compute is one of them and the median is not
+    compute = p["device_compute_ms"]
+    assert compute["p95"] >= 4 * compute["median"]
+    # and the answers wait for it: latency c + m becomes 8c + m (the messages' m is the machine's load)
+    before, during = slow["before"]["latency_ms"]["median"], slow["during"]["latency_ms"]["median"]
     resumed = sorted(p["latency_ms_per_sample"][slow["end"]:80])  # factor 1 again, before the link fault
-    assert resumed[len(resumed) // 2] < slow["during"]["latency_ms"]["median"] - 1e3 * 2 * full
+    assert during > before and resumed[len(resumed) // 2] < during
     unfaulted = sorted(p["latency_ms_per_sample"][:slow["start"]])  # before either fault (slowed ones follow)
-    during = link["during"]["latency_ms"]["median"]
-    assert during >= 40 and during > unfaulted[len(unfaulted) // 2]  # every answer waits 40 ms more
+    delayed = link["during"]["latency_ms"]["median"]
+    assert delayed >= 40 and delayed > unfaulted[len(unfaulted) // 2]  # every answer waits 40 ms more
 
 
 @pytest.mark.slow
