@@ -60,7 +60,8 @@ class Stream:
         return (sample, exit if not self.spec.policy.local else WHOLE)
 
     def open_round(self, sample: int, exit: int = WHOLE) -> dict:
-        got = self.rounds[(sample, exit)] = {}
+        """A new round: {device: Evidence}, filled as the devices' messages arrive."""
+        self.rounds[(sample, exit)] = got = {}
         return got
 
 
