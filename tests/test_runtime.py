@@ -23,7 +23,7 @@ from distree.runtime.config import ServeConfig
 from distree.runtime.deploy import deploy, free_port, start
 from distree.runtime.device import LOST
 from distree.runtime.faults import parse_fault
-from distree.runtime.heartbeat import Heartbeat
+from distree.runtime.heartbeat import Watch
 from distree.runtime.inputs import load_folder, load_samples
 from distree.runtime.netem import LinkModel, link_models
 from distree.runtime.plan import make_plan, parse_thresholds
@@ -136,19 +136,17 @@ def test_option_parsing():
 
 def test_silence_counts_from_a_peers_first_beat():
     """A peer still starting is not silent, however long it takes, until its startup allowance runs out;
-    once it has beaten, dead_after counts from its last beat."""
-    import torch.distributed as dist
-
-    store = dist.HashStore()
-    starting = Heartbeat(store, 0, [1], dead_after=0.0, startup_s=3600.0)
-    assert starting.silence(1) is None  # never beaten: starting, not silent, dead_after 0 notwithstanding
-    dist.PrefixStore("distree/heartbeat", store).add("1", 1)  # peer 1's first beat
-    bound = time.monotonic() + 60
-    while starting.silence(1) is None and time.monotonic() < bound:  # until the beat thread has read the beat
-        time.sleep(0.01)
-    assert starting.silence(1).startswith("no heartbeat for")
-    never = Heartbeat(dist.HashStore(), 0, [1], dead_after=3600.0, startup_s=0.0)
-    assert never.silence(1).startswith("no first heartbeat within")
+    once it has beaten, dead_after counts from its last beat. Times are given, not waited for."""
+    watch = Watch([1], dead_after=1.0, startup_s=10.0, now=0.0)
+    assert watch.silence(1, now=9.0) is None  # never beaten: starting, long past dead_after
+    assert watch.silence(1, now=10.5) == "no first heartbeat within 10.5 s"
+    watch.saw(1, 0, now=11.0)  # a counter never bumped: still no beat
+    assert watch.silence(1, now=11.0).startswith("no first heartbeat")
+    watch.saw(1, 3, now=12.0)
+    assert watch.silence(1, now=12.9) is None
+    assert watch.silence(1, now=13.5) == "no heartbeat for 1.5 s"
+    watch.saw(1, 3, now=13.6)  # the same count: no beat since
+    assert watch.silence(1, now=13.6) == "no heartbeat for 1.6 s"
 
 
 def test_plan_takes_given_then_calibrated_then_default_thresholds(tmp_path):

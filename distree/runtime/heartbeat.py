@@ -17,45 +17,59 @@ import time
 import torch.distributed as dist
 
 
+class Watch:
+    """What a rank knows of its peers' heartbeats: when each one's counter last moved."""
+
+    def __init__(self, peers: list[int], dead_after: float, startup_s: float, now: float):
+        self.dead_after, self.startup_s, self.began = dead_after, startup_s, now
+        self.last_change = {peer: None for peer in peers}  # None: no beat seen yet
+        self.last_value = {peer: 0 for peer in peers}  # a counter the peer never bumped reads 0
+
+    def saw(self, peer: int, value: int, now: float) -> None:
+        """Peer's counter read `value` at time now."""
+        if value != self.last_value[peer]:
+            self.last_value[peer], self.last_change[peer] = value, now
+
+    def silence(self, peer: int, now: float) -> str | None:
+        """Why peer counts as lost at time now (silent for `dead_after` seconds since its last beat, or
+        no first beat within `startup_s` of watching); None while it does not."""
+        last = self.last_change[peer]
+        if last is None:
+            waited = now - self.began
+            return f"no first heartbeat within {waited:.1f} s" if waited > self.startup_s else None
+        return f"no heartbeat for {now - last:.1f} s" if now - last > self.dead_after else None
+
+
 class Heartbeat:
     """A daemon thread that beats for this rank and watches the counters of some peers."""
 
     def __init__(self, store: dist.Store, rank: int, watch: list[int], dead_after: float, startup_s: float,
                  interval: float = 0.1, on_silence=None):
         self.store, self.rank, self.interval = dist.PrefixStore("distree/heartbeat", store), rank, interval
-        self.dead_after, self.startup_s = dead_after, startup_s
         self.on_silence = on_silence  # on_silence(peer, why), from this thread
-        self._began = time.monotonic()
-        self._last_change = {peer: None for peer in watch}  # None: no beat seen yet
-        self._last_value = {peer: 0 for peer in watch}  # a counter the peer never bumped reads 0
+        self.watch = Watch(watch, dead_after, startup_s, time.monotonic())
         threading.Thread(target=self._beat, daemon=True, name="heartbeat").start()
         if on_silence is not None:  # its own thread: a store call can block for the store's whole timeout
             threading.Thread(target=self._watch, daemon=True, name="watchdog").start()
 
     def silence(self, peer: int) -> str | None:
-        """Why peer counts as lost (silent for `dead_after` seconds since its last beat, or no first
-        beat within `startup_s` of watching); None while it does not."""
-        now, last = time.monotonic(), self._last_change[peer]
-        if last is None:
-            waited = now - self._began
-            return f"no first heartbeat within {waited:.1f} s" if waited > self.startup_s else None
-        return f"no heartbeat for {now - last:.1f} s" if now - last > self.dead_after else None
+        """Why peer counts as lost now (Watch.silence); None while it does not."""
+        return self.watch.silence(peer, time.monotonic())
 
     def _beat(self) -> None:
         while True:
             try:
                 self.store.add(str(self.rank), 1)
-                for peer in self._last_value:
+                for peer in self.watch.last_value:
                     value = self.store.add(str(peer), 0)  # a read that never blocks on a missing key
-                    if value != self._last_value[peer]:
-                        self._last_value[peer], self._last_change[peer] = value, time.monotonic()
+                    self.watch.saw(peer, value, time.monotonic())
             except RuntimeError:  # DistStoreError and connection errors
                 pass  # the store is unreachable: nothing moves, so every watched peer falls silent
             time.sleep(self.interval)
 
     def _watch(self) -> None:
         while True:
-            for peer in self._last_change:
+            for peer in self.watch.last_change:
                 why = self.silence(peer)
                 if why is not None:
                     self.on_silence(peer, why)
