@@ -31,6 +31,7 @@ from distree.inference.outcome import PolicyEvaluator
 from distree.policies import make_policy
 from distree.risk import candidate_path, upper_bound
 from distree.risk_grid import policy_grid
+from distree.report import write_session_figures
 from distree.runtime.config import ServeConfig
 from distree.runtime.deploy import deploy
 from distree.samples import load_samples
@@ -70,6 +71,7 @@ def session(out: Path, name: str, **options) -> dict:
     outcome = deploy(config, 2, timeout_s=1800)
     if outcome.codes[0] != 0:
         raise SystemExit(f"session {name} failed: exit codes {outcome.codes}")
+    write_session_figures(out / f"{name}.json")  # adaptive_timeline.png beside it, as `distree deploy` draws it
     return json.loads((out / f"{name}.json").read_text())["policies"][POLICY]
 
 

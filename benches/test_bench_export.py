@@ -37,7 +37,7 @@ def exports(tmp_path_factory):
 
 def _forms(i: int, walk, exports: dict) -> dict:
     """name -> sample runner x (1, C, H, W) -> 0-based exit, for student i."""
-    from distree.export.onnx_session import OnnxStudent
+    from distree.artifacts.onnx_student import OnnxStudent
     from distree.export.pt2_export import load_pt2
 
     onnx = OnnxStudent(exports["onnx"] / f"student{i}.onnx", threads=1)

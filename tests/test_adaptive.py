@@ -7,37 +7,36 @@ latency target is 1.8x the session's own median before anything moves (`latency_
 the test does not depend on how fast the machine is: with WRN-16-6 students, whose exit 2 costs about an
 eighth of exit 7, a `slow:1@50:4` device is over it at full depth (2x to 4x slower: a sleeping
 device leaves the other more of the CPU) and well under it at the cheap end of the path, and
-back at full depth the unslowed device has slack. A shared machine's pace can change by 2x
-within seconds, so the session checks that premise on its own samples and runs again where it
-did not hold.
+back at full depth the unslowed device has slack. Faults start and end at counts of inputs, and
+every bound is in samples, derived from the controller's rules. A shared machine's pace can
+change by 2x within seconds, so the session checks that premise on its own samples and runs
+again where it did not hold.
 """
 import json
-import time
 
 import pytest
 import torch
 
 from distree import cli
 from distree.errors import DistreeError
+from distree.report import write_session_figures
 from distree.inference.evidence import bias_share
 from distree.inference.step import DeviceStep
 from distree.policies import make_policy
 from distree.runtime import messages as m
-from distree.runtime.adaptive import AdaptConfig, Controller, ShadowCheck
+from distree.runtime.adaptive import MAX_RELAX_WINDOWS, AdaptConfig, Controller, ShadowCheck
 from distree.runtime.config import ServeConfig
 from distree.runtime.deploy import deploy
 from distree.runtime.device import ThresholdSettings
 from distree.runtime.faults import parse_fault
-from distree.samples import load_samples
 from distree.plan import make_plan
 from distree.runtime.plan import with_paths
 from distree.runtime.rank import check_options
 from distree.risk_grid import GridCertificate
-from distree.run_dir import load_student_model
-from test_runtime import make_run, median_thresholds
+from test_runtime import EVENT_DEADLINE_MS, make_run, median_thresholds
 
 INF = float("inf")
-SESSION_TIMEOUT = 60.0
+SESSION_TIMEOUT = 300.0  # an outer bound, met only by a hang
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +46,7 @@ def wide2(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def wide3(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("wide3"), 3, width=2)
+    return make_run(tmp_path_factory.mktemp("wide3"), 3, width=4)  # compute well above the messages' time
 
 
 def path_file(run: str, directory) -> str:
@@ -56,25 +55,6 @@ def path_file(run: str, directory) -> str:
     path = directory / "path.json"
     path.write_text(json.dumps({"distree": [["inf"] * 5, median, ["-inf"] * 5]}))
     return str(path)
-
-
-def seconds_per_sample(run: str, device: int, thresholds: float) -> float:
-    """One thread's median time for one sample of the test split on student `device`."""
-    model = load_student_model(run)
-    x = load_samples(run, "test", 24).x
-    step = DeviceStep(model.students[device], device, make_policy("distree"), torch.full((5,), thresholds),
-                      bias_share(model))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        times = []
-        for k in range(len(x)):
-            began = time.perf_counter()
-            step.run_one(x[k], k)
-            times.append(time.perf_counter() - began)
-    finally:
-        torch.set_num_threads(threads)
-    return sorted(times)[len(times) // 2]
 
 
 def session(run: str, n: int, tmp_path, **options):
@@ -306,25 +286,24 @@ def test_parse_slow_and_link_faults():
 
 @pytest.mark.slow
 def test_slow_device_moves_cheaper_and_returns(wide2, tmp_path):
-    full_s = seconds_per_sample(wide2, 1, INF)
-    slow_s = full_s * (6 * 4 + 30 * 1.5)  # some 6 samples' reaction at full depth, then about 30 at the cheap end
+    # the slowdown is inputs 50..79 of device 1 (a later slow fault of factor 1 ends it): counted, not timed
+    start, end, window = 50, 80, 10
     for attempt in range(3):  # a shared machine's pace can change by 2x within seconds: then again
-        outcome, report = session(wide2, 2, tmp_path, faults=[f"slow:1@50:4:{slow_s:.3f}"], latency_target_x=1.8,
-                                  percentile=50, adapt_window=10, warmup=5, deadline_ms=5000,  # never degraded
-                                  threshold_path=path_file(wide2, tmp_path))
+        outcome, report = session(wide2, 2, tmp_path, faults=[f"slow:1@{start}:4", f"slow:1@{end}:1"],
+                                  latency_target_x=1.8, percentile=50, adapt_window=window, warmup=5,
+                                  deadline_ms=5000, threshold_path=path_file(wide2, tmp_path))  # never degraded
         assert outcome.codes == [0, 0, 0]
         p = report["policies"]["distree"]
         latency, target_ms = p["latency_ms_per_sample"], p["adaptive"]["target_ms"]  # 1.8x samples 5..34's median
         # the premise: nothing moved before the slowdown, unslowed with slack, slowed over the target
-        quiet = all(mv["sample"] >= 50 for mv in p["adaptive"]["moves"])
+        quiet = all(mv["sample"] >= start for mv in p["adaptive"]["moves"])
         if quiet and sorted(latency[40:50])[5] < target_ms / 1.45 and sorted(latency[50:55])[2] > target_ms:
             break
     else:
         pytest.fail(f"the machine's pace kept changing: latency {[round(v) for v in latency[30:55]]} ms against a "
                     f"target of {target_ms:.1f} ms")
-    window = p["phases"]["slow:1@50"]
-    start, end = window["start"], window["end"]
-    assert start == 50 and end < 110
+    phase = p["phases"][f"slow:1@{start}"]
+    assert (phase["start"], phase["end"]) == (start, end)  # window 1, no deadline missed: input k is sample k
     moves = [mv for mv in p["adaptive"]["moves"] if mv["device"] == 1 and mv["sample"] >= start]
     assert moves[0]["reason"] == "over budget" and moves[0]["sample"] - start <= 12  # a bounded reaction
     settings = [s[1] for s in p["settings_per_sample"]]
@@ -332,35 +311,49 @@ def test_slow_device_moves_cheaper_and_returns(wide2, tmp_path):
     assert len(cheaper) >= 10
     latency = sorted(p["latency_ms_per_sample"][k] for k in cheaper)
     assert latency[len(latency) // 2] < target_ms  # back under the target while still slowed
-    back = next(k for k in range(end, len(settings)) if settings[k] == 0)  # the slowdown over, device 1 returned
-    assert back - end <= 25, p["adaptive"]["moves"]
+    back = next((k for k in range(end, len(settings)) if settings[k] == 0), None)  # device 1 returned
+    assert back is not None, p["adaptive"]["moves"]
+    # each step back waits for a full window under its setting, twice as long after each step back that did
+    # not hold (runtime/adaptive.py), and the window must first fill with unslowed answers
+    wait = window
+    for before, after in zip(moves, moves[1:]):
+        if before["reason"] == "slack" and after["reason"] == "over budget":
+            wait = min(2 * wait, MAX_RELAX_WINDOWS * window)
+    assert back - end <= window + settings[end - 1] * wait, p["adaptive"]["moves"]
     assert max(s[0] for s in p["settings_per_sample"][:back]) == 0  # device 0, never slowed, never moved
-    assert p["timeline"] and {"before", "during", "after"} <= set(window)
+    assert p["timeline"] and {"before", "during", "after"} <= set(phase)
+    assert write_session_figures(tmp_path / "report.json") == [tmp_path / "adaptive_timeline.png"]  # as deploy does
     assert (tmp_path / "adaptive_timeline.png").stat().st_size > 0
 
 
 @pytest.mark.slow
 def test_no_target_moves_nothing_but_slow_and_link_faults_cost_time(wide3, tmp_path):
-    full = seconds_per_sample(wide3, 2, INF)
-    outcome, report = session(wide3, 3, tmp_path, faults=["slow:2@30:4", "slow:2@70:1", "link:0@80:40"])
+    # every round waits for all devices, so no device is ever late and its input k is sample k
+    outcome, report = session(wide3, 3, tmp_path, faults=["slow:2@30:8", "slow:2@70:1", "link:0@80:40"],
+                              deadline_ms=EVENT_DEADLINE_MS)
     assert outcome.codes == [0, 0, 0, 0]
     p = report["policies"]["distree"]
     assert "adaptive" not in p and all(s == [-1, -1, -1] for s in p["settings_per_sample"])
     slow, link = p["phases"]["slow:2@30"], p["phases"]["link:0@80"]
-    assert (slow["start"], link["start"]) == (30, 80)
-    assert 70 <= slow["end"] <= 73  # the second slow fault ended the first (a late device skips some samples)
+    assert (slow["start"], slow["end"], link["start"]) == (30, 70, 80)  # the second slow fault ended the first
     assert "slow:2@70" not in p["phases"]  # factor 1: the end of the first, not a fault of its own
-    assert slow["during"]["latency_ms"]["median"] - slow["before"]["latency_ms"]["median"] >= 1e3 * 2 * full
+    # the slowed device computes 8x as long (what it reports, its sleep included): 40 of the 126 answers after
+    # warm-up, so the 95th percentile of the slowest device's compute is one of them and the median is not
+    compute = p["device_compute_ms"]
+    assert compute["p95"] >= 4 * compute["median"]
+    # and the answers wait for it: latency c + m becomes 8c + m (the messages' m is the machine's load)
+    before, during = slow["before"]["latency_ms"]["median"], slow["during"]["latency_ms"]["median"]
     resumed = sorted(p["latency_ms_per_sample"][slow["end"]:80])  # factor 1 again, before the link fault
-    assert resumed[len(resumed) // 2] < slow["during"]["latency_ms"]["median"] - 1e3 * 2 * full
+    assert during > before and resumed[len(resumed) // 2] < during
     unfaulted = sorted(p["latency_ms_per_sample"][:slow["start"]])  # before either fault (slowed ones follow)
-    assert unfaulted[len(unfaulted) // 2] < 40 <= link["during"]["latency_ms"]["median"]  # every answer waits 40 ms
+    delayed = link["during"]["latency_ms"]["median"]
+    assert delayed >= 40 and delayed > unfaulted[len(unfaulted) // 2]  # every answer waits 40 ms more
 
 
 @pytest.mark.slow
 def test_out_of_range_thresholds_are_rejected_by_the_devices(run2_small, tmp_path, capfd):
     outcome, report = session(run2_small, 2, tmp_path, faults=["corrupt:agg@10"], latency_target_ms=1e4,
-                              threshold_path=path_file(run2_small, tmp_path))
+                              threshold_path=path_file(run2_small, tmp_path), deadline_ms=EVENT_DEADLINE_MS)
     assert outcome.codes == [0, 0, 0]
     err = capfd.readouterr().err
     assert err.count("rejected a THRESHOLDS message") == 2  # one per device, and neither stopped

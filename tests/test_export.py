@@ -21,7 +21,7 @@ import distree_kernels
 from distree.cli import main
 from distree.errors import DistreeError
 from distree.export.conformance import check_export
-from distree.export.manifest import KIND, MANIFEST, clear_output
+from distree.artifacts.manifest import KIND, MANIFEST, clear_output
 from distree.export.run import export_run
 from distree.plan import make_plan, parse_thresholds
 from exit_gate_cases import RULES, make_gate_args
@@ -147,7 +147,7 @@ def test_onnx_student_runs_with_onnxruntime_and_numpy_only(run, onnx_out, tmp_pa
     np_path = tmp_path / "expected.npy"
     load_samples(run[0], "test", 1).x.numpy().tofile(np_path)  # (1, 3, 32, 32) float32
     script = ("import sys, numpy as np\n"
-              "from distree.export.onnx_session import OnnxStudent, load_preprocessing\n"
+              "from distree.artifacts.onnx_student import OnnxStudent, load_preprocessing\n"
               f"x = load_preprocessing({str(onnx_out)!r})({str(tmp_path / 'first.png')!r})\n"
               f"assert np.array_equal(x.ravel(), np.fromfile({str(np_path)!r}, np.float32)), 'not the test tensor'\n"
               f"u, exit = OnnxStudent({str(onnx_out / 'student1.onnx')!r}).run(x)\n"
@@ -226,6 +226,39 @@ def test_each_rule_translates_to_the_reference(rule, probabilities, inclusive, t
     assert torch.allclose(torch.from_numpy(score), want[1], atol=1e-5, equal_nan=True)
     assert torch.equal(torch.from_numpy(stop), want[2])
     assert 0 < int(want[2].sum()) < 4  # the case decides both ways
+
+
+def unread_initializers(graph) -> list[str]:
+    """The initializers of an onnx graph, and of every subgraph inside it, that no node reads and no graph
+    returns (a subgraph's nodes may read their outer graphs' initializers)."""
+    def subgraphs(g):
+        return [sub for node in g.node for attr in node.attribute
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)]
+
+    def reads(g) -> set:
+        return {name for node in g.node for name in node.input}.union(*(reads(sub) for sub in subgraphs(g)))
+
+    read, returned = reads(graph), {o.name for o in graph.output}
+    own = [i.name for i in graph.initializer if i.name not in read and i.name not in returned]
+    return own + [name for sub in subgraphs(graph) for name in unread_initializers(sub)]
+
+
+@needs_onnx
+def test_onnx_files_hold_no_unused_initializers_and_load_without_warnings(run, tmp_path, capfd):
+    """local-confidence's gates leave constants that no node reads (stock onnxruntime warns once per
+    constant as it drops them); the exporter drops them first, so nothing is said at the default log level."""
+    import onnx
+    import onnxruntime
+
+    path, _ = run
+    out = tmp_path / "export"
+    assert main(["export", "--run", path, "--format", "onnx", "--out", str(out), "--policy", "local-confidence",
+                 "--threshold", median_thresholds(path, "local-confidence")]) == 0
+    capfd.readouterr()
+    for file in sorted(out.glob("*.onnx")):
+        assert unread_initializers(onnx.load(file).graph) == [], file
+        onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    assert capfd.readouterr().err == ""
 
 
 # -- AOTInductor ---------------------------------------------------------------------------------------

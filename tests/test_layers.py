@@ -14,7 +14,7 @@ LAYERS = [
     ("distree.errors", "distree.preprocessing", "distree.data"),
     ("distree.models",),
     ("distree.policies",),
-    ("distree.run_dir", "distree.samples"),
+    ("distree.run_dir", "distree.samples", "distree.artifacts"),
     ("distree.losses", "distree.training"),
     ("distree.costs", "distree.calibration", "distree.risk", "distree.risk_grid", "distree.inference",
      "distree.run_settings", "distree.plan"),
@@ -56,6 +56,25 @@ def test_no_module_imports_a_higher_layer(module, path):
     for target in imported(path, module):
         if target.split(".")[0] in ("distree", "distree_kernels"):
             assert layer(target) <= own, f"{module} (layer {own}) imports {target} (layer {layer(target)})"
+
+
+# Within one layer some packages must still not import each other: what both need lies below them.
+APART = [
+    ("distree.runtime", "distree.export"),
+    ("distree.export", "distree.runtime"),
+    ("distree.runtime", "distree.report"),  # the runtime's plot is drawn from the command layer
+]
+
+
+def under(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+@pytest.mark.parametrize("importer, forbidden", APART, ids=lambda v: v)
+def test_layer_neighbours_that_stay_apart(importer, forbidden):
+    found = [f"{module} imports {target}" for module, path in modules() if under(module, importer)
+             for target in imported(path, module) if under(target, forbidden)]
+    assert not found, "; ".join(found)
 
 
 def test_a_violation_is_found(tmp_path):

@@ -9,6 +9,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from multiprocessing.connection import wait
 
 import pytest
 import torch
@@ -18,9 +20,10 @@ from distree.inference.evidence import model_evidence, policy_scores
 from distree.policies import make_policy
 from distree.runtime import messages as m
 from distree.runtime.config import ServeConfig
-from distree.runtime.deploy import deploy, free_port
+from distree.runtime.deploy import deploy, free_port, start
 from distree.runtime.device import LOST
 from distree.runtime.faults import parse_fault
+from distree.runtime.heartbeat import Watch
 from distree.samples import load_samples
 from distree.runtime.netem import LinkModel, link_models
 from distree.plan import make_plan, parse_thresholds
@@ -28,7 +31,8 @@ from distree.run_dir import build_students, load_student_model, save_atomic, wri
 from distree.training.presets import run_config
 
 SAMPLES = 24
-SESSION_TIMEOUT = 45.0  # no session may hang a test
+SESSION_TIMEOUT = 120.0  # no session may hang a test: an outer bound, met only by a hang
+EVENT_DEADLINE_MS = 30000.0  # a round ends when every live device has answered or a loss is seen, not by time
 
 
 def make_run(path, n: int, width: int = 1) -> str:
@@ -130,6 +134,21 @@ def test_option_parsing():
         link_models("1,2,3", "0", "0", 2)
 
 
+def test_silence_counts_from_a_peers_first_beat():
+    """A peer still starting is not silent, however long it takes, until its startup allowance runs out;
+    once it has beaten, dead_after counts from its last beat. Times are given, not waited for."""
+    watch = Watch([1], dead_after=1.0, startup_s=10.0, now=0.0)
+    assert watch.silence(1, now=9.0) is None  # never beaten: starting, long past dead_after
+    assert watch.silence(1, now=10.5) == "no first heartbeat within 10.5 s"
+    watch.saw(1, 0, now=11.0)  # a counter never bumped: still no beat
+    assert watch.silence(1, now=11.0).startswith("no first heartbeat")
+    watch.saw(1, 3, now=12.0)
+    assert watch.silence(1, now=12.9) is None
+    assert watch.silence(1, now=13.5) == "no heartbeat for 1.5 s"
+    watch.saw(1, 3, now=13.6)  # the same count: no beat since
+    assert watch.silence(1, now=13.6) == "no heartbeat for 1.6 s"
+
+
 def test_plan_takes_given_then_calibrated_then_default_thresholds(tmp_path):
     calibrated = [{"policy": "distree", "setting": "calibrated", "thresholds": [1.1, 1.2, "inf", 1.3, 1.4]},
                   {"policy": "distree", "setting": "FLOPs <= 50%", "thresholds": [9, 9, 9, 9, 9]},
@@ -149,7 +168,8 @@ def test_plan_takes_given_then_calibrated_then_default_thresholds(tmp_path):
 def test_predictions_equal_the_engine_n2(run2, tmp_path):
     names = ("distree", "last-exit", "confidence", "entropy")
     thresholds = {n: median_thresholds(run2, n) for n in ("distree", "confidence", "entropy")}
-    outcome, report = session(run2, 2, tmp_path, names, thresholds=list(thresholds.values()))
+    outcome, report = session(run2, 2, tmp_path, names, thresholds=list(thresholds.values()),
+                              deadline_ms=EVENT_DEADLINE_MS)  # no answer degraded by a loaded machine
     assert outcome.codes == [0, 0, 0] and not outcome.killed
     for name in names:
         p = report["policies"][name]
@@ -165,7 +185,8 @@ def test_predictions_equal_the_engine_n2(run2, tmp_path):
 def test_predictions_equal_the_engine_n3_with_emulated_links(run3, tmp_path):
     thresholds = [median_thresholds(run3, "distree"), median_thresholds(run3, "confidence")]
     outcome, report = session(run3, 3, tmp_path, ("distree", "confidence"), thresholds=thresholds,
-                              link_delay_ms="0,0,15", link_jitter_ms="1", reference_samples=4)
+                              link_delay_ms="0,0,15", link_jitter_ms="1", reference_samples=4,
+                              deadline_ms=EVENT_DEADLINE_MS)
     assert outcome.codes == [0, 0, 0, 0]
     for name, t in zip(("distree", "confidence"), thresholds):
         p = report["policies"][name]
@@ -179,7 +200,10 @@ def test_predictions_equal_the_engine_n3_with_emulated_links(run3, tmp_path):
 
 @pytest.mark.slow
 def test_killed_device_leaves_every_sample_answered(run2, tmp_path):
-    outcome, report = session(run2, 2, tmp_path, ("distree", "confidence"), faults=["kill:1@8"])
+    # a round waits for every live device (a healthy sample on a loaded machine is never answered degraded), so
+    # device 1 gets every sample and its input 8 is sample 8; the kill ends sample 8's wait by the broken link
+    outcome, report = session(run2, 2, tmp_path, ("distree", "confidence"), faults=["kill:1@8"],
+                              deadline_ms=EVENT_DEADLINE_MS)
     assert outcome.codes[:2] == [0, 0] and outcome.codes[2] == -9  # SIGKILL
     check_device_1_killed_at_8(report)
 
@@ -198,20 +222,22 @@ def check_device_1_killed_at_8(report: dict) -> None:
 
 @pytest.mark.slow
 def test_stalled_device_does_not_stall_the_stream(run2, tmp_path):
-    deadline = 0.3
-    outcome, report = session(run2, 2, tmp_path, faults=["stall:0@4:2"], deadline_ms=deadline * 1e3, warmup=0)
+    deadline, stall = 0.3, 2.0  # the stall ends within the aggregator's 2 s drain of END, so device 0 stops cleanly
+    outcome, report = session(run2, 2, tmp_path, faults=[f"stall:0@4:{stall:g}"], deadline_ms=deadline * 1e3,
+                              warmup=0)
     assert outcome.codes == [0, 0, 0]
     p = report["policies"]["distree"]
     assert p["samples"] == SAMPLES and p["degraded"] >= 1
-    assert p["latency_ms_measured"]["p99"] <= (deadline + 0.5) * 1e3  # the deadline, not the 2 s stall, bounds it
+    assert p["latency_ms_measured"]["p99"] < stall / 2 * 1e3  # the deadline, not the stall, bounds it
     assert not report["lost_devices"]  # slow is not dead: its heartbeat went on
 
 
 @pytest.mark.slow
 def test_frozen_device_is_declared_lost(run2, tmp_path):
-    # device 0's slow link keeps the stream going >= 1 s after the freeze, past dead_after
-    outcome, report = session(run2, 2, tmp_path, faults=["freeze:1@4"], deadline_ms=200, dead_after_s=0.5,
-                              window=1, link_delay_ms="50,0")
+    # device 0's slow link keeps the stream going >= 2 s after the freeze (19 samples, each 100 ms on the link),
+    # twice dead_after: the frozen device falls silent while the aggregator still waits on its stream
+    outcome, report = session(run2, 2, tmp_path, faults=["freeze:1@4"], deadline_ms=200, dead_after_s=1.0,
+                              window=1, link_delay_ms="100,0")
     assert outcome.codes[:2] == [0, 0] and outcome.killed == [2]  # deploy ends the frozen process
     assert "heartbeat" in report["lost_devices"]["1"]
     assert report["policies"]["distree"]["samples"] == SAMPLES
@@ -219,7 +245,8 @@ def test_frozen_device_is_declared_lost(run2, tmp_path):
 
 @pytest.mark.slow
 def test_malformed_message_is_rejected_and_answered_degraded(run2, tmp_path):
-    outcome, report = session(run2, 2, tmp_path, faults=["corrupt:0@3"], deadline_ms=500)
+    # a healthy round never takes 5 s, however loaded the machine; only the corrupted sample waits it out
+    outcome, report = session(run2, 2, tmp_path, faults=["corrupt:0@3"], deadline_ms=5000)
     assert outcome.codes == [0, 0, 0]
     p = report["policies"]["distree"]
     assert p["rejected_messages"] == 1 and p["degraded_samples"] == [3]
@@ -229,11 +256,24 @@ def test_malformed_message_is_rejected_and_answered_degraded(run2, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", ["kill:agg@5", "freeze:agg@5"])
 def test_devices_stop_when_the_aggregator_is_gone(run2, tmp_path, fault):
-    dead_after = 1.5
-    outcome, report = session(run2, 2, tmp_path, faults=[fault], dead_after_s=dead_after,
-                              timeout=dead_after + 6)
-    assert report is None  # the aggregator never finished
-    assert outcome.codes[1:] == [LOST, LOST] and 1 not in outcome.killed and 2 not in outcome.killed
+    """Each device ends by itself (exit code LOST): waited for, not given a time to do it in."""
+    config = ServeConfig(run=run2, samples=SAMPLES, policies=["distree"], report=str(tmp_path / "report.json"),
+                         reference_samples=0, faults=[fault], dead_after_s=3.0)
+    procs = start(config, 2)
+    try:
+        pending = {p.sentinel: p for p in procs[1:]}
+        bound = time.monotonic() + SESSION_TIMEOUT
+        while pending and time.monotonic() < bound:
+            for sentinel in wait(list(pending), timeout=bound - time.monotonic()):
+                pending.pop(sentinel).join()
+        codes = [p.exitcode for p in procs[1:]]  # None: still running at the outer bound
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+            p.join()
+    assert codes == [LOST, LOST]
+    assert not (tmp_path / "report.json").exists()  # the aggregator never finished
 
 
 # -- the torchrun launch path ---------------------------------------------------------------------------

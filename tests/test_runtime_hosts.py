@@ -16,8 +16,8 @@ import pytest
 
 from distree.runtime import messages as m
 from distree.samples import load_samples
-from test_runtime import (SAMPLES, SESSION_TIMEOUT, check_device_1_killed_at_8, engine_predictions, make_run,
-                          median_thresholds)
+from test_runtime import (EVENT_DEADLINE_MS, SAMPLES, SESSION_TIMEOUT, check_device_1_killed_at_8,
+                          engine_predictions, make_run, median_thresholds)
 from virtual_lan import LanUnavailable, VirtualLan, why_unavailable
 
 DEVICES = 3
@@ -121,7 +121,8 @@ def test_predictions_equal_the_engine_across_hosts(lan, ranks, run3, tmp_path):
 
 @pytest.mark.slow
 def test_killed_host_leaves_every_sample_answered(lan, ranks, run3, tmp_path):
-    codes = launch(lan, ranks, run3, tmp_path, 29501, "--policies", "distree,confidence", "--fault", "kill:1@8")
+    codes = launch(lan, ranks, run3, tmp_path, 29501, "--policies", "distree,confidence", "--fault", "kill:1@8",
+                   "--deadline-ms", str(EVENT_DEADLINE_MS))
     report = report_of(tmp_path, codes)
     assert codes[:2] == [0, 0] and codes[2] == -9 and codes[3:] == [0] * (DEVICES - 2)  # device 1 is rank 2
     check_device_1_killed_at_8(report)

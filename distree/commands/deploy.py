@@ -1,8 +1,10 @@
 """`distree deploy`: run the distributed session as local processes, one per device, on loopback."""
 from distree.errors import DistreeError
+from distree.report import write_session_figures
 from distree.runtime.config import add_serve_arguments, config_from_args
 from distree.runtime.deploy import deploy
 from distree.runtime.rank import check_options
+from distree.runtime.summary import report_path
 from distree.run_dir import read_config
 from distree.samples import load_samples
 
@@ -30,6 +32,9 @@ def run(args) -> int:
         skipped = f"; skipped {len(found.skipped)} that cannot be read: {names}" if names else ""
         print(f"classifying {len(found.files)} images from {config.images}{skipped}")
     outcome = deploy(config, devices, timeout_s=args.timeout_s)
+    if outcome.codes[0] == 0 and 0 not in outcome.killed and config.adapting:
+        for path in write_session_figures(report_path(config)):
+            print(f"figure: {path}")
     for rank, code in enumerate(outcome.codes):
         role = "aggregator" if rank == 0 else f"device {rank - 1}"
         if rank in outcome.killed:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from distree.errors import DistreeError
-from distree.export.manifest import read_manifest, verify_files
+from distree.artifacts.manifest import read_manifest, verify_files
 from distree.inference.engine import InferenceEngine
 from distree.plan import load_policy
 from distree.policies import check_thresholds
@@ -32,7 +32,7 @@ class Conformance:
 def _runner(fmt: str, path: Path):
     """x (1, C, H, W) tensor -> (u (1, K) tensor, exit int) for one artifact."""
     if fmt == "onnx":
-        from distree.export.onnx_session import OnnxStudent
+        from distree.artifacts.onnx_student import OnnxStudent
 
         student = OnnxStudent(path)
 

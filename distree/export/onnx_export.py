@@ -4,13 +4,17 @@ torch.onnx.export (dynamo=True) traces the walk with torch.export; each stage's 
 becomes an ONNX `If` on the exit gate's decision, and the translation table (onnx_ops.py)
 rewrites distree::exit_head and distree::exit_gate into plain ONNX ops. The file runs on stock
 ONNX Runtime: input "image" (1, C, H, W) float32 -> "evidence" (1, K) float32, "exit" () int64.
+
+The exporter leaves some constants no node reads (one per `If` branch that only passes zeros
+on); they are dropped before the file is written, so ONNX Runtime has nothing to clean up and
+nothing to warn about, and the outputs stay bit for bit what they were.
 """
 from pathlib import Path
 
 import torch
 
 from distree.export.onnx_ops import OPSET, translation_table
-from distree.export.onnx_session import INPUT, OUTPUTS
+from distree.artifacts.onnx_student import INPUT, OUTPUTS
 from distree.export.quiet import quiet
 
 
@@ -21,5 +25,18 @@ def export_onnx(walk: torch.nn.Module, x: torch.Tensor, path) -> Path:
         program = torch.onnx.export(walk, (x,), dynamo=True, opset_version=OPSET,
                                     custom_translation_table=translation_table(),
                                     input_names=[INPUT], output_names=list(OUTPUTS), verbose=False)
+        drop_unused_initializers(program.model.graph)
         program.save(str(path), external_data=False)
     return path
+
+
+def drop_unused_initializers(graph) -> int:
+    """Removes from an onnx_ir graph, and every subgraph of its `If` nodes, the initializers no node
+    reads and no graph returns; how many it removed."""
+    removed = 0
+    for g in (graph, *graph.subgraphs()):
+        for value in list(g.initializers.values()):
+            if not value.uses() and not value.is_graph_input() and not value.is_graph_output():
+                del g.initializers[value.name]
+                removed += 1
+    return removed

@@ -3,7 +3,7 @@ import importlib.util
 from pathlib import Path
 
 from distree.errors import DistreeError
-from distree.export.manifest import build_manifest, clear_output, write_manifest
+from distree.artifacts.manifest import build_manifest, clear_output, write_manifest
 from distree.export.walks import export_plan
 from distree.run_dir import class_names, read_config
 

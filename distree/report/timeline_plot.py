@@ -1,4 +1,5 @@
 """The adaptive runtime's figure: latency and each device's setting over the sample index."""
+import json
 from pathlib import Path
 
 import matplotlib
@@ -6,6 +7,21 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+TIMELINE_PLOT = "adaptive_timeline.png"  # beside a session's report, where a policy adapted
+
+
+def write_session_figures(report_path) -> list[Path]:
+    """The figures of a distributed session, drawn from its report (distributed.json) and written
+    beside it: the adaptive timeline where a policy's thresholds followed a target. The paths written."""
+    report_path = Path(report_path)
+    report = json.loads(report_path.read_text())
+    if not any("adaptive" in p for p in report["policies"].values()):
+        return []
+    path = report_path.parent / TIMELINE_PLOT
+    adaptive_timeline(report, path)
+    return [path]
 
 
 def adaptive_timeline(report: dict, path: Path) -> None:

@@ -29,12 +29,14 @@ import torch
 from distree.policies import LAST_EXIT, NUM_EXITS
 from distree.runtime import messages as m
 from distree.runtime.adaptive import AdaptConfig, Controller, ShadowCheck
-from distree.runtime.faults import AGGREGATOR, PACE_KINDS, Fault, strike
+from distree.runtime.fault_log import FaultLog
+from distree.runtime.faults import Fault
 from distree.runtime.group import Session
 from distree.runtime.heartbeat import Heartbeat
 from distree.runtime.links import Arrival, Link
 from distree.runtime.plan import PolicySpec
-from distree.runtime.summary import PolicyRun
+from distree.runtime.policy_run import PolicyRun
+from distree.runtime.stream import WHOLE, Evidence, Shadow, Stream, slowest
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Deadlines:
     startup_s: float = 10.0  # until `startup_rounds` rounds have come in time
     startup_rounds: int = 5
     dead_after_s: float = 5.0  # heartbeat silence that declares a device lost
+    first_beat_s: float = 60.0  # how long a device may take to start (its first heartbeat): the connect timeout
 
     def of(self, run: PolicyRun) -> float:
         if self.fixed_s > 0:
@@ -67,28 +70,19 @@ class Aggregator:
         self.inbox = queue.Queue()
         size = m.message_size(self.feature_dim)  # every message a device sends is a FEATURE
         self.links = [Link(i + 1, self.inbox, device=session.device, recv_numel=size) for i in range(self.n)]
-        self.heartbeat = Heartbeat(session.store, session.rank, [i + 1 for i in range(self.n)])
+        self.heartbeat = Heartbeat(session.store, session.rank, [i + 1 for i in range(self.n)],
+                                   deadlines.dead_after_s, deadlines.first_beat_s)
         self.live, self.lost = set(range(self.n)), {}
-        self.faults = {f.at: f for f in faults if f.target == AGGREGATOR}
+        self.faults = FaultLog(faults, self.n)
         self.answered = 0  # over the whole session, for faults
-        self.open = {}  # (policy, seq[, exit]) -> {device: (exit, u (D,), micros)}: what is still awaited
-        self.runs: list[PolicyRun] = []
+        self.streams: list[Stream] = []
         self.current = 0  # index of the policy streaming now
         self.num_samples = 0
         self.unanswered = [0] * self.n  # per device: inputs it has not yet answered with a message
-        self.pace_faults = [f for f in faults if f.kind in PACE_KINDS]
-        self.fault_began = {}  # index in pace_faults -> perf_counter time its device got input AT
-        self.sent = [0] * self.n  # inputs sent per device over the session (what fault AT counts)
-        adapting = [adapt is not None and s.path is not None for s in plan]
-        self.control = [Controller(adapt, self.n, len(s.path), s.grid) if a else None for s, a in zip(plan, adapting)]
-        self.shadow = [ShadowCheck(s.risk["epsilon"], s.risk["delta"], s.grid) if a else None
-                       for s, a in zip(plan, adapting)]
         self.shadow_rng = random.Random(0)
-        self.shadows = {}  # (policy, seq) -> {"to": devices, "u": {device: u (D,)}, "pred": answer or None, "setting"}
-        self.issued = {}  # (policy, seq) -> settings per device the sample was issued under
         self.input_numel = 0
 
-    def run(self, x: torch.Tensor, labels: torch.Tensor, chunk: int, between=None) -> list[PolicyRun]:
+    def run(self, x: torch.Tensor, labels: torch.Tensor, chunk: int, between=None) -> list[Stream]:
         """Every policy of the plan over samples x (S, C, H, W) with labels (S,) (-1: unknown).
 
         The policies take turns, `chunk` samples each, so that all of them (and `between(lo, hi)`,
@@ -96,17 +90,25 @@ class Aggregator:
         their ratios hold within one run.
         """
         self.num_samples, self.input_numel = len(x), x[0].numel()
-        self.runs = [PolicyRun(s.name, s.policy.local, s.thresholds.tolist(), self.n) for s in self.plan]
+        self.streams = [self._stream(p, spec) for p, spec in enumerate(self.plan)]
         for lo in range(0, len(x), chunk):
             hi = min(lo + chunk, len(x))
-            for p, spec in enumerate(self.plan):
-                self.current, run = p, self.runs[p]
+            for stream in self.streams:
+                self.current = stream.index
                 began = time.perf_counter()
-                (self._stream_local if spec.policy.local else self._per_exit)(p, x, labels, run, lo, hi)
-                run.busy_s += time.perf_counter() - began
+                (self._stream_local if stream.spec.policy.local else self._per_exit)(stream, x, labels, lo, hi)
+                stream.run.busy_s += time.perf_counter() - began
             if between is not None:
                 between(lo, hi)
-        return self.runs
+        return self.streams
+
+    def _stream(self, p: int, spec: PolicySpec) -> Stream:
+        """Policy p's stream, with a controller and a shadow check where its thresholds follow a target."""
+        run = PolicyRun(spec.name, spec.policy.local, spec.thresholds.tolist(), self.n)
+        if self.adapt is None or spec.path is None:
+            return Stream(p, spec, run)
+        return Stream(p, spec, run, Controller(self.adapt, self.n, len(spec.path), spec.grid),
+                      ShadowCheck(spec.risk["epsilon"], spec.risk["delta"], spec.grid))
 
     def shutdown(self, input_numel: int, timeout: float = 2.0) -> None:
         """Tell every live device to stop, and give the messages up to timeout to leave."""
@@ -116,124 +118,107 @@ class Aggregator:
         for i in self.live:
             self.links[i].drain(timeout)
 
-    def fault_windows(self, run: PolicyRun) -> list[dict]:
-        """Per slow or link fault, the samples of run issued while it was in force: [start, end)."""
-        out = []
-        for k, f in enumerate(self.pace_faults):
-            if f.kind == "slow" and f.factor == 1:  # the end of an earlier slowdown, not a fault of its own
-                continue
-            began = self.fault_began.get(k)
-            start = end = len(run.issued_s)
-            if began is not None:
-                start = next((s for s, t in enumerate(run.issued_s) if t >= began), start)
-                ends = [began + f.seconds] if f.seconds > 0 and f.kind == "slow" else []
-                ends += [self.fault_began[j] for j, g in enumerate(self.pace_faults)  # a later one replaces it
-                         if g.kind == f.kind and g.target == f.target and g.at > f.at and j in self.fault_began]
-                if ends:
-                    end = next((s for s, t in enumerate(run.issued_s) if t >= min(ends)), end)
-            out.append({"fault": f"{f.kind}:{f.target}@{f.at}", "start": start, "end": end})
-        return out
-
-    def _stream_local(self, p: int, x, labels, run: PolicyRun, lo: int, hi: int) -> None:
+    def _stream_local(self, stream: Stream, x, labels, lo: int, hi: int) -> None:
         """Samples lo..hi-1, up to `window` in flight; each device answers each sample once."""
-        issued, pending = lo, {}  # sample -> (time it left, devices it went to)
+        run, issued, pending = stream.run, lo, {}  # pending: sample -> (time it left, devices it went to)
         for s in range(lo, hi):
             while issued < hi and issued - s < self.window:
-                self.open[(p, issued)] = {}
-                shadow = self.shadow[p] is not None and self.shadow_rng.random() < self.adapt.shadow_fraction
-                pending[issued] = self._issue(p, issued, x[issued], self.window, shadow)
+                stream.open_round(issued)
+                shadow = stream.adapting and self.shadow_rng.random() < self.adapt.shadow_fraction
+                pending[issued] = self._issue(stream, issued, x[issued], self.window, shadow)
                 issued += 1
-            (t0, expected), got = pending.pop(s), self.open[(p, s)]
+            (t0, expected), got = pending.pop(s), stream.rounds[(s, WHOLE)]
             run.deadline_s = self.deadlines.of(run)
             self._collect(lambda: expected & self.live <= got.keys(), t0 + run.deadline_s)
-            del self.open[(p, s)]
+            del stream.rounds[(s, WHOLE)]
             if expected & self.live <= got.keys():
                 run.round_s.append(time.perf_counter() - t0)
             pred = self._answer(run, int(labels[s]), got, t0, slowest(got))
-            run.settings.append(self.issued.pop((p, s)))
-            if self.control[p] is not None:
-                self._adapt(p, s, run, expected, got, t0)
-                if (p, s) in self.shadows:
-                    self.shadows[(p, s)]["pred"] = pred
-                    self._compare(p, s)
+            run.settings.append(stream.issued.pop(s))
+            if stream.adapting:
+                self._adapt(stream, s, expected, got, t0)
+                if s in stream.shadows:
+                    stream.shadows[s].pred = pred
+                    self._compare(stream, s)
 
-    def _per_exit(self, p: int, x, labels, run: PolicyRun, lo: int, hi: int) -> None:
+    def _per_exit(self, stream: Stream, x, labels, lo: int, hi: int) -> None:
         """Samples lo..hi-1 one at a time; at each exit 2..7 every device sends, the aggregator decides for all."""
-        spec = self.plan[p]
+        run, spec = stream.run, stream.spec
         for s in range(lo, hi):
-            t0, expected = self._issue(p, s, x[s], window=1)
+            t0, expected = self._issue(stream, s, x[s], window=1)
             t_round, compute = t0, 0.0
             for j in range(1, NUM_EXITS):
-                got = self.open[(p, s, j)] = {}
+                got = stream.open_round(s, j)
                 run.deadline_s = self.deadlines.of(run)
                 self._collect(lambda: expected & self.live <= got.keys(), t_round + run.deadline_s)
-                del self.open[(p, s, j)]
+                del stream.rounds[(s, j)]
                 complete, compute = expected & self.live <= got.keys(), compute + slowest(got)
                 if complete:
                     run.round_s.append(time.perf_counter() - t_round)
                 # a device late at this exit ends the sample: waiting another exit for it only adds latency
                 stop = (j == LAST_EXIT or not complete or not got
-                        or bool(spec.policy.stops(self._logits({i: g[1] for i, g in got.items()}),
+                        or bool(spec.policy.stops(self._logits({i: e.u for i, e in got.items()}),
                                                   spec.thresholds, j)))
                 for i in expected & self.live:
-                    self.links[i].send(m.encode(m.STOP if stop else m.CONTINUE, s, p, j))
+                    self.links[i].send(m.encode(m.STOP if stop else m.CONTINUE, s, stream.index, j))
                     run.downlink_decisions += 1
                 t_round = time.perf_counter()
                 if stop:
                     self._answer(run, int(labels[s]), got, t0, compute)
-                    run.settings.append(self.issued.pop((p, s)))
+                    run.settings.append(stream.issued.pop(s))
                     break
 
-    def _adapt(self, p: int, s: int, run: PolicyRun, expected: set, got: dict, t0: float) -> None:
+    def _adapt(self, stream: Stream, s: int, expected: set, got: dict, t0: float) -> None:
         """Feed each device's latency for sample s to the controller; tell the devices that move."""
+        run, control = stream.run, stream.control
         if len(run.latency_s) <= self.adapt.warmup:
             return
-        control, answered = self.control[p], run.latency_s[-1]
+        answered = run.latency_s[-1]
         if control.calibrating(answered):
             return
         if got:
-            control.overhead.append(max(0.0, answered - (max(g[3] for g in got.values()) - t0)))
+            control.overhead.append(max(0.0, answered - (max(e.arrived_s for e in got.values()) - t0)))
         for i in sorted(expected & self.live):
-            latency = got[i][3] - t0 if i in got else answered  # one that missed the deadline took at least that
-            moved = control.observe(i, run.settings[-1][i], latency, got[i][2] / 1e6 if i in got else None)
+            latency = got[i].arrived_s - t0 if i in got else answered  # one that missed the deadline took at least that
+            moved = control.observe(i, run.settings[-1][i], latency, got[i].compute_s if i in got else None)
             if moved is not None:
-                self._tell(p, s, run, i, moved, "over budget" if moved > run.settings[-1][i] else "slack")
+                self._tell(stream, s, i, moved, "over budget" if moved > run.settings[-1][i] else "slack")
 
-    def _tell(self, p: int, s: int, run: PolicyRun, i: int, index: int, reason: str) -> None:
-        self.links[i].send(m.encode_thresholds(index, p, self.plan[p].path[index], self.input_numel))
-        run.moves.append({"sample": s, "device": i, "setting": index, "reason": reason})
+    def _tell(self, stream: Stream, s: int, i: int, index: int, reason: str) -> None:
+        self.links[i].send(m.encode_thresholds(index, stream.index, stream.spec.path[index], self.input_numel))
+        stream.run.moves.append({"sample": s, "device": i, "setting": index, "reason": reason})
 
-    def _compare(self, p: int, s: int) -> None:
+    def _compare(self, stream: Stream, s: int) -> None:
         """A shadow sample whose answer and every live device's exit-7 evidence are in: count it."""
-        shadow = self.shadows[(p, s)]
-        if shadow["pred"] is None or not shadow["to"] & self.live <= shadow["u"].keys():
+        shadow = stream.shadows[s]
+        if shadow.pred is None or not shadow.to & self.live <= shadow.u.keys():
             return
-        del self.shadows[(p, s)]
-        if not shadow["to"] & self.live:
+        del stream.shadows[s]
+        if not shadow.to & self.live:
             return
-        full = int(self._logits({i: u for i, u in shadow["u"].items() if i in self.live}).argmax())
-        run, check = self.runs[p], self.shadow[p]
-        run.shadow.append((s, shadow["pred"] != full))
-        fired = check.add(shadow["setting"], shadow["pred"] != full)
-        if fired is not None:
-            control = self.control[p]
-            if fired["rule"] == "bound":  # that combination no longer, and the current one only if it may run
-                control.rule_out(fired["setting"])
-                why = (f"the bound of settings {fired['setting']} passed epsilon {check.epsilon:g} "
-                       f"({fired['bound']:.4f})")
-                moved = control.limit(control.cap)
-            else:
-                why = (f"{fired['disagreements']} of {fired['shadows']} shadow samples disagree with exit 7, "
-                       f"over epsilon {check.epsilon:g}")
-                moved = control.limit(max(0, max(control.indices) - 1))
-            run.guard.append({"sample": s, **fired, "epsilon": check.epsilon, "cap": control.cap})
-            print(f"aggregator: {run.name}: {why}; no device cheaper than setting {control.cap} from sample {s}",
-                  file=sys.stderr, flush=True)
-            for i, index in moved.items():
-                if i in self.live:
-                    self._tell(p, s, run, i, index, "shadow disagreement")
+        full = int(self._logits({i: u for i, u in shadow.u.items() if i in self.live}).argmax())
+        run, check, control = stream.run, stream.check, stream.control
+        run.shadow.append((s, shadow.pred != full))
+        fired = check.add(shadow.setting, shadow.pred != full)
+        if fired is None:
+            return
+        if fired["rule"] == "bound":  # that combination no longer, and the current one only if it may run
+            control.rule_out(fired["setting"])
+            why = (f"the bound of settings {fired['setting']} passed epsilon {check.epsilon:g} "
+                   f"({fired['bound']:.4f})")
+            moved = control.limit(control.cap)
+        else:
+            why = (f"{fired['disagreements']} of {fired['shadows']} shadow samples disagree with exit 7, "
+                   f"over epsilon {check.epsilon:g}")
+            moved = control.limit(max(0, max(control.indices) - 1))
+        run.guard.append({"sample": s, **fired, "epsilon": check.epsilon, "cap": control.cap})
+        print(f"aggregator: {run.name}: {why}; no device cheaper than setting {control.cap} from sample {s}",
+              file=sys.stderr, flush=True)
+        for i, index in moved.items():
+            if i in self.live:
+                self._tell(stream, s, i, index, "shadow disagreement")
 
-    def _issue(self, p: int, s: int, x: torch.Tensor, window: int, shadow: bool = False) -> tuple[float, set]:
+    def _issue(self, stream: Stream, s: int, x: torch.Tensor, window: int, shadow: bool = False) -> tuple[float, set]:
         """Send sample s to every live device with fewer than `window` inputs unanswered; (time it left, those devices).
 
         A late device gets no new work until it has answered what it holds, so after a stall it
@@ -242,21 +227,17 @@ class Aggregator:
         device waiting for work forever; a per-exit sample takes one or more messages, hence the
         clamp at 0.
         """
-        msg = m.encode(m.INPUT, s, p, m.SHADOW_RUN if shadow else 0, x)
+        msg = m.encode(m.INPUT, s, stream.index, m.SHADOW_RUN if shadow else 0, x)
         to = {i for i in self.live if self.unanswered[i] < window}
         t = time.perf_counter()
         for i in to:
             self.links[i].send(msg)
             self.unanswered[i] = max(self.unanswered[i], 0) + 1
-            for k, f in enumerate(self.pace_faults):
-                if f.target == i and f.at == self.sent[i]:
-                    self.fault_began[k] = t
-            self.sent[i] += 1
-        control = self.control[p]
-        self.issued[(p, s)] = control.indices if control is not None else [-1] * self.n
-        self.runs[p].issued_s.append(t)
+            self.faults.input_sent(i, t)
+        stream.issued[s] = stream.control.indices if stream.adapting else [-1] * self.n
+        stream.run.issued_s.append(t)
         if shadow and to:
-            self.shadows[(p, s)] = {"to": to, "u": {}, "pred": None, "setting": self.issued[(p, s)]}
+            stream.shadows[s] = Shadow(to, stream.issued[s])
         return t, to
 
     def _collect(self, done, deadline_at: float) -> None:
@@ -270,18 +251,19 @@ class Aggregator:
             except queue.Empty:
                 pass
             for i in list(self.live):
-                if self.heartbeat.silent_for(i + 1) > self.deadlines.dead_after_s:
-                    self._lose(i, f"no heartbeat for {self.heartbeat.silent_for(i + 1):.1f} s")
+                why = self.heartbeat.silence(i + 1)
+                if why is not None:
+                    self._lose(i, why)
 
     def _take(self, arrival: Arrival) -> None:
-        """File one arrival: evidence under its open sample, or a loss, a stale or a bad message."""
+        """File one arrival: evidence under its open round, or a loss, a stale or a bad message."""
         i = arrival.peer - 1
         if i not in self.live:
             return
         if arrival.error is not None:
             self._lose(i, arrival.error)
             return
-        run = self.runs[self.current]
+        run = self.streams[self.current].run
         try:
             msg = m.decode(arrival.msg, (m.FEATURE, m.SHADOW), len(self.plan), NUM_EXITS, self.feature_dim,
                            self.num_samples)
@@ -297,22 +279,22 @@ class Aggregator:
         if msg is None:
             run.rejected += 1
             return
-        local = self.plan[msg.policy].policy.local
-        got = self.open.get((msg.policy, msg.seq) if local else (msg.policy, msg.seq, msg.exit))
+        stream = self.streams[msg.policy]
+        got = stream.rounds.get(stream.round_key(msg.seq, msg.exit))
         if got is None:
             run.stale += 1
         else:
-            got[i] = (msg.exit, msg.payload, msg.micros, time.perf_counter())
+            got[i] = Evidence(msg.exit, msg.payload, msg.micros / 1e6, time.perf_counter())
 
     def _shadow_arrived(self, i: int, msg: m.Message) -> None:
-        run = self.runs[msg.policy]
-        run.shadow_messages += 1
-        shadow = self.shadows.get((msg.policy, msg.seq))
+        stream = self.streams[msg.policy]
+        stream.run.shadow_messages += 1
+        shadow = stream.shadows.get(msg.seq)
         if shadow is None:
-            run.stale += 1
+            stream.run.stale += 1
             return
-        shadow["u"][i] = msg.payload
-        self._compare(msg.policy, msg.seq)
+        shadow.u[i] = msg.payload
+        self._compare(stream, msg.seq)
 
     def _lose(self, i: int, reason: str) -> None:
         self.live.discard(i)
@@ -330,23 +312,17 @@ class Aggregator:
 
     def _answer(self, run: PolicyRun, label: int, got: dict, t0: float, compute: float) -> int:
         """Answer one sample from the evidence in got; the prediction."""
-        pred = int(self._logits({i: g[1] for i, g in got.items()}).argmax())
-        exits = [got[i][0] if i in got else -1 for i in range(self.n)]
+        pred = int(self._logits({i: e.u for i, e in got.items()}).argmax())
+        exits = [got[i].exit if i in got else -1 for i in range(self.n)]
         run.record(label, pred, exits, time.perf_counter() - t0, compute)
         self.answered += 1
-        fault = self.faults.get(self.answered)
-        if fault is not None and strike(fault):
+        if self.faults.after_answer(self.answered):
             self._corrupt_thresholds()
         return pred
 
     def _corrupt_thresholds(self) -> None:
         """A `corrupt:agg` fault: send every live device a THRESHOLDS message past its policy's path."""
-        p = self.current
-        index = len(self.plan[p].path) if self.plan[p].path is not None else 0
+        spec = self.plan[self.current]
+        index = len(spec.path) if spec.path is not None else 0
         for i in self.live:
-            self.links[i].send(m.encode_thresholds(index, p, self.plan[p].thresholds, self.input_numel))
-
-
-def slowest(got: dict) -> float:
-    """Seconds the slowest device that answered computed for its message: what the round waited for."""
-    return max((g[2] for g in got.values()), default=0) / 1e6
+            self.links[i].send(m.encode_thresholds(index, self.current, spec.thresholds, self.input_numel))

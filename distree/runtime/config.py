@@ -56,6 +56,11 @@ class ServeConfig:
         """Samples to serve (0: all): --samples, else SPLIT_SAMPLES of a split and every image file of a folder."""
         return self.samples if self.samples is not None else 0 if self.images else SPLIT_SAMPLES
 
+    @property
+    def adapting(self) -> bool:
+        """Whether the thresholds follow a latency target (runtime/adaptive.py)."""
+        return self.latency_target_ms is not None or self.latency_target_x is not None
+
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     d = ServeConfig(run="")

@@ -38,9 +38,8 @@ def _rank_main(config: ServeConfig, env: dict) -> None:
     os._exit(code)
 
 
-def deploy(config: ServeConfig, devices: int, timeout_s: float = 0.0) -> DeployResult:
-    """Run a session of 1 + devices local processes; timeout_s > 0 bounds the whole session."""
-    grace_s = config.dead_after_s + 2.0  # a device stops by itself within dead_after_s of its aggregator
+def start(config: ServeConfig, devices: int) -> list:
+    """Start the 1 + devices processes of a session (spawned, on loopback); rank 0 first."""
     port, ctx = free_port(), multiprocessing.get_context("spawn")
     procs = []
     for rank in range(devices + 1):
@@ -49,6 +48,12 @@ def deploy(config: ServeConfig, devices: int, timeout_s: float = 0.0) -> DeployR
         proc = ctx.Process(target=_rank_main, args=(config, env), name=f"distree-rank{rank}")
         proc.start()
         procs.append(proc)
+    return procs
+
+
+def finish(procs: list, timeout_s: float, grace_s: float) -> DeployResult:
+    """Wait for the aggregator (procs[0]; up to timeout_s if > 0), then up to grace_s for the devices; kill
+    whatever is still running."""
     procs[0].join(timeout_s if timeout_s > 0 else None)
     end = time.monotonic() + grace_s
     killed = []
@@ -59,3 +64,9 @@ def deploy(config: ServeConfig, devices: int, timeout_s: float = 0.0) -> DeployR
             proc.join()
             killed.append(rank)
     return DeployResult([p.exitcode for p in procs], killed)
+
+
+def deploy(config: ServeConfig, devices: int, timeout_s: float = 0.0) -> DeployResult:
+    """Run a session of 1 + devices local processes; timeout_s > 0 bounds the whole session."""
+    grace_s = config.dead_after_s + 2.0  # a device stops by itself within dead_after_s of its aggregator
+    return finish(start(config, devices), timeout_s, grace_s)

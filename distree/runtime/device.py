@@ -51,9 +51,11 @@ class Device:
     OnnxStep (runtime/onnx_device.py) where the device runs its exported ONNX student."""
 
     def __init__(self, session: Session, index: int, steps: list, input_shape: tuple,
-                 link: LinkModel, faults: list[Fault], dead_after: float, paths: list = None,
+                 link: LinkModel, faults: list[Fault], dead_after: float, startup_s: float, paths: list = None,
                  full: DeviceStep = None):
-        """paths[p]: policy p's threshold path (C, 5) or None; full: the walk to exit 7 for shadows."""
+        """paths[p]: policy p's threshold path (C, 5) or None; full: the walk to exit 7 for shadows;
+        dead_after: the aggregator's heartbeat silence that stops the device; startup_s: how long the
+        aggregator may take to start beating."""
         self.index, self.steps, self.input_shape, self.device = index, steps, input_shape, session.device
         self.num_exits = NUM_EXITS
         self.input_numel = torch.Size(input_shape).numel()
@@ -62,7 +64,7 @@ class Device:
         self.paths, self.full = paths or [None] * len(steps), full
         self.settings = ThresholdSettings(index, steps, self.paths)
         self.link = Link(AGGREGATOR_RANK, model=link, seed=index, device=session.device)
-        self.heartbeat = Heartbeat(session.store, session.rank, [AGGREGATOR_RANK], dead_after=dead_after,
+        self.heartbeat = Heartbeat(session.store, session.rank, [AGGREGATOR_RANK], dead_after, startup_s,
                                    on_silence=self._aggregator_silent)
 
     def serve(self) -> int:
@@ -125,7 +127,10 @@ class Device:
     def _post(self, payload_numel: int):
         """Post the receive of the next message from the aggregator: (buffer, work)."""
         buf = torch.empty(m.message_size(payload_numel), dtype=torch.int32, device=self.device)
-        return buf, dist.irecv(buf, AGGREGATOR_RANK)
+        try:
+            return buf, dist.irecv(buf, AGGREGATOR_RANK)
+        except RuntimeError as err:  # the aggregator has gone since the last message: gloo refuses at once
+            raise AggregatorLost(f"link to the aggregator broke ({first_line(err)})") from None
 
     def _take(self, pending, kinds: tuple, payload_numel: int) -> m.Message | None:
         """Wait for a posted receive and check the message; None for a malformed THRESHOLDS (rejected)."""
@@ -149,10 +154,9 @@ class Device:
             raise AggregatorLost(f"link to the aggregator broke ({self.link.error})")
         self.link.send(msg)
 
-    def _aggregator_silent(self, peer: int, seconds: float) -> None:
+    def _aggregator_silent(self, peer: int, why: str) -> None:
         """Watchdog: the main thread may be blocked in a receive that never returns; leave now."""
-        print(f"error: device {self.index}: no heartbeat from the aggregator for {seconds:.1f} s; stopping",
-              file=sys.stderr, flush=True)
+        print(f"error: device {self.index}: {why} from the aggregator; stopping", file=sys.stderr, flush=True)
         os._exit(LOST)
 
 

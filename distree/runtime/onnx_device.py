@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from distree.errors import DistreeError
-from distree.export.manifest import read_manifest, verify_files
-from distree.export.onnx_session import OnnxStudent
+from distree.artifacts.manifest import read_manifest, verify_files
+from distree.artifacts.onnx_student import OnnxStudent
 
 
 class OnnxStep:

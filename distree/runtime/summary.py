@@ -1,63 +1,29 @@
-"""What the aggregator records per policy, and the JSON summary it writes.
+"""The session's report, distributed.json, and its console table: the report's shape, in one place.
 
-Latency is per sample, from the moment the aggregator hands the sample to the devices to the
-moment it answers; with a window of W samples in flight it includes up to W - 1 samples of
-queueing, so the latency figures are taken with W = 1 and throughput with W > 1 (see serve).
+Rank 0 builds it from the aggregator's streams once every sample is answered: per policy the
+summary of its run (accuracy, latency percentiles, exits, messages), its timeline and fault
+phases, its adaptation where its thresholds followed a target, and beside the distributed
+figures the single-process ones and the latency model's.
 """
-from dataclasses import dataclass, field
+import sys
+from pathlib import Path
 
 import numpy as np
+import torch
+
+from distree.runtime import single_process
+from distree.runtime.aggregator import Aggregator
+from distree.runtime.config import ServeConfig
+from distree.runtime.group import Session
+from distree.runtime.policy_run import PolicyRun, accuracy, percentiles_ms
+from distree.runtime.stream import Stream
+from distree.runtime.timeline import phases, timeline, timeline_table
+from distree.run_dir import DISTRIBUTED, class_names, jsonable_thresholds, read_config
 
 
-@dataclass
-class PolicyRun:
-    """The answers of one policy over the stream, and what the links carried for it."""
-
-    name: str
-    local: bool
-    thresholds: list
-    num_devices: int
-    labels: list = field(default_factory=list)  # -1 where unknown (image folders)
-    preds: list = field(default_factory=list)
-    degraded: list = field(default_factory=list)  # answered without some device's evidence
-    exits: list = field(default_factory=list)  # per answer, per device: 0-based exit, -1 if missing
-    latency_s: list = field(default_factory=list)
-    compute_s: list = field(default_factory=list)  # of the slowest device, summed over rounds
-    round_s: list = field(default_factory=list)  # rounds every live device answered in time (for deadlines)
-    busy_s: float = 0.0  # time spent streaming this policy
-    uplink_messages: int = 0
-    uplink_bytes: int = 0
-    downlink_decisions: int = 0
-    rejected: int = 0  # malformed messages dropped
-    stale: int = 0  # well-formed messages that came after their sample was answered
-    deadline_s: float = 0.0  # the last deadline in force
-    settings: list = field(default_factory=list)  # per answer, per device: its setting on the path (-1: static)
-    issued_s: list = field(default_factory=list)  # per sample: perf_counter time it left the aggregator
-    moves: list = field(default_factory=list)  # THRESHOLDS sent: {"sample", "device", "setting", "reason"}
-    shadow: list = field(default_factory=list)  # (sample, whether the answer differs from exit 7's)
-    shadow_messages: int = 0
-    guard: list = field(default_factory=list)  # the shadow check's step backs
-
-    def record(self, label: int, pred: int, exits: list, latency: float, compute: float) -> None:
-        self.labels.append(label)
-        self.preds.append(pred)
-        self.exits.append(exits)
-        self.degraded.append(min(exits) < 0)
-        self.latency_s.append(latency)
-        self.compute_s.append(compute)
-
-
-def percentiles_ms(seconds: list) -> dict:
-    if not seconds:
-        return {"median": None, "p95": None, "p99": None, "mean": None}
-    ms = np.asarray(seconds) * 1e3
-    return {"median": float(np.median(ms)), "p95": float(np.percentile(ms, 95)),
-            "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean())}
-
-
-def accuracy(preds: np.ndarray, labels: np.ndarray) -> float | None:
-    known = labels >= 0
-    return float((preds[known] == labels[known]).mean()) if known.any() else None
+def report_path(config: ServeConfig) -> Path:
+    """Where the session's report goes: --report, else the run's distributed.json."""
+    return Path(config.report or Path(config.run) / DISTRIBUTED)
 
 
 def summarise(run: PolicyRun, warmup: int) -> dict:
@@ -90,3 +56,88 @@ def summarise(run: PolicyRun, warmup: int) -> dict:
         "predictions": run.preds,
         "degraded_samples": [int(k) for k in np.flatnonzero(degraded)],
     }
+
+
+def adaptive_entry(stream: Stream) -> dict:
+    """What a policy's adaptation did: its path, target, moves and shadow check."""
+    spec, run, check, control = stream.spec, stream.run, stream.check, stream.control
+    target = control.target_s
+    return {"path": [jsonable_thresholds(t) for t in spec.path], "risk": spec.risk,
+            "target_ms": None if target is None else target * 1e3, "target_x": control.config.target_x,
+            "percentile": control.config.percentile,
+            "moves": run.moves, "threshold_messages": len(run.moves), "shadow": check.summary(),
+            "shadow_guard": run.guard, "shadow_samples": [[s, bool(d)] for s, d in run.shadow],
+            "shadow_messages": run.shadow_messages}
+
+
+def build_report(config: ServeConfig, session: Session, model, links: list, aggregator: Aggregator,
+                 x: torch.Tensor, single: single_process.SingleProcess | None) -> dict:
+    """The session's report (distributed.json) once aggregator has run every stream over samples x."""
+    streams = aggregator.streams
+    policies = {s.run.name: summarise(s.run, config.warmup) for s in streams}
+    for stream in streams:
+        run = stream.run
+        entry, faults = policies[run.name], aggregator.faults.windows(run.issued_s)
+        entry.update(timeline=timeline(run, faults, config.timeline_window), phases=phases(run, faults),
+                     latency_ms_per_sample=[1e3 * t for t in run.latency_s], settings_per_sample=run.settings)
+        if stream.adapting:
+            entry["adaptive"] = adaptive_entry(stream)
+    ref = x[:config.reference_samples]
+    if single is not None:
+        table = single_process.flop_table(model, ref)
+        rate = single_process.compute_rate(model, table, ref)
+        for stream in streams:
+            run = stream.run
+            entry, (ms, preds) = policies[run.name], single.result(stream.index)
+            entry.update(single_process.simulated(table, run, stream.spec, aggregator.feature_dim, links, rate))
+            entry["single_process_ms"] = ms
+            entry["predictions_match_single_process"] = preds == run.preds[:len(preds)]
+    # a FLOPs saving is a mean over samples, so the time saving it is held against is one too
+    base = policies.get("last-exit", {}).get("latency_ms_measured", {}).get("mean")
+    for entry in policies.values():
+        mean = entry["latency_ms_measured"]["mean"]
+        entry["latency_saving_measured"] = 1 - mean / base if base and mean is not None else None
+    return {
+        "run": str(config.run), "devices": session.num_devices, "backend": session.backend,
+        "window": config.window, "split": None if config.images else config.split, "images": config.images,
+        "samples": len(x), "links": [vars(link) for link in links], "faults": config.faults,
+        "lost_devices": {str(i): reason for i, reason in aggregator.lost.items()},
+        "reference_samples": len(ref), "flops_per_s_measured": rate if single is not None else None,
+        "chunk": config.chunk, "timeline_window": config.timeline_window, "latency_target_ms": config.latency_target_ms,
+        "latency_target_x": config.latency_target_x, "percentile": config.percentile,
+        "shadow_fraction": config.shadow_fraction if config.adapting else 0.0,
+        "class_names": class_names(read_config(config.run)),
+        "policies": policies,
+        "targets": targets(policies),
+    }
+
+
+def targets(policies: dict) -> dict:
+    """The issue's two ratios for DistrEE: latency over one student alone, latency saving over FLOPs saving."""
+    d = policies.get("distree", {})
+    median, one = d.get("latency_ms_measured", {}).get("median"), d.get("single_process_ms", {}).get("one_student_ms")
+    out = {}
+    if median is not None and one:
+        out["distree_latency_over_one_student"] = median / one  # target <= 1.3
+    if d.get("latency_saving_measured") is not None and d.get("flops_reduction"):
+        out["latency_saving_over_flops_saving"] = d["latency_saving_measured"] / d["flops_reduction"]  # target >= 0.8
+    return out
+
+
+def print_table(report: dict, path: Path) -> None:
+    print(f"{report['devices']} devices over {report['backend']}, {report['samples']} samples, "
+          f"window {report['window']}; report: {path}")
+    print(f"{'policy':<18}{'acc':>7}{'degraded':>9}{'median ms':>11}{'p99 ms':>9}{'sim ms':>8}{'per s':>8}"
+          f"{'msgs':>6}")
+    for name, p in report["policies"].items():
+        lat = p["latency_ms_measured"]
+        fmt = lambda v, w, d=2: f"{v:>{w}.{d}f}" if v is not None else f"{'-':>{w}}"  # noqa: E731
+        print(f"{name:<18}{fmt(p['accuracy'], 7, 4)}{p['degraded']:>9}{fmt(lat['median'], 11)}{fmt(lat['p99'], 9)}"
+              f"{fmt(p.get('latency_ms_simulated', {}).get('median'), 8)}{fmt(p['throughput_per_s'], 8, 1)}"
+              f"{p['uplink_messages_per_sample']:>6.1f}")
+    for name, p in report["policies"].items():
+        if "adaptive" in p or p["phases"]:
+            print(timeline_table(name, p))
+    for i, reason in report["lost_devices"].items():
+        print(f"device {i} lost: {reason}")
+    sys.stdout.flush()

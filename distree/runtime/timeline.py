@@ -1,12 +1,12 @@
 """A policy's run over time: per window of samples, and per phase of each slow or link fault.
 
 A fault's window is the samples issued while it was in force ([start, end), from the aggregator's
-clock: Aggregator.fault_windows); a sample is before, during or after it. A timeline window takes
+clock: FaultLog.windows); a sample is before, during or after it. A timeline window takes
 the phase of its middle sample.
 """
 import numpy as np
 
-from distree.runtime.summary import PolicyRun, accuracy, percentiles_ms
+from distree.runtime.policy_run import PolicyRun, accuracy, percentiles_ms
 
 
 def phase(sample: float, window: dict) -> str:

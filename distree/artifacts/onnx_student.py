@@ -32,7 +32,7 @@ class OnnxStudent:
     def __init__(self, path, threads: int = 1):
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        options.log_severity_level = 3  # errors only: not a warning per constant the If branches leave unused
+        options.log_severity_level = 3  # errors only: an export older than its unused constants warns per constant
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, int]:
