@@ -148,7 +148,12 @@ def test_property_matches_reference(backend, device):
         efeat, escore, _ = exit_head_reference(x, w, b, r, threshold)
         tol = TOLERANCE[dtype]
         torch.testing.assert_close(feat.double(), efeat.double(), rtol=tol, atol=tol * scale)
-        torch.testing.assert_close(score, escore, rtol=tol, atol=tol, equal_nan=True)
+        # 1/cos is ill-conditioned where cos is near 0: its relative error grows like the score
+        # itself (a fresh hypothesis seed found score 684 off by 2.6e-5 relative, at the base too)
+        # (the absolute error of cos is about tol, so the score's is about tol * score^2)
+        bound = tol * (1 + escore.nan_to_num(posinf=0.0, neginf=0.0) ** 2)
+        same = (score == escore) | (score.isnan() & escore.isnan())  # inf and NaN scores agree exactly
+        assert (same | ((score - escore).abs() <= bound)).all(), (score, escore)
         # exit is exactly score > threshold on the backend's own score
         assert torch.equal(exit, score > threshold)
 
