@@ -34,7 +34,7 @@ from distree.runtime.faults import Fault
 from distree.runtime.group import Session
 from distree.runtime.heartbeat import Heartbeat
 from distree.runtime.links import Arrival, Link
-from distree.runtime.plan import PolicySpec
+from distree.plan import PolicySpec
 from distree.runtime.policy_run import PolicyRun
 from distree.runtime.stream import WHOLE, Evidence, Shadow, Stream, slowest
 

@@ -18,7 +18,7 @@ from distree.inference.engine import InferenceEngine
 from distree.inference.evidence import bias_share
 from distree.policies import LastExitPolicy
 from distree.runtime.netem import LinkModel
-from distree.runtime.plan import PolicySpec
+from distree.plan import PolicySpec
 from distree.runtime.policy_run import PolicyRun, percentiles_ms
 from distree.inference.step import DeviceStep
 

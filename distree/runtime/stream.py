@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from distree.runtime.adaptive import Controller, ShadowCheck
-from distree.runtime.plan import PolicySpec
+from distree.plan import PolicySpec
 from distree.runtime.policy_run import PolicyRun
 
 WHOLE = -1  # the exit of a local policy's round: the whole sample
