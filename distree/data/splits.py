@@ -32,8 +32,6 @@ class TensorImages(Dataset):
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, preprocessing: Preprocessing, flip: bool):
         self.images, self.labels = images, labels  # (M, C, S, S) uint8, (M,) int64
         self.preprocessing = preprocessing
-        self.mean = torch.tensor(preprocessing.mean).view(1, -1, 1, 1)  # (1, C, 1, 1)
-        self.std = torch.tensor(preprocessing.std).view(1, -1, 1, 1)
         self.flip = flip  # whether augmentation may mirror images (not for Fashion-MNIST's clothes)
 
     def __len__(self) -> int:

@@ -78,4 +78,4 @@ def export_plan(run_dir, policy_name: str | None = None, given: dict | None = No
             raise DistreeError(f"policy {name!r} is not decided by the exit gate (the fused op), so an exported walk "
                                f"cannot take its decision; export one of {fused}, or last-exit") from None
     return ExportPlan(str(run_dir), source, spec.gate, policy, thresholds, model, walks, example,
-                      test.mean.flatten().tolist(), test.std.flatten().tolist())
+                      list(test.preprocessing.mean), list(test.preprocessing.std))
