@@ -33,6 +33,7 @@ from distree.risk import (PathLosses, RiskSpec, candidate_path, certify, max_los
 from distree.risk_grid import policy_grid
 from distree.run_dir import (CALIBRATED, GATE, class_names, jsonable_thresholds, load_learned_gate,
                              load_student_model, read_config, run_splits, save_learned_gate, teacher_accuracy)
+from distree.run_report import EvaluationReport
 from distree.run_settings import (Stored, check_evaluation_name, evaluation_dir, read_settings, setting_name,
                                   settings_from_report, store_settings, students_sha256)
 
@@ -77,6 +78,10 @@ class Evaluation:
     gate: LearnedGatePolicy  # as fitted on the training split
     out: Path = None  # where its report goes: the run, or RUN/evaluations/NAME
     stored: Stored = None  # what storing its settings in the run did
+
+    def shown(self) -> EvaluationReport:
+        """The report as report.md, the figures and the CLI read it (`distree.run_report`)."""
+        return EvaluationReport.from_json(self.report)
 
 
 def build_policies(model, train_split, config: EvaluateConfig) -> tuple[dict[str, Policy], Evidence]:

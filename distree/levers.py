@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distree.errors import DistreeError
-from distree.run_dir import CALIBRATED
 from distree.evaluation import EvaluateConfig, evaluate_run
 from distree.run_dir import PARTITION, TEACHER, read_config, write_config
+from distree.run_report import EvaluationReport
 from distree.training.students import train_students
 
 # One change to the students' recipe per lever, as {config section: {key: value}}.
@@ -55,15 +55,14 @@ def prepare(base_dir: Path, lever_dir: Path, config: dict) -> None:
     write_config(lever_dir, config)
 
 
-def lever_row(name: str, report: dict) -> dict:
+def lever_row(name: str, report: EvaluationReport) -> dict:
     """One lever's line of the table."""
-    mains = {e["policy"]: e for e in report["policies"] if e["setting"] == CALIBRATED}
-    last = report["last_exit_accuracy"]
-    row = {"lever": name, "last_exit_accuracy": last, "exit_accuracy": report["exit_accuracy"],
-           "oracle_flops_reduction": report["oracle"]["flops_reduction"],
-           "distree_auroc": report["score_auroc"]["distree"]}
+    last = report.last_exit_accuracy
+    row = {"lever": name, "last_exit_accuracy": last, "exit_accuracy": report.exit_accuracy,
+           "oracle_flops_reduction": report.oracle_flops_reduction, "distree_auroc": report.score_auroc["distree"]}
     for policy in COMPARED:
-        row[policy] = {"flops_reduction": mains[policy]["flops_reduction"], "accuracy_change": mains[policy]["accuracy"] - last}
+        main = report.calibrated(policy)
+        row[policy] = {"flops_reduction": main.flops_reduction, "accuracy_change": main.accuracy - last}
     return row
 
 
@@ -80,7 +79,7 @@ def run_levers(base_dir, out, config: LeverConfig = LeverConfig(), log=print) ->
         run_config = lever_config(base, LEVERS[name], config.epochs)
         prepare(base_dir, lever_dir, run_config)
         train_students(lever_dir, run_config, resume=False)
-        rows.append(lever_row(name, evaluate_run(lever_dir, config.evaluation).report))
+        rows.append(lever_row(name, evaluate_run(lever_dir, config.evaluation).shown()))
         log(f"lever {name!r} done")
     (out / "levers.json").write_text(json.dumps(rows, indent=1) + "\n")
     (out / "levers.md").write_text(lever_table(rows) + "\n")

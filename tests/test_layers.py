@@ -17,7 +17,7 @@ LAYERS = [
     ("distree.run_dir", "distree.samples", "distree.artifacts"),
     ("distree.losses", "distree.training"),
     ("distree.costs", "distree.calibration", "distree.risk", "distree.risk_grid", "distree.inference",
-     "distree.run_settings", "distree.plan"),
+     "distree.run_settings", "distree.run_report", "distree.plan"),
     ("distree.evaluation",),
     ("distree.report", "distree.runtime", "distree.export", "distree.experiment", "distree.levers", "distree.serve"),
     ("distree.commands", "distree.cli", "distree.__main__", "distree"),

@@ -1,5 +1,6 @@
 """`distree evaluate` end to end on a tiny run directory, and its errors for bad input."""
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from distree.evaluation import EvaluateConfig, evaluate_run
 from distree.report import write_report
 from distree.report.plots import pareto
 from distree.run_dir import STUDENTS, build_students, save_atomic, write_config
+from distree.run_report import EvaluationReport, Goal, Machinery
 from distree.training.presets import run_config
 
 FAST = EvaluateConfig(gate_samples=64, curve_points=8, timing=TimingConfig(16, 8, 4, 1))
@@ -51,6 +53,12 @@ def test_evaluate_writes_the_report_with_its_keys(run_dir):
                  "exit_accuracy.png", "threshold_sweep.png", "score_distributions.png"):
         assert (run_dir / name).stat().st_size > 0
     assert "| distree | calibrated |" in (run_dir / "report.md").read_text()
+    shown = EvaluationReport.from_json(report)  # what report.md and the figures read: every row, by name
+    assert [(e.policy, e.setting, e.accuracy) for e in shown.policies] == \
+        [(e["policy"], e["setting"], e["accuracy"]) for e in report["policies"]]
+    assert shown.calibrated("distree").flops_reduction == next(
+        e["flops_reduction"] for e in report["policies"] if e["policy"] == "distree" and e["setting"] == "calibrated")
+    assert all(e.saved["streaming"] is not None for e in shown.policies if e.latency_ms_measured is not None)
 
 
 def test_bad_input_gets_a_clear_error(run_dir, capsys):
@@ -93,17 +101,17 @@ def test_lever_configs_change_one_thing_and_tabulate():
 def test_machinery_summary_says_whether_the_target_is_met():
     from distree.report.markdown import machinery_summary
 
-    cost = {"machinery_us_per_exit": 30.0, "bare_op_us": 12.0, "machinery_over_bare_op": 2.5}
-    assert "not met" in machinery_summary({"exit_machinery": cost}) and "2.5x" in machinery_summary({"exit_machinery": cost})
-    assert ": met" in machinery_summary({"exit_machinery": {**cost, "machinery_over_bare_op": 1.5}})
-    assert machinery_summary({"exit_machinery": None}) == ""
+    cost = SimpleNamespace(machinery=Machinery(us_per_exit=30.0, bare_op_us=12.0, over_bare_op=2.5))
+    assert "not met" in machinery_summary(cost) and "2.5x" in machinery_summary(cost)
+    assert ": met" in machinery_summary(SimpleNamespace(machinery=Machinery(30.0, 12.0, over_bare_op=1.5)))
+    assert machinery_summary(SimpleNamespace(machinery=None)) == ""
 
 
 def test_goal_line_says_which_rows_it_counts():
     from distree.report.markdown import summary
 
-    report = {"goal": {"policy": None, "flops_reduction": 0.0, "target": 0.3, "met": False},
-              "oracle": {"flops_reduction": 0.5}, "max_drop": 0.005}
+    report = SimpleNamespace(goal=Goal(policy=None, flops_reduction=0.0, target=0.3, met=False),
+                             oracle_flops_reduction=0.5, max_drop=0.005)
     text = summary(report)
     assert "not met" in text and "only each policy's `calibrated` row counts" in text
     assert "not the budget or certified rows" in text and "random" in text

@@ -17,6 +17,7 @@ from distree.report.markdown import certified_text
 from distree.risk import (PathLosses, RiskSpec, binomial_cdf, candidate_path, certify, fixed_sequence, max_losses,
                           p_value, path_losses, resplit_check, samples_needed, upper_bound)
 from distree.run_dir import write_config
+from distree.run_report import Certificate
 from distree.training.presets import run_config
 from inference_cases import synthetic_evidence, synthetic_flops
 from test_report import FAST, run_dir  # noqa: F401 (the tiny run directory fixture)
@@ -163,7 +164,7 @@ def test_evaluate_reports_certified_settings(run_dir):  # noqa: F811
     tight, loose = report["certified"]
     assert tight["calibration_samples"] == 64 and tight["smallest_epsilon"] > 0.005
     assert not any(e["certified"] for e in tight["policies"])  # 128 samples cannot certify 0.5%
-    assert "No setting of distree can be certified at 0.5%" in certified_text(tight)
+    assert "No setting of distree can be certified at 0.5%" in certified_text(Certificate.from_json(tight))
     certified = [e for e in loose["policies"] if e["certified"]]
     assert certified and all(e["p_value"] <= 0.1 and len(e["thresholds"]) == 5 for e in certified)
     assert all(0 <= e["test"]["risk"] <= 1 for e in certified)

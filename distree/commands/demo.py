@@ -15,15 +15,14 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    evaluation = run_experiment(args.out)
-    report = evaluation.report
+    report = run_experiment(args.out).shown()
     print(policy_table(report))
     print()
     print(summary(report))
-    for spec in report["certified"]:
+    for spec in report.certified:
         print()
         print(certified_text(spec))
     print()
     print(certified_summary(report))
-    print(f"total {report['elapsed_s']:.0f} s; report: {Path(args.out) / REPORT_MD}")
+    print(f"total {report.elapsed_s:.0f} s; report: {Path(args.out) / REPORT_MD}")
     return 0

@@ -88,10 +88,11 @@ def config_from_args(args) -> EvaluateConfig:
 def run(args) -> int:
     evaluation = evaluate_run(args.run, config_from_args(args), args.dataset, args.name)
     write_report(evaluation, evaluation.out)
-    print(policy_table(evaluation.report))
+    report = evaluation.shown()
+    print(policy_table(report))
     print()
-    print(summary(evaluation.report))
-    print(certified_summary(evaluation.report))
+    print(summary(report))
+    print(certified_summary(report))
     print(stored_summary(evaluation.stored))
     print(f"report: {evaluation.out / REPORT_MD}")
     return 0

@@ -2,6 +2,7 @@
 import math
 
 from distree.run_dir import CALIBRATED, jsonable_thresholds
+from distree.run_report import Certificate, EvaluationReport, Goal, PolicyRow, ResplitCheck
 from distree.run_settings import ServedSetting, Stored
 
 
@@ -13,139 +14,136 @@ def _num(x, fmt=".1f") -> str:
     return "-" if x is None else format(x, fmt)
 
 
-def _saved(e: dict, mode: str) -> str:
+def _saved(e: PolicyRow, mode: str) -> str:
     """Time saved in a mode: measured / predicted by FLOPs / predicted by per-stage wall-clock."""
-    keys = (f"time_saved_{mode}", f"flops_saved_{mode}", f"stage_time_saved_{mode}")
-    if e.get(keys[0]) is None:
+    t = e.saved[mode]
+    if t is None:
         return "-"
-    return " / ".join(f"{100 * e[k]:.0f}%" for k in keys)
+    return " / ".join(f"{100 * v:.0f}%" for v in (t.measured, t.by_flops, t.by_stages))
 
 
 def _row(cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def policy_table(report: dict) -> str:
+def policy_table(report: EvaluationReport) -> str:
     """One row per policy and setting (the shared-T sweep excluded), test split."""
-    last = report["last_exit_accuracy"]
+    last = report.last_exit_accuracy
     lines = [_row(["policy", "setting", "accuracy", "vs last exit (pt)", "FLOPs saved", "sim. latency (ms)",
                    "measured latency (ms)", "throughput (/s)", "time saved, streaming", "time saved, compacting"]),
              _row(["---"] * 10)]
-    for e in report["policies"]:
-        if e["setting"].startswith("shared T="):
+    for e in report.policies:
+        if e.shared_t is not None:
             continue
-        lines.append(_row([e["policy"], e["setting"], _pct(e["accuracy"]), f"{100 * (e['accuracy'] - last):+.2f}",
-                           _pct(e["flops_reduction"]), _num(e["latency_ms_simulated"]),
-                           _num(e["latency_ms_measured"], ".2f"), _num(e.get("throughput_per_s"), ".0f"),
+        lines.append(_row([e.policy, e.setting, _pct(e.accuracy), f"{100 * (e.accuracy - last):+.2f}",
+                           _pct(e.flops_reduction), _num(e.latency_ms_simulated),
+                           _num(e.latency_ms_measured, ".2f"), _num(e.throughput_per_s, ".0f"),
                            _saved(e, "streaming"), _saved(e, "compacting")]))
     return "\n".join(lines)
 
 
-def sweep_table(report: dict) -> str:
-    rows = [e for e in report["policies"] if e["setting"].startswith("shared T=")]
+def sweep_table(report: EvaluationReport) -> str:
+    rows = [e for e in report.policies if e.shared_t is not None]
     lines = [_row(["T", "accuracy", "FLOPs saved", "sim. latency (ms)"]), _row(["---"] * 4)]
-    lines += [_row([e["setting"].split("=")[1], _pct(e["accuracy"]), _pct(e["flops_reduction"]),
-                    _num(e["latency_ms_simulated"])]) for e in rows]
+    lines += [_row([f"{e.shared_t:g}", _pct(e.accuracy), _pct(e.flops_reduction), _num(e.latency_ms_simulated)])
+              for e in rows]
     return "\n".join(lines)
 
 
-def exit_table(report: dict) -> str:
+def exit_table(report: EvaluationReport) -> str:
     lines = [_row(["exit"] + list(range(1, 8))), _row(["---"] * 8)]
-    lines.append(_row(["test"] + [_pct(a) for a in report["exit_accuracy"]]))
-    lines.append(_row(["val"] + [_pct(a) for a in report["val_exit_accuracy"]]))
+    lines.append(_row(["test"] + [_pct(a) for a in report.exit_accuracy]))
+    lines.append(_row(["val"] + [_pct(a) for a in report.val_exit_accuracy]))
     return "\n".join(lines)
 
 
-def auroc_table(report: dict) -> str:
+def auroc_table(report: EvaluationReport) -> str:
     lines = [_row(["score", "exit 2", "exit 3", "exit 4", "exit 5", "exit 6"]), _row(["---"] * 6)]
-    lines += [_row([name] + [_num(a, ".2f") for a in values])
-              for name, values in report["score_auroc"].items()]
+    lines += [_row([name] + [_num(a, ".2f") for a in values]) for name, values in report.score_auroc.items()]
     return "\n".join(lines)
 
 
-def summary(report: dict) -> str:
-    g, o = report["goal"], report["oracle"]
-    verdict = "met" if g["met"] else "not met"
-    best = f"{g['policy']} saves {_pct(g['flops_reduction'])}" if g["policy"] else \
+def summary(report: EvaluationReport) -> str:
+    g = report.goal
+    verdict = "met" if g.met else "not met"
+    best = f"{g.policy} saves {_pct(g.flops_reduction)}" if g.policy else \
         f"no local policy's {CALIBRATED} row stays within it"
-    return (f"Goal (a local policy saving >= {_pct(g['target'])} of FLOPs within {100 * report['max_drop']:.1f} points "
+    return (f"Goal (a local policy saving >= {_pct(g.target)} of FLOPs within {100 * report.max_drop:.1f} points "
             f"of last exit, on test; only each policy's `{CALIBRATED}` row counts, its thresholds chosen on val "
             "alone, not the budget or certified rows, whose settings answer other questions, nor the random "
             f"baseline): {verdict}; {best}. The oracle (first exit whose aggregated answer equals "
-            f"exit 7's) would save {_pct(o['flops_reduction'])}.")
+            f"exit 7's) would save {_pct(report.oracle_flops_reduction)}.")
 
 
-def machinery_summary(report: dict) -> str:
+def machinery_summary(report: EvaluationReport) -> str:
     """The exit machinery's cost per decision at B = 1 against its target, when it was measured."""
-    m = report.get("exit_machinery")
-    if not m:
+    m = report.machinery
+    if m is None:
         return ""
-    verdict = "met" if m["machinery_over_bare_op"] <= 2 else "not met"
+    verdict = "met" if m.over_bare_op <= 2 else "not met"
     return (f"Exit machinery at B = 1, one thread (target: at most 2x one bare exit-head call): {verdict}; "
-            f"{m['machinery_us_per_exit']:.0f} us per decision beyond its stage against {m['bare_op_us']:.0f} us "
-            f"for the bare op ({m['machinery_over_bare_op']:.1f}x).")
+            f"{m.us_per_exit:.0f} us per decision beyond its stage against {m.bare_op_us:.0f} us "
+            f"for the bare op ({m.over_bare_op:.1f}x).")
 
 
 def _p(x) -> str:
     return "-" if x is None else f"{x:.3g}"
 
 
-def _resplit(check: dict | None) -> list[str]:
+def _resplit(check: ResplitCheck | None) -> list[str]:
     if check is None:
         return ["-", "-"]
-    at = check["at_epsilon"]
-    return [f"{100 * at['exceed_fraction']:.1f}%", _pct(at["mean_flops_reduction"])]
+    at = check.at_epsilon
+    return [f"{100 * at.exceed_fraction:.1f}%", _pct(at.mean_flops_reduction)]
 
 
-def certified_table(spec: dict) -> str:
+def certified_table(spec: Certificate) -> str:
     """One row per policy for one risk: its certificate on val, its test numbers, the resplit check."""
     lines = [_row(["policy", "candidate", "losing / val samples", "p-value", "test accuracy vs last exit (pt)",
-                   f"test {spec['risk']} risk", "FLOPs saved (test)", "resplits: held-out risk > epsilon",
+                   f"test {spec.risk} risk", "FLOPs saved (test)", "resplits: held-out risk > epsilon",
                    "resplits: mean FLOPs saved"]), _row(["---"] * 9)]
-    for e in spec["policies"]:
-        check = _resplit(spec["resplits"].get(e["policy"]))
-        if not e["certified"]:
-            lines.append(_row([e["policy"], "none", "-", "-", "-", "-", "-", *check]))
+    for e in spec.policies:
+        check = _resplit(spec.resplits.get(e.policy))
+        if not e.certified:
+            lines.append(_row([e.policy, "none", "-", "-", "-", "-", "-", *check]))
             continue
-        t = e["test"]
-        lines.append(_row([e["policy"], f"{e['candidate'] + 1} of {e['candidates']}",
-                           f"{e['losses']} / {e['calibration_samples']}", _p(e["p_value"]),
-                           f"{100 * t['accuracy_change']:+.2f}", f"{100 * t['risk']:.2f}%", _pct(t["flops_reduction"]),
-                           *check]))
+        lines.append(_row([e.policy, f"{e.candidate + 1} of {e.candidates}", f"{e.losses} / {e.calibration_samples}",
+                           _p(e.p_value), f"{100 * e.test_accuracy_change:+.2f}", f"{100 * e.test_risk:.2f}%",
+                           _pct(e.test_flops_reduction), *check]))
     return "\n".join(lines)
 
 
-def certified_text(spec: dict) -> str:
+def certified_text(spec: Certificate) -> str:
     """What is certified, at what cost in samples, and a sentence per policy that certifies nothing."""
-    eps, delta, n = spec["epsilon"], spec["delta"], spec["calibration_samples"]
+    eps, delta, n = spec.epsilon, spec.delta, spec.calibration_samples
     what = {"accuracy": "harm rate (wrong where exit 7 is right; bounds the accuracy drop)",
-            "consistency": "consistency risk (answer differs from exit 7's; label-free)"}[spec["risk"]]
-    head = (f"{spec['risk']}: {what} <= {100 * eps:g}% with probability >= {1 - delta:g}, certified on {n} "
+            "consistency": "consistency risk (answer differs from exit 7's; label-free)"}[spec.risk]
+    head = (f"{spec.risk}: {what} <= {100 * eps:g}% with probability >= {1 - delta:g}, certified on {n} "
             f"validation samples (exact binomial test, fixed-sequence order from the training split): a setting "
-            f"passes where at most {spec['max_losses']} of them lose; these samples certify no epsilon below "
-            f"{100 * spec['smallest_epsilon']:.3f}%.")
-    none = [f"No setting of {e['policy']} can be certified at {100 * eps:g}%" +
-            (f"; its next candidate needs epsilon >= {100 * e['next_epsilon']:.2f}%."
-             if e["next_epsilon"] is not None else ".")
-            for e in spec["policies"] if not e["certified"]]
+            f"passes where at most {spec.max_losses} of them lose; these samples certify no epsilon below "
+            f"{100 * spec.smallest_epsilon:.3f}%.")
+    none = [f"No setting of {e.policy} can be certified at {100 * eps:g}%" +
+            (f"; its next candidate needs epsilon >= {100 * e.next_epsilon:.2f}%." if e.next_epsilon is not None
+             else ".")
+            for e in spec.policies if not e.certified]
     return "\n\n".join([head, certified_table(spec), *none])
 
 
-def certified_goal(spec: dict, target: float = 0.35) -> dict:
+def certified_goal(spec: Certificate, target: float = 0.35) -> Goal:
     """The local policy (random aside) whose certified setting saves the most FLOPs on test."""
-    ok = [e for e in spec["policies"] if e["certified"] and e["local"] and e["policy"] != "random"]
-    best = max(ok, key=lambda e: e["test"]["flops_reduction"], default=None)
-    saved = best["test"]["flops_reduction"] if best else 0.0
-    return {"policy": best and best["policy"], "flops_reduction": saved, "target": target, "met": saved >= target}
+    ok = [e for e in spec.policies if e.certified and e.local and e.policy != "random"]
+    best = max(ok, key=lambda e: e.test_flops_reduction, default=None)
+    saved = best.test_flops_reduction if best else 0.0
+    return Goal(best and best.policy, saved, target, saved >= target)
 
 
-def certified_summary(report: dict) -> str:
+def certified_summary(report: EvaluationReport) -> str:
     out = []
-    for spec in report.get("certified", []):
+    for spec in report.certified:
         g = certified_goal(spec)
-        best = f"{g['policy']} saves {_pct(g['flops_reduction'])} on test" if g["policy"] else "none is certified"
-        out.append(f"Certified ({spec['risk']} risk <= {100 * spec['epsilon']:g}%, delta {spec['delta']:g}): "
-                   f"{'met' if g['met'] else 'not met'} (a local policy saving >= {_pct(g['target'])}); {best}.")
+        best = f"{g.policy} saves {_pct(g.flops_reduction)} on test" if g.policy else "none is certified"
+        out.append(f"Certified ({spec.risk} risk <= {100 * spec.epsilon:g}%, delta {spec.delta:g}): "
+                   f"{'met' if g.met else 'not met'} (a local policy saving >= {_pct(g.target)}); {best}.")
     return " ".join(out)
 
 
@@ -183,28 +181,27 @@ def stored_summary(stored: Stored) -> str:
     return out
 
 
-def _elapsed(report: dict) -> str:
-    if "evaluation_s" in report:  # written by the demo: the whole experiment, then its evaluation
-        return f"the whole experiment took {report['elapsed_s']:.0f} s, its evaluation {report['evaluation_s']:.0f} s"
-    return f"evaluated in {report['elapsed_s']:.0f} s"
+def _elapsed(report: EvaluationReport) -> str:
+    if report.evaluation_s is not None:  # written by the demo: the whole experiment, then its evaluation
+        return f"the whole experiment took {report.elapsed_s:.0f} s, its evaluation {report.evaluation_s:.0f} s"
+    return f"evaluated in {report.elapsed_s:.0f} s"
 
 
-def render(report: dict, figures: list[str], stored: Stored | None = None) -> str:
-    teacher = report.get("teacher_accuracy")
-    head = [f"# DistrEE evaluation: {report.get('dataset', '?')}", "",
-            f"{report['num_students']} students; teacher accuracy {_pct(teacher)}; last-exit accuracy "
-            f"{_pct(report['last_exit_accuracy'])}; last-exit cost {report['flops']['last_exit'] / 1e6:.1f} MFLOPs "
+def render(report: EvaluationReport, figures: list[str], stored: Stored | None = None) -> str:
+    head = [f"# DistrEE evaluation: {report.dataset}", "",
+            f"{report.num_students} students; teacher accuracy {_pct(report.teacher_accuracy)}; last-exit accuracy "
+            f"{_pct(report.last_exit_accuracy)}; last-exit cost {report.last_exit_flops / 1e6:.1f} MFLOPs "
             f"per sample; {_elapsed(report)}.", "", summary(report), "", certified_summary(report), "",
             machinery_summary(report), "",
             f"Thresholds are chosen on the validation split (`{CALIBRATED}`: least FLOPs within "
-            f"{100 * report['max_drop']:.1f} points of last exit there); every number below is on the test split. "
+            f"{100 * report.max_drop:.1f} points of last exit there); every number below is on the test split. "
             "Measured latency is wall-clock per sample in streaming mode (one thread). 'Time saved' against "
             "last exit, on the timed samples: measured / predicted by FLOPs / predicted by each stage's and "
             "head's own measured time; the target is measured >= 90% of the per-stage prediction. The gap between "
             "the two predictions is the model's (early stages are memory-bound), the gap between the last "
             "prediction and the measurement is the exit machinery's."]
     sections = [("Policies", policy_table(report)), ("DistrEE rule, the paper's shared-T sweep", sweep_table(report)),
-                *[(f"Certified settings: {c['risk']} risk", certified_text(c)) for c in report.get("certified", [])],
+                *[(f"Certified settings: {c.risk} risk", certified_text(c)) for c in report.certified],
                 *([("Settings the run serves",
                     f"`distree deploy` and `distree export` serve `{CALIBRATED}` unless --setting names another. "
                     f"{stored_summary(stored)}\n\n{settings_table(stored)}")] if stored is not None else []),

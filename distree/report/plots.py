@@ -10,6 +10,7 @@ from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from distree.policies import NUM_EXITS  # noqa: E402
 from distree.run_dir import CALIBRATED  # noqa: E402
+from distree.run_report import EvaluationReport  # noqa: E402
 
 LOCAL_SCORES = ("distree", "similarity", "local-confidence", "learned-gate")
 SCORE_LABELS = {"distree": "cos(u_j, u_1) = 1 / score\n(cos <= 0 at 0)", "similarity": "cos(u_j, u_j-1)",
@@ -34,7 +35,7 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def accuracy_vs_cost(report: dict, key: str, xlabel: str, path: Path) -> None:
+def accuracy_vs_cost(report: EvaluationReport, key: str, xlabel: str, path: Path) -> None:
     """Every policy's calibration curve on test, its Pareto front, and its calibrated setting.
 
     For FLOPs the x axis is the FLOPs saved (as the tables give them): the front is the points no
@@ -42,70 +43,70 @@ def accuracy_vs_cost(report: dict, key: str, xlabel: str, path: Path) -> None:
     distree last, so that its star is never hidden under another's.
     """
     fig, ax = plt.subplots(figsize=(7, 5))
-    last = next(e for e in report["policies"] if e["policy"] == "last-exit")
+    last = report.last_exit()
     saved = key == "flops_reduction"
     sign = -1 if saved else 1  # pareto() minimises its first coordinate: FLOPs saved are maximised
-    order = sorted(enumerate(report["curves"].items()),
+    order = sorted(enumerate(report.curves.items()),
                    key=lambda c: (c[1][0] not in BASELINES, c[1][0] == "distree"))
     for z, (i, (name, curve)) in enumerate(order):
         color, hollow = f"C{i}", name in BASELINES
-        xy = [(p[key], p["accuracy"]) for p in curve]
+        xy = [(p.cost(key), p.accuracy) for p in curve]
         ax.scatter(*zip(*xy), s=8, color=color, alpha=0.35, zorder=2 + z)
         front = [(sign * x, a) for x, a in pareto([(sign * x, a) for x, a in xy])]
         ax.plot(*zip(*front), color=color, label=name, ls="--" if hollow else "-", zorder=2 + z)
-        main = next(e for e in report["policies"] if e["policy"] == name and e["setting"] == CALIBRATED)
-        ax.scatter([main[key]], [main["accuracy"]], marker="*", s=90 if hollow else 140, zorder=20 + z,
+        main = report.calibrated(name)
+        ax.scatter([main.cost(key)], [main.accuracy], marker="*", s=90 if hollow else 140, zorder=20 + z,
                    facecolor="none" if hollow else color, edgecolor=color if hollow else "k", linewidth=1.2)
-    x_last = 0.0 if saved else last[key]
-    ax.scatter([x_last], [last["accuracy"]], color="k", marker="s", label="last exit", zorder=40)
-    ax.axhline(last["accuracy"] - report["max_drop"], color="grey", ls=":", lw=1, label="last exit - max drop")
+    x_last = 0.0 if saved else last.cost(key)
+    ax.scatter([x_last], [last.accuracy], color="k", marker="s", label="last exit", zorder=40)
+    ax.axhline(last.accuracy - report.max_drop, color="grey", ls=":", lw=1, label="last exit - max drop")
     ax.set(xlabel=xlabel, ylabel="test accuracy", title="Accuracy against cost (stars: calibrated on val)")
-    top = max([last["accuracy"]] + [p["accuracy"] for c in report["curves"].values() for p in c]) + 0.02
-    ax.set_ylim(max(0.0, min(report["exit_accuracy"][1], top - 0.25)), top)
+    top = max([last.accuracy] + [p.accuracy for c in report.curves.values() for p in c]) + 0.02
+    ax.set_ylim(max(0.0, min(report.exit_accuracy[1], top - 0.25)), top)
     ax.legend(fontsize=8)
     _save(fig, path)
 
 
-def exit_histograms(report: dict, path: Path) -> None:
+def exit_histograms(report: EvaluationReport, path: Path) -> None:
     """Per policy's calibrated setting, the share of samples each student stops at each exit."""
-    mains = [e for e in report["policies"] if e["setting"] == CALIBRATED]
+    mains = [e for e in report.policies if e.setting == CALIBRATED]
     fig, axes = plt.subplots(1, len(mains), figsize=(2.6 * len(mains), 3), sharey=True, squeeze=False)
     exits = torch.arange(1, NUM_EXITS + 1)
     for ax, e in zip(axes[0], mains):
-        h = torch.tensor(e["exit_histogram"], dtype=torch.float64)  # (N, 7)
+        h = torch.tensor(e.exit_histogram, dtype=torch.float64)  # (N, 7)
         share = h / h.sum(1, keepdim=True)
         width = 0.8 / len(share)
         for i, row in enumerate(share):
             x = exits + (i - (len(share) - 1) / 2) * width  # (7,)
             ax.bar(x.numpy(), row.numpy(), width, label=f"student {i + 1}")
-        ax.set(title=e["policy"], xlabel="exit", xticks=exits.tolist())
+        ax.set(title=e.policy, xlabel="exit", xticks=exits.tolist())
     axes[0][0].set_ylabel("share of test samples")
     axes[0][0].legend(fontsize=7)
     _save(fig, path)
 
 
-def exit_accuracy(report: dict, path: Path) -> None:
+def exit_accuracy(report: EvaluationReport, path: Path) -> None:
     """Accuracy with every student at exit j, on val and test, and the teacher's."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
     exits = range(1, NUM_EXITS + 1)
-    ax.plot(exits, report["exit_accuracy"], marker="o", label="test")
-    ax.plot(exits, report["val_exit_accuracy"], marker=".", ls="--", label="val")
-    if report.get("teacher_accuracy") is not None:
-        ax.axhline(report["teacher_accuracy"], color="k", ls=":", label="teacher")
+    ax.plot(exits, report.exit_accuracy, marker="o", label="test")
+    ax.plot(exits, report.val_exit_accuracy, marker=".", ls="--", label="val")
+    if report.teacher_accuracy is not None:
+        ax.axhline(report.teacher_accuracy, color="k", ls=":", label="teacher")
     ax.set(xlabel="exit j (all students)", ylabel="accuracy", title="Per-exit accuracy")
     ax.legend()
     _save(fig, path)
 
 
-def threshold_sweep(report: dict, path: Path) -> None:
+def threshold_sweep(report: EvaluationReport, path: Path) -> None:
     """DistrEE's rule with one shared T (the paper's sweep): accuracy and FLOPs saved on test."""
-    sweep = [e for e in report["policies"] if e["policy"] == "distree" and e["setting"].startswith("shared T=")]
-    t = [float(e["setting"].split("=")[1]) for e in sweep]
+    sweep = [e for e in report.policies if e.policy == "distree" and e.shared_t is not None]
+    t = [e.shared_t for e in sweep]
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(t, [e["accuracy"] for e in sweep], marker="o", color="C0", label="accuracy")
+    ax.plot(t, [e.accuracy for e in sweep], marker="o", color="C0", label="accuracy")
     ax.set(xlabel="shared threshold T", ylabel="test accuracy", title="DistrEE rule, shared T", ylim=(0, 1))
     twin = ax.twinx()
-    twin.plot(t, [e["flops_reduction"] for e in sweep], marker="s", color="C1", label="FLOPs saved")
+    twin.plot(t, [e.flops_reduction for e in sweep], marker="s", color="C1", label="FLOPs saved")
     twin.set(ylabel="FLOPs saved vs last exit", ylim=(0, 1))
     fig.legend(loc="lower right", fontsize=8)
     _save(fig, path)
@@ -134,33 +135,33 @@ def score_distributions(scores: dict[str, torch.Tensor], last_right: torch.Tenso
     _save(fig, path)
 
 
-def certified_vs_epsilon(report: dict, path: Path) -> None:
+def certified_vs_epsilon(report: EvaluationReport, path: Path) -> None:
     """Per risk and policy, the mean held-out FLOPs saved by certified settings over the resplits, against
     epsilon (a resplit certifying nothing saves 0)."""
-    specs = [c for c in report.get("certified", []) if c["resplits"]]
+    specs = [c for c in report.certified if c.resplits]
     fig, axes = plt.subplots(1, max(1, len(specs)), figsize=(5.5 * max(1, len(specs)), 4), squeeze=False)
     for ax, spec in zip(axes[0], specs):
         epsilons = set()
-        for i, (name, check) in enumerate(spec["resplits"].items()):
-            curve = check["curve"]
-            epsilons |= {100 * c["epsilon"] for c in curve}
-            ax.plot([100 * c["epsilon"] for c in curve], [c["mean_flops_reduction"] for c in curve], marker="o",
+        for i, (name, check) in enumerate(spec.resplits.items()):
+            curve = check.curve
+            epsilons |= {100 * c.epsilon for c in curve}
+            ax.plot([100 * c.epsilon for c in curve], [c.mean_flops_reduction for c in curve], marker="o",
                     color=f"C{i}", label=name)
-            at = check["at_epsilon"]
-            ax.scatter([100 * at["epsilon"]], [at["mean_flops_reduction"]], marker="*", s=140, color=f"C{i}",
+            at = check.at_epsilon
+            ax.scatter([100 * at.epsilon], [at.mean_flops_reduction], marker="*", s=140, color=f"C{i}",
                        edgecolor="k", zorder=3)
-        chosen = 100 * spec["epsilon"]
+        chosen = 100 * spec.epsilon
         ax.axvline(chosen, color="grey", ls=":", lw=1, label=f"chosen epsilon {chosen:g}% (stars)")
         ticks = sorted(epsilons | {chosen})
         ax.set(xscale="log", xlabel="epsilon (%)", ylabel="FLOPs saved on the held-out half",
-               title=f"{spec['risk']} risk, delta {spec['delta']:g}: certified settings")
+               title=f"{spec.risk} risk, delta {spec.delta:g}: certified settings")
         ax.set_xticks(ticks, labels=[f"{t:g}" for t in ticks])  # only the epsilons checked: no crowded labels
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(fontsize=7)
     _save(fig, path)
 
 
-def write_plots(report: dict, scores: dict[str, torch.Tensor], last_right: torch.Tensor, out: Path) -> list[str]:
+def write_plots(report: EvaluationReport, scores: dict[str, torch.Tensor], last_right: torch.Tensor, out: Path) -> list[str]:
     """Writes every figure into out; returns their file names."""
     figures = {
         "accuracy_vs_flops.png": lambda p: accuracy_vs_cost(report, "flops_reduction",
@@ -172,7 +173,7 @@ def write_plots(report: dict, scores: dict[str, torch.Tensor], last_right: torch
         "threshold_sweep.png": lambda p: threshold_sweep(report, p),
         "score_distributions.png": lambda p: score_distributions(scores, last_right, p),
     }
-    if any(c["resplits"] for c in report.get("certified", [])):
+    if any(c.resplits for c in report.certified):
         figures["certified_vs_epsilon.png"] = lambda p: certified_vs_epsilon(report, p)
     for name, draw in figures.items():
         draw(Path(out) / name)

@@ -10,7 +10,7 @@ from distree.run_dir import REPORT, REPORT_MD
 
 def write_report(evaluation: Evaluation, out) -> None:
     """report.json, report.md and the figures, into out."""
-    out = Path(out)
-    figures = write_plots(evaluation.report, evaluation.test_scores, evaluation.last_right, out)
+    out, shown = Path(out), evaluation.shown()
+    figures = write_plots(shown, evaluation.test_scores, evaluation.last_right, out)
     (out / REPORT).write_text(json.dumps(evaluation.report, indent=1, allow_nan=False) + "\n")
-    (out / REPORT_MD).write_text(render(evaluation.report, figures, evaluation.stored))
+    (out / REPORT_MD).write_text(render(shown, figures, evaluation.stored))

@@ -1,0 +1,196 @@
+"""An evaluation's report (report.json) read as typed objects: what report.md, the figures, the
+CLI's summaries and `distree levers` show.
+
+`distree.evaluation` builds the report as the JSON the file holds; this module is the one place
+that knows that file's keys, so the report layer reads names, not strings (as the settings a
+run serves are read through `distree.run_settings`). Only what is shown is read; the file keeps
+everything else (per-policy latency spreads, FLOPs per stage, timing details) for other tools.
+"""
+from dataclasses import dataclass, field
+
+from distree.run_dir import CALIBRATED
+
+SHARED_T = "shared T="  # the setting of a row of the paper's shared-T sweep: "shared T=1.08"
+MODES = ("streaming", "compacting")
+
+
+@dataclass
+class TimeSaved:
+    """Time saved against last exit in one engine mode: measured, and as the FLOPs and each stage's time predict."""
+
+    measured: float
+    by_flops: float
+    by_stages: float
+
+
+@dataclass
+class PolicyRow:
+    """One policy at one setting, on test."""
+
+    policy: str
+    setting: str  # CALIBRATED, "last exit", "shared T=1.08", "uniform", ...
+    local: bool
+    accuracy: float
+    flops_reduction: float
+    latency_ms_simulated: float
+    latency_ms_measured: float | None
+    throughput_per_s: float | None
+    exit_histogram: list  # (N, 7) samples per student and exit
+    saved: dict[str, TimeSaved | None]  # per mode in MODES; None where not timed
+
+    @property
+    def shared_t(self) -> float | None:
+        """T of a row of the shared-T sweep; None for any other row."""
+        return float(self.setting[len(SHARED_T):]) if self.setting.startswith(SHARED_T) else None
+
+    def cost(self, key: str) -> float:
+        """The cost the accuracy plots put on x: "flops_reduction" or "latency_ms_simulated"."""
+        return getattr(self, key)
+
+    @staticmethod
+    def from_json(e: dict) -> "PolicyRow":
+        saved = {m: None if e.get(f"time_saved_{m}") is None else
+                 TimeSaved(e[f"time_saved_{m}"], e[f"flops_saved_{m}"], e[f"stage_time_saved_{m}"]) for m in MODES}
+        return PolicyRow(e["policy"], e["setting"], e["local"], e["accuracy"], e["flops_reduction"],
+                         e["latency_ms_simulated"], e["latency_ms_measured"], e.get("throughput_per_s"),
+                         e["exit_histogram"], saved)
+
+
+@dataclass
+class CurvePoint:
+    """One threshold setting on a policy's accuracy-cost curve, on test."""
+
+    accuracy: float
+    flops_reduction: float
+    latency_ms_simulated: float
+
+    def cost(self, key: str) -> float:
+        return getattr(self, key)
+
+
+@dataclass
+class Goal:
+    """The best local policy's calibrated row against the FLOPs target."""
+
+    policy: str | None
+    flops_reduction: float
+    target: float
+    met: bool
+
+
+@dataclass
+class Machinery:
+    """One exit decision's cost at B = 1 beyond its stage, against one bare exit-head call."""
+
+    us_per_exit: float
+    bare_op_us: float
+    over_bare_op: float
+
+
+@dataclass
+class CertifiedPolicy:
+    """One policy's certificate for one risk, and its numbers on test where it certified a setting."""
+
+    policy: str
+    local: bool
+    certified: bool
+    candidate: int  # 0-based index on the candidate path; -1: none
+    candidates: int
+    losses: int
+    calibration_samples: int
+    p_value: float | None
+    next_epsilon: float | None  # the smallest epsilon that would certify the next candidate
+    test_accuracy_change: float | None
+    test_risk: float | None
+    test_flops_reduction: float | None
+
+    @staticmethod
+    def from_json(e: dict) -> "CertifiedPolicy":
+        test = e.get("test") or {}
+        return CertifiedPolicy(e["policy"], e["local"], e["certified"], e["candidate"], e["candidates"], e["losses"],
+                               e["calibration_samples"], e["p_value"], e["next_epsilon"], test.get("accuracy_change"),
+                               test.get("risk"), test.get("flops_reduction"))
+
+
+@dataclass
+class ResplitPoint:
+    """Over the resplits, at one epsilon: how often the held-out risk exceeded it, and the mean FLOPs saved."""
+
+    epsilon: float
+    exceed_fraction: float
+    mean_flops_reduction: float
+
+    @staticmethod
+    def from_json(e: dict) -> "ResplitPoint":
+        return ResplitPoint(e["epsilon"], e["exceed_fraction"], e["mean_flops_reduction"])
+
+
+@dataclass
+class ResplitCheck:
+    at_epsilon: ResplitPoint  # at the certificate's epsilon
+    curve: list[ResplitPoint]  # at every epsilon checked
+
+
+@dataclass
+class Certificate:
+    """What `distree evaluate` certified for one risk."""
+
+    risk: str
+    epsilon: float
+    delta: float
+    calibration_samples: int
+    smallest_epsilon: float  # the samples certify no epsilon below it
+    max_losses: int  # the most losing samples a setting may have and pass
+    policies: list[CertifiedPolicy]
+    resplits: dict[str, ResplitCheck]  # policy -> the check; empty without --resplits
+
+    @staticmethod
+    def from_json(c: dict) -> "Certificate":
+        resplits = {name: ResplitCheck(ResplitPoint.from_json(r["at_epsilon"]),
+                                       [ResplitPoint.from_json(p) for p in r["curve"]])
+                    for name, r in c["resplits"].items()}
+        return Certificate(c["risk"], c["epsilon"], c["delta"], c["calibration_samples"], c["smallest_epsilon"],
+                           c["max_losses"], [CertifiedPolicy.from_json(e) for e in c["policies"]], resplits)
+
+
+@dataclass
+class EvaluationReport:
+    """report.json, as the report layer reads it."""
+
+    dataset: str
+    num_students: int
+    teacher_accuracy: float | None
+    last_exit_accuracy: float
+    last_exit_flops: float  # per sample
+    exit_accuracy: list[float]  # every student at exit j, j = 1..7, test
+    val_exit_accuracy: list[float]
+    max_drop: float  # a fraction
+    policies: list[PolicyRow]
+    curves: dict[str, list[CurvePoint]]  # policy -> its calibration curve on test
+    score_auroc: dict[str, list[float]]  # score -> AUROC at exits 2..6
+    oracle_flops_reduction: float
+    goal: Goal
+    machinery: Machinery | None  # None where it was not measured
+    certified: list[Certificate] = field(default_factory=list)
+    elapsed_s: float = 0.0  # the evaluation's, or with the demo the whole experiment's
+    evaluation_s: float | None = None  # the demo's evaluation alone
+
+    def calibrated(self, policy: str) -> PolicyRow:
+        """The policy's main row: its thresholds chosen on val."""
+        return next(e for e in self.policies if e.policy == policy and e.setting == CALIBRATED)
+
+    def last_exit(self) -> PolicyRow:
+        return next(e for e in self.policies if e.policy == "last-exit")
+
+    @staticmethod
+    def from_json(r: dict) -> "EvaluationReport":
+        m = r.get("exit_machinery")
+        machinery = Machinery(m["machinery_us_per_exit"], m["bare_op_us"], m["machinery_over_bare_op"]) if m else None
+        return EvaluationReport(
+            r.get("dataset", "?"), r["num_students"], r.get("teacher_accuracy"), r["last_exit_accuracy"],
+            r["flops"]["last_exit"], r["exit_accuracy"], r["val_exit_accuracy"], r["max_drop"],
+            [PolicyRow.from_json(e) for e in r["policies"]],
+            {name: [CurvePoint(p["accuracy"], p["flops_reduction"], p["latency_ms_simulated"]) for p in curve]
+             for name, curve in r["curves"].items()},
+            r["score_auroc"], r["oracle"]["flops_reduction"], Goal(**r["goal"]), machinery,
+            [Certificate.from_json(c) for c in r.get("certified", [])], r["elapsed_s"], r.get("evaluation_s"))
