@@ -27,12 +27,15 @@ from distree.inference.timing import TimingConfig, exit_machinery, stage_seconds
 from distree.policies import POLICIES, Policy, check_thresholds
 from distree.policies.learned_gate import GateConfig, LearnedGatePolicy, train_learned_gate
 from distree.policies.random_exit import RandomPolicy, matching_thresholds, uniform_thresholds
+from distree.inference.degraded import AVAILABILITIES, expected_accuracy, set_outcome
 from distree.inference.diagnostics import flops_saved, oracle, score_aurocs
+from distree.models.surviving_sets import SurvivingSets, fit_surviving_sets, proper_subsets
 from distree.risk import (PathLosses, RiskSpec, candidate_path, certify, max_losses, path_losses, resplit_check,
                           upper_bound)
 from distree.risk_grid import policy_grid
 from distree.run_dir import (CALIBRATED, GATE, class_names, jsonable_thresholds, load_learned_gate,
-                             load_student_model, read_config, run_splits, save_learned_gate, teacher_accuracy)
+                             load_student_model, load_surviving_sets, read_config, run_splits, save_learned_gate,
+                             save_surviving_sets, teacher_accuracy)
 from distree.run_report import EvaluationReport
 from distree.run_settings import (Stored, check_evaluation_name, evaluation_dir, read_settings, setting_name,
                                   settings_from_report, store_settings, students_sha256)
@@ -76,6 +79,7 @@ class Evaluation:
     test_scores: dict[str, torch.Tensor]  # policy -> (N, 5, B)
     last_right: torch.Tensor  # (B,) bool: whether exit 7 (all students) is right
     gate: LearnedGatePolicy  # as fitted on the training split
+    surviving: SurvivingSets  # the aggregator for every proper subset of the students, fitted on the training split
     out: Path = None  # where its report goes: the run, or RUN/evaluations/NAME
     stored: Stored = None  # what storing its settings in the run did
 
@@ -263,14 +267,42 @@ def certify_policies(spec: RiskSpec, paths: dict, val_eval: dict, test_eval: dic
             "elapsed_s": time.perf_counter() - began}
 
 
-def evaluate_model(model, splits, config: EvaluateConfig = EvaluateConfig()) -> Evaluation:
-    """Calibrates every policy on splits.val, measures on splits.test; returns the report's contents."""
+def surviving_report(model, table: SurvivingSets, test, flops: FlopTable, test_eval: dict, policies: dict,
+                     settings: list[Setting]) -> list[dict]:
+    """Per local policy's main setting (and last-exit): accuracy and FLOPs on test for every surviving
+    set, healthy first, with the set's aggregator and with zeros; and the expected accuracy when each
+    device is up with probability p."""
+    n = len(model.students)
+    sets = [tuple(range(n))] + proper_subsets(n)
+    rows = []
+    for s in settings:
+        policy = policies[s.policy]
+        if not policy.local or s.policy == "random" or s.name not in (CALIBRATED, "last exit"):
+            continue
+        exits = test_eval[s.policy].exits(s.thresholds)  # (N, B)
+        outcomes = [set_outcome(model, table, test, flops, policy, exits, members) for members in sets]
+        fitted = {o.members: o.accuracy for o in outcomes}
+        zeroed = {o.members: o.accuracy_zeroed for o in outcomes}
+        rows.append({"policy": s.policy, "setting": s.name,
+                     "sets": [{"members": list(o.members), "accuracy": o.accuracy, "accuracy_zeroed": o.accuracy_zeroed,
+                               "flops_reduction": o.flops_reduction} for o in outcomes],
+                     "expected": [{"p": p, "accuracy": expected_accuracy(fitted, n, p),
+                                   "accuracy_zeroed": expected_accuracy(zeroed, n, p)} for p in AVAILABILITIES]})
+    return rows
+
+
+def evaluate_model(model, splits, config: EvaluateConfig = EvaluateConfig(),
+                   surviving: SurvivingSets | None = None) -> Evaluation:
+    """Calibrates every policy on splits.val, measures on splits.test; returns the report's contents.
+    The surviving-set aggregators are fitted on the training evidence unless given."""
     began = time.perf_counter()
     val = collect_evidence(model, splits.val, config.batch_size)
     test = collect_evidence(model, splits.test, config.batch_size)
     sample, _ = splits.test.batch(torch.arange(1))
     flops = count_flops(model, sample.contiguous(memory_format=torch.channels_last))
     policies, train = build_policies(model, splits.train, config)
+    if surviving is None:
+        surviving = fit_surviving_sets(model, train.u, train.labels)
     val_eval = {n: PolicyEvaluator(p, val, flops, config.costs) for n, p in policies.items()}
     test_eval = {n: PolicyEvaluator(p, test, flops, config.costs) for n, p in policies.items()}
     with one_thread():
@@ -309,10 +341,12 @@ def evaluate_model(model, splits, config: EvaluateConfig = EvaluateConfig()) -> 
         "exit_machinery": exit_cost,
         "certified": certified,
         "certification_s": certification_s,
+        "surviving_sets": {"fitted_on_samples": train.u.shape[2],
+                           "policies": surviving_report(model, surviving, test, flops, test_eval, policies, settings)},
         "elapsed_s": time.perf_counter() - began,
     }
     last_right = exit_logits[-1].argmax(-1) == test.labels
-    return Evaluation(report, scores, last_right, policies["learned-gate"])
+    return Evaluation(report, scores, last_right, policies["learned-gate"], surviving)
 
 
 def check_run(model, config: dict, run_dir, dataset: str | None) -> None:
@@ -362,7 +396,10 @@ def evaluate_run(run_dir, config: EvaluateConfig = EvaluateConfig(), dataset: st
     model = load_student_model(run_dir)
     check_run(model, run_config, run_dir, dataset)
     splits = run_splits(run_dir, run_config)
-    evaluation = evaluate_model(model, splits, config)
+    stored_sets = load_surviving_sets(run_dir, len(model.students))
+    evaluation = evaluate_model(model, splits, config, stored_sets)
+    if stored_sets is None:  # none yet, or fitted for students the run no longer holds
+        save_surviving_sets(run_dir, evaluation.surviving)
     evaluation.report = {"dataset": run_config["data"]["name"], "class_names": class_names(run_config),
                          "teacher_accuracy": teacher_accuracy(run_dir), **evaluation.report}
     fresh = not held.holds_for(students_sha256(run_dir))

@@ -2,8 +2,9 @@
 
 A run holds config.json, teacher.pt, partition.json, students.pt and metrics.csv from
 training (and images.pt, the decoded images of a folder dataset); learned_gate.pt, report.json,
-report.md, the plots and settings.json (`distree.run_settings`: the named settings deploy and
-export serve) from `distree evaluate`, with RUN/evaluations/NAME/ for a named evaluation; and
+report.md, the plots, settings.json (`distree.run_settings`: the named settings deploy and
+export serve) and surviving_sets.json (the aggregator for every set of students that may be
+left when devices are lost, `distree.models.surviving_sets`) from `distree evaluate`, with RUN/evaluations/NAME/ for a named evaluation; and
 distributed.json from the runtime. Checkpoints are written to a temporary file and renamed over the old one, so a kill at any
 moment leaves either the previous epoch's checkpoint or the new one, never half of one. They
 are read with weights_only=True: plain tensors and containers, no code.
@@ -22,6 +23,7 @@ from distree.data import DataConfig, Splits, load_dataset
 from distree.errors import DistreeError
 from distree.models.distree_model import DistrEEModel
 from distree.models.student import Student, StudentConfig
+from distree.models.surviving_sets import SurvivingSets
 from distree.models.wrn import WideResNet, WRNConfig
 from distree.policies import LearnedGatePolicy
 from distree.preprocessing import Preprocessing
@@ -30,6 +32,7 @@ CONFIG, TEACHER, STUDENTS = "config.json", "teacher.pt", "students.pt"
 PARTITION, METRICS = "partition.json", "metrics.csv"
 GATE, REPORT, REPORT_MD = "learned_gate.pt", "report.json", "report.md"
 DISTRIBUTED = "distributed.json"
+SURVIVING = "surviving_sets.json"
 IMAGE_CACHE = "images.pt"  # a folder dataset decoded once: rebuilt whenever the folder's files change
 
 CALIBRATED = "calibrated"  # the report's name for each policy's main setting: least FLOPs within max_drop, on val
@@ -201,6 +204,29 @@ def load_learned_gate(run_dir, gate: str = GATE) -> LearnedGatePolicy:
     if not path.exists():
         raise DistreeError(f"no fitted learned gate in {run_dir}; run `distree evaluate --run {run_dir}` first")
     return LearnedGatePolicy.from_state_dict(load_checkpoint(path)["state"])
+
+
+def save_surviving_sets(run_dir, table: SurvivingSets) -> None:
+    """The run's surviving-set aggregators, marked with the students they were fitted for."""
+    path = Path(run_dir) / SURVIVING
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps({"students_sha256": sha256(Path(run_dir) / STUDENTS), **table.to_json()}, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def load_surviving_sets(run_dir, num_students: int) -> SurvivingSets | None:
+    """The run's surviving-set aggregators; None where the run has none, or has them for students
+    it no longer holds (trained again since): `distree evaluate` fits them anew."""
+    path = Path(run_dir) / SURVIVING
+    if not path.exists():
+        return None
+    try:
+        d = json.loads(path.read_text())
+    except ValueError as e:
+        raise DistreeError(f"{path} is damaged ({e}); delete it and run `distree evaluate --run {run_dir}`") from e
+    if d.get("students_sha256") != sha256(Path(run_dir) / STUDENTS):
+        return None
+    return SurvivingSets.from_json(d, num_students)
 
 
 def jsonable_thresholds(t: torch.Tensor) -> list:

@@ -154,6 +154,40 @@ class Certificate:
 
 
 @dataclass
+class SetAccuracy:
+    """One surviving set of students answering alone, on test."""
+
+    members: list[int]
+    accuracy: float  # by the set's own aggregator
+    accuracy_zeroed: float  # by the healthy aggregator, the missing evidence zeroed
+    flops_reduction: float  # of the members' last-exit FLOPs
+
+
+@dataclass
+class Availability:
+    """Accuracy expected when each device is up with probability p."""
+
+    p: float
+    accuracy: float
+    accuracy_zeroed: float
+
+
+@dataclass
+class SurvivingRow:
+    """A policy's setting with every surviving set of students (healthy first)."""
+
+    policy: str
+    setting: str
+    sets: list[SetAccuracy]
+    expected: list[Availability]
+
+    @staticmethod
+    def from_json(e: dict) -> "SurvivingRow":
+        return SurvivingRow(e["policy"], e["setting"], [SetAccuracy(**s) for s in e["sets"]],
+                            [Availability(**a) for a in e["expected"]])
+
+
+@dataclass
 class EvaluationReport:
     """report.json, as the report layer reads it."""
 
@@ -174,6 +208,7 @@ class EvaluationReport:
     certified: list[Certificate] = field(default_factory=list)
     elapsed_s: float = 0.0  # the evaluation's, or with the demo the whole experiment's
     evaluation_s: float | None = None  # the demo's evaluation alone
+    surviving: list[SurvivingRow] = field(default_factory=list)  # empty in reports from before surviving sets
 
     def calibrated(self, policy: str) -> PolicyRow:
         """The policy's main row: its thresholds chosen on val."""
@@ -193,4 +228,5 @@ class EvaluationReport:
             {name: [CurvePoint(p["accuracy"], p["flops_reduction"], p["latency_ms_simulated"]) for p in curve]
              for name, curve in r["curves"].items()},
             r["score_auroc"], r["oracle"]["flops_reduction"], Goal(**r["goal"]), machinery,
-            [Certificate.from_json(c) for c in r.get("certified", [])], r["elapsed_s"], r.get("evaluation_s"))
+            [Certificate.from_json(c) for c in r.get("certified", [])], r["elapsed_s"], r.get("evaluation_s"),
+            [SurvivingRow.from_json(e) for e in (r.get("surviving_sets") or {}).get("policies", [])])

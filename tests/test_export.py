@@ -21,8 +21,10 @@ import distree_kernels
 from distree.cli import main
 from distree.errors import DistreeError
 from distree.export.conformance import check_export
-from distree.artifacts.manifest import KIND, MANIFEST, clear_output
+from distree.artifacts.manifest import KIND, MANIFEST, clear_output, surviving_sets
 from distree.export.run import export_run
+from distree.models.surviving_sets import SurvivingSets, fit_surviving_sets
+from distree.run_dir import load_student_model, save_surviving_sets
 from distree.plan import make_plan, parse_thresholds
 from exit_gate_cases import RULES, make_gate_args
 from test_runtime import make_run, median_thresholds
@@ -74,10 +76,22 @@ def check_manifest(out, fmt: str, thresholds: str):
     assert prep["mean"] == manifest["input"]["normalisation"]["mean"]
     assert manifest["class_names"] == [str(k) for k in range(10)]
     assert manifest["versions"]["torch"] == torch.__version__
+    assert manifest["aggregator"]["surviving_sets"] is None  # the run was never evaluated
     assert [e["file"] for e in manifest["students"]] == [f"student0.{fmt}", f"student1.{fmt}"]
     for entry in manifest["students"]:
         assert entry["sha256"] == sha256(out / entry["file"])
     return manifest
+
+
+def test_the_manifest_carries_the_runs_surviving_sets(tmp_path):
+    path = make_run(tmp_path / "run", 2)
+    model = load_student_model(path)
+    u = torch.randn(2, 7, 64, 10)
+    save_surviving_sets(path, fit_surviving_sets(model, u, torch.randint(0, 10, (64,))))
+    table = surviving_sets(path, 2)
+    assert "scale" in table["formula"] and table["num_students"] == 2
+    assert [s["members"] for s in table["sets"]] == [[0], [1]]
+    assert SurvivingSets.from_json(table, 2).sets[(1,)].bias.shape == (10,)
 
 
 def assert_conforms(out):

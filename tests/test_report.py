@@ -13,7 +13,7 @@ from distree.inference.diagnostics import auroc
 from distree.evaluation import EvaluateConfig, evaluate_run
 from distree.report import write_report
 from distree.report.plots import pareto
-from distree.run_dir import STUDENTS, build_students, save_atomic, write_config
+from distree.run_dir import STUDENTS, build_students, load_surviving_sets, save_atomic, write_config
 from distree.run_report import EvaluationReport, Goal, Machinery
 from distree.training.presets import run_config
 
@@ -59,6 +59,17 @@ def test_evaluate_writes_the_report_with_its_keys(run_dir):
     assert shown.calibrated("distree").flops_reduction == next(
         e["flops_reduction"] for e in report["policies"] if e["policy"] == "distree" and e["setting"] == "calibrated")
     assert all(e.saved["streaming"] is not None for e in shown.policies if e.latency_ms_measured is not None)
+    # the aggregator of every surviving set, kept in the run, and the report's accuracy per set
+    table = load_surviving_sets(run_dir, 2)
+    assert set(table.sets) == {(0,), (1,)} and evaluation.surviving.sets[(0,)].scale == table.sets[(0,)].scale
+    rows = {(r.policy, r.setting): r for r in shown.surviving}
+    assert ("last-exit", "last exit") in rows and ("learned-gate", "calibrated") in rows
+    assert not any(p in {r.policy for r in shown.surviving} for p in ("confidence", "entropy", "random"))
+    last = rows[("last-exit", "last exit")]
+    assert [s.members for s in last.sets] == [[0, 1], [0], [1]]
+    assert last.sets[0].accuracy == last.sets[0].accuracy_zeroed == report["last_exit_accuracy"]
+    assert [a.p for a in last.expected] == [0.99, 0.95, 0.9]
+    assert "When devices are lost" in (run_dir / "report.md").read_text()
 
 
 def test_bad_input_gets_a_clear_error(run_dir, capsys):

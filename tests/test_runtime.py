@@ -27,7 +27,11 @@ from distree.runtime.heartbeat import Watch
 from distree.samples import load_samples
 from distree.runtime.netem import LinkModel, link_models
 from distree.plan import make_plan, parse_thresholds
-from distree.run_dir import build_students, load_student_model, save_atomic, write_config
+from distree.inference.evidence import collect_evidence
+from distree.models.surviving_sets import fit_surviving_sets
+from distree.run_dir import (build_students, load_student_model, load_surviving_sets, read_config, run_splits,
+                             save_atomic,
+                             save_surviving_sets, write_config)
 from distree.training.presets import run_config
 
 SAMPLES = 24
@@ -56,6 +60,16 @@ def run2(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def run2_sets(tmp_path_factory):
+    """run2's kind of run with its surviving-set aggregators fitted, as `distree evaluate` adds them."""
+    run = make_run(tmp_path_factory.mktemp("run2_sets"), 2)
+    model = load_student_model(run)
+    train = collect_evidence(model, run_splits(run, read_config(run)).train, limit=256)
+    save_surviving_sets(run, fit_surviving_sets(model, train.u, train.labels))
+    return run
+
+
+@pytest.fixture(scope="module")
 def run3(tmp_path_factory):
     return make_run(tmp_path_factory.mktemp("run3"), 3)
 
@@ -80,15 +94,17 @@ def session(run: str, n: int, tmp_path, policies=("distree",), timeout=SESSION_T
     return outcome, (json.loads(path.read_text()) if path.exists() else None)
 
 
-def engine_predictions(run: str, name: str, thresholds: str) -> list[int]:
-    """The single-process engine's predictions, one sample at a time on one thread, as each device runs."""
+def engine_predictions(run: str, name: str, thresholds: str, members=None) -> list[int]:
+    """The single-process engine's predictions, one sample at a time on one thread, as each device runs;
+    with members, those students only, answered by their surviving set's aggregator."""
     model, policy = load_student_model(run), make_policy(name)
+    surviving = None if members is None else load_surviving_sets(run, len(model.students))
     t = torch.tensor([float(v) for v in thresholds.split("=")[1].split(",")]) if thresholds else None
     x = load_samples(run, "test", SAMPLES).x
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = InferenceEngine(model, policy, t).run(x, torch.arange(len(x)), mode="streaming")
+        result = InferenceEngine(model, policy, t, members, surviving).run(x, torch.arange(len(x)), mode="streaming")
     finally:
         torch.set_num_threads(threads)
     return result.logits.argmax(-1).tolist()
@@ -199,13 +215,32 @@ def test_predictions_equal_the_engine_n3_with_emulated_links(run3, tmp_path):
 # -- faults ---------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_killed_device_leaves_every_sample_answered(run2, tmp_path):
+def test_killed_device_leaves_every_sample_answered(run2, tmp_path, capfd):
     # a round waits for every live device (a healthy sample on a loaded machine is never answered degraded), so
     # device 1 gets every sample and its input 8 is sample 8; the kill ends sample 8's wait by the broken link
     outcome, report = session(run2, 2, tmp_path, ("distree", "confidence"), faults=["kill:1@8"],
                               deadline_ms=EVENT_DEADLINE_MS)
     assert outcome.codes[:2] == [0, 0] and outcome.codes[2] == -9  # SIGKILL
     check_device_1_killed_at_8(report)
+    said = [line for line in capfd.readouterr().err.splitlines() if "no surviving-set aggregators" in line]
+    assert len(said) == 1 and "distree evaluate" in said[0]  # a run without them says so, once
+
+
+@pytest.mark.slow
+def test_killed_device_answers_by_the_surviving_set(run2_sets, tmp_path, capfd):
+    thresholds = median_thresholds(run2_sets, "distree")
+    outcome, report = session(run2_sets, 2, tmp_path, faults=["kill:1@8"], deadline_ms=EVENT_DEADLINE_MS,
+                              thresholds=[thresholds])
+    assert outcome.codes[:2] == [0, 0] and outcome.codes[2] == -9
+    p = report["policies"]["distree"]
+    degraded = p["degraded_samples"]
+    assert degraded and degraded == list(range(degraded[0], SAMPLES))
+    healthy = engine_predictions(run2_sets, "distree", thresholds)
+    alone = engine_predictions(run2_sets, "distree", thresholds, members=(0,))
+    assert [p["predictions"][k] for k in degraded] == [alone[k] for k in degraded]  # the single process, device 0 alone
+    assert [p["predictions"][k] for k in range(degraded[0])] == healthy[:degraded[0]]
+    assert alone != healthy  # the set's own aggregator answers, not the healthy one
+    assert "no surviving-set aggregators" not in capfd.readouterr().err
 
 
 def check_device_1_killed_at_8(report: dict) -> None:

@@ -9,7 +9,7 @@ from importlib import metadata
 from pathlib import Path
 
 from distree.errors import DistreeError
-from distree.run_dir import jsonable_thresholds, run_preprocessing, sha256
+from distree.run_dir import jsonable_thresholds, load_surviving_sets, run_preprocessing, sha256
 
 MANIFEST, KIND = "manifest.json", "distree-export"
 VERSIONED = ("distree", "torch", "onnx", "onnxscript", "onnxruntime")
@@ -77,14 +77,27 @@ def build_manifest(plan, fmt: str, files: list[Path], class_names: list[str], op
         "preprocessing": run_preprocessing(plan.run).to_dict(),  # image file -> input, as the run's training images
         "outputs": {"evidence": {"shape": [1, len(class_names)], "dtype": "float32"},
                     "exit": {"shape": [], "dtype": "int64", "note": "0-based: 0 is exit 1, 6 is exit 7"}},
-        "aggregator": {"formula": "logits = sum of the students' evidence + bias", "bias": model.bias.tolist()}
-        if model.proj is None else {"formula": "logits = proj @ concat(evidence) + bias", "bias": model.bias.tolist(),
-                                    "proj": model.proj.weight.tolist()},
+        "aggregator": {**({"formula": "logits = sum of the students' evidence + bias", "bias": model.bias.tolist()}
+                          if model.proj is None else {"formula": "logits = proj @ concat(evidence) + bias",
+                                                      "bias": model.bias.tolist(), "proj": model.proj.weight.tolist()}),
+                       "surviving_sets": surviving_sets(plan.run, len(model.students))},
         "class_names": list(class_names),
         "opset": opset,
         "versions": versions(),
         "students": [{"index": i, "file": f.name, "sha256": sha256(f)} for i, f in enumerate(files)],
     }
+
+
+def surviving_sets(run, num_students: int) -> dict | None:
+    """The run's aggregator for every proper subset of students, as an aggregator outside Python
+    applies it when only some students answer; None for a run evaluated before they existed."""
+    table = load_surviving_sets(run, num_students)
+    if table is None:
+        return None
+    return {"formula": "with only the students in members answering: logits = sum over members i of "
+                       "scale[k] * c_i + bias, k the position of i in members; c_i = evidence_i, or in the "
+                       "projected space proj[:, i*D:(i+1)*D] @ evidence_i",
+            **table.to_json()}
 
 
 def write_manifest(out_dir, manifest: dict) -> Path:

@@ -8,6 +8,10 @@
   its exit.
 
 All three compute the same scores with the same heads and give identical predictions.
+
+With `members`, only those students run (the others' devices are lost) and the answer comes
+from that surviving set's aggregator (`distree.models.surviving_sets`); a missing student's
+exit is -1 and its evidence zeros, as the runtime records them.
 """
 from dataclasses import dataclass
 
@@ -15,6 +19,7 @@ import torch
 
 from distree.inference.evidence import bias_share, model_evidence, policy_exits
 from distree.inference.step import DeviceStep
+from distree.models.surviving_sets import SurvivingSets, aggregator_for
 from distree.policies import LAST_EXIT, Policy, check_thresholds
 
 MODES = ("dense", "compacting", "streaming")
@@ -28,14 +33,17 @@ class Result:
 
 
 class InferenceEngine:
-    """Runs `model` (a DistrEEModel in eval mode) under `policy` with thresholds (5,) for exits 2..6."""
+    """Runs `model` (a DistrEEModel in eval mode) under `policy` with thresholds (5,) for exits 2..6;
+    with `members`, only those students, answered by the surviving set's aggregator in `surviving`."""
 
-    def __init__(self, model, policy: Policy, thresholds=None):
+    def __init__(self, model, policy: Policy, thresholds=None, members=None, surviving: SurvivingSets = None):
         self.model, self.policy = model, policy
         t = policy.default_thresholds() if thresholds is None else thresholds
         self.thresholds = check_thresholds(t)  # (5,)
         self.bias_share = bias_share(model)  # (K,) on the model's device
-        self.aggregate = torch.no_grad()(model.aggregate)
+        n = len(model.students)
+        self.members = tuple(range(n)) if members is None else tuple(sorted(members))
+        self.aggregate = torch.no_grad()(aggregator_for(model, surviving, self.members))
         self.steps = [DeviceStep(s, i, policy, self.thresholds, self.bias_share)
                       for i, s in enumerate(model.students)]
 
@@ -45,6 +53,8 @@ class InferenceEngine:
             return getattr(self, mode)(x, index)
 
     def dense(self, x: torch.Tensor, index: torch.Tensor) -> Result:
+        if len(self.members) < len(self.steps):
+            raise ValueError("dense mode runs every student; a surviving set runs compacting or streaming")
         ev = model_evidence(self.model, x, index)
         exits = policy_exits(self.policy, ev, self.thresholds)  # (N, B)
         return Result(ev.logits_at(exits), exits)
@@ -62,19 +72,27 @@ class InferenceEngine:
 
     def _compacting_local(self, x, index):
         """Each student runs alone; after each exit its finished samples leave the batch."""
-        runs = [step.run(x, index) for step in self.steps]  # N x ((B, K), (B,))
-        return torch.stack([u for u, _ in runs]), torch.stack([e for _, e in runs])  # (N, B, K), (N, B)
+        runs = {i: self.steps[i].run(x, index) for i in self.members}  # {i: ((B, K), (B,))}
+        if len(runs) == len(self.steps):
+            return torch.stack([u for u, _ in runs.values()]), torch.stack([e for _, e in runs.values()])  # (N, B, K), (N, B)
+        u, e = next(iter(runs.values()))
+        missing = (torch.zeros_like(u), torch.full_like(e, -1))
+        runs = [runs.get(i, missing) for i in range(len(self.steps))]
+        return torch.stack([u for u, _ in runs]), torch.stack([e for _, e in runs])
 
     def _compacting_per_exit(self, x):
         """All students advance stage by stage; the aggregator decides for all of them at once."""
-        walks = [s.walk(x) for s in self.model.students]
-        n, b = len(walks), x.shape[0]
+        walks = {i: self.model.students[i].walk(x) for i in self.members}
+        n, b = len(self.steps), x.shape[0]
         ids, running = torch.arange(b, device=x.device), b
         logits, exits = None, torch.full((n, b), LAST_EXIT, dtype=torch.long, device=x.device)
-        for j, _ in enumerate(zip(*walks)):  # every student has run stage j
+        exits[[i for i in range(n) if i not in walks]] = -1
+        for j, _ in enumerate(zip(*walks.values())):  # every running student has run stage j
             if j == 0:
                 continue
-            z = self.aggregate(torch.stack([w.head()[0] for w in walks]))  # (b', K)
+            heads = {i: w.head()[0] for i, w in walks.items()}  # {i: (b', K)}
+            u = next(iter(heads.values()))
+            z = self.aggregate(torch.stack([heads.get(i, torch.zeros_like(u)) for i in range(n)]))  # (b', K)
             if logits is None:
                 logits = z.new_zeros(b, z.shape[1])  # (B, K)
             if j == LAST_EXIT:
@@ -86,10 +104,11 @@ class InferenceEngine:
                 order = torch.argsort(stop.to(torch.uint8), stable=True)  # (b',) running samples first
                 running -= stopped
                 keep, done = order[:running], order[running:]
-                logits[ids[done]], exits[:, ids[done]] = z[done], j
+                logits[ids[done]] = z[done]
+                exits[list(walks), ids[done, None]] = j
                 if running == 0:
                     break
-                for w in walks:
+                for w in walks.values():
                     w.keep(keep)
                 ids = ids[keep]
         return Result(logits, exits)

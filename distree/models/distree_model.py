@@ -25,6 +25,15 @@ class DistrEEModel(nn.Module):
             return u_sel.sum(0) + self.bias  # (B, K)
         return self.proj(u_sel.transpose(0, 1).flatten(1)) + self.bias  # (B, N*D) -> (B, K)
 
+    def contributions(self, u_sel: torch.Tensor) -> torch.Tensor:
+        """What each student adds to the logits (N, B, K), from the features u_sel (N, B, K) (or (N, B, D)):
+        aggregate(u_sel) is their sum plus the bias, up to rounding in the projected space."""
+        if self.proj is None:
+            return u_sel
+        n, _, d = u_sel.shape
+        w = self.proj.weight.view(-1, n, d).transpose(0, 1)  # (N, K, D): student i's columns of proj
+        return torch.einsum("nbd,nkd->nbk", u_sel, w)  # (N, B, K)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
         """u (N, 7, B, K): every student's feature at every exit; maps[i][j]: student i's stage j output."""
         outs = [student(x) for student in self.students]

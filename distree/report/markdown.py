@@ -181,6 +181,30 @@ def stored_summary(stored: Stored) -> str:
     return out
 
 
+def _members(members: list[int]) -> str:
+    return "+".join(str(i) for i in members)
+
+
+def surviving_table(report: EvaluationReport) -> str:
+    """Accuracy per surviving set of students (a row each), with the set's aggregator and with zeros,
+    then the accuracy expected when each device is up with probability p."""
+    rows = report.surviving
+    head = ["students up"] + [r.policy if r.policy == "last-exit" else f"{r.policy} ({r.setting})" for r in rows]
+    lines = [_row(head), _row(["---"] * len(head))]
+    for k, first in enumerate(rows[0].sets):
+        lines.append(_row([_members(first.members)] + [
+            f"{_pct(r.sets[k].accuracy)} ({_pct(r.sets[k].accuracy_zeroed)}), {_pct(r.sets[k].flops_reduction)} saved"
+            for r in rows]))
+    for k, first in enumerate(rows[0].expected):
+        lines.append(_row([f"expected, p = {first.p:g}"] +
+                          [f"{_pct(r.expected[k].accuracy)} ({_pct(r.expected[k].accuracy_zeroed)})" for r in rows]))
+    return ("Students are numbered from 0. A cell is the test accuracy with the surviving set's own aggregator "
+            "(in brackets: the healthy aggregator with the missing evidence zeroed, as runs evaluated before "
+            "surviving sets answer) and the FLOPs its students save against their own last exit. The last rows "
+            "weigh every failure pattern by its probability when each device is up with probability p, "
+            "independently; no device up counts as wrong.\n\n" + "\n".join(lines))
+
+
 def _elapsed(report: EvaluationReport) -> str:
     if report.evaluation_s is not None:  # written by the demo: the whole experiment, then its evaluation
         return f"the whole experiment took {report.elapsed_s:.0f} s, its evaluation {report.evaluation_s:.0f} s"
@@ -205,6 +229,8 @@ def render(report: EvaluationReport, figures: list[str], stored: Stored | None =
                 *([("Settings the run serves",
                     f"`distree deploy` and `distree export` serve `{CALIBRATED}` unless --setting names another. "
                     f"{stored_summary(stored)}\n\n{settings_table(stored)}")] if stored is not None else []),
+                *([("When devices are lost: accuracy per surviving set", surviving_table(report))]
+                  if report.surviving else []),
                 ("Accuracy with every student at exit j", exit_table(report)),
                 ("Can a score tell exits that keep exit 7's answer from those that change it? (AUROC)",
                  auroc_table(report))]

@@ -2,9 +2,9 @@
 
 Every sample gets an answer. The aggregator waits for each live device until the deadline of
 the round (a round is one message from every live device: the whole sample under a local
-policy, one exit under a per-exit policy), then answers from the evidence it has (a missing
-device contributes zeros, which is what student dropout trains for) and marks the answer
-degraded. A device whose link breaks (it died) or whose heartbeat stops for `dead_after`
+policy, one exit under a per-exit policy), then answers from the evidence it has, with the
+aggregator of the set of devices that answered (`distree.models.surviving_sets`; a run
+without that table zeroes the missing evidence), and marks the answer degraded. A device whose link breaks (it died) or whose heartbeat stops for `dead_after`
 seconds (it froze) is declared lost: it is sent nothing more and waited for never again. A
 device that is merely late stays live but gets no new sample until it has answered those it
 holds (and the stream does not wait for it meanwhile); its late messages are recognised by
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from distree.models.surviving_sets import SurvivingSets, aggregator_for
 from distree.policies import LAST_EXIT, NUM_EXITS
 from distree.runtime import messages as m
 from distree.runtime.adaptive import AdaptConfig, Controller, ShadowCheck
@@ -63,8 +64,9 @@ class Aggregator:
     """Rank 0: runs each policy of the plan over the samples, on the devices of session."""
 
     def __init__(self, session: Session, model, plan: list[PolicySpec], deadlines: Deadlines, window: int,
-                 faults: list[Fault], adapt: AdaptConfig = None):
+                 faults: list[Fault], adapt: AdaptConfig = None, surviving: SurvivingSets | None = None):
         self.model, self.plan, self.deadlines, self.window, self.adapt = model, plan, deadlines, window, adapt
+        self.surviving, self.aggregators = surviving, {}  # members -> the aggregate answering for them
         self.n = session.num_devices
         self.feature_dim = model.students[0].heads[0].weight.shape[0]  # K (D if projected)
         self.inbox = queue.Queue()
@@ -303,12 +305,16 @@ class Aggregator:
               file=sys.stderr, flush=True)
 
     def _logits(self, evidence: dict) -> torch.Tensor:
-        """z (1, K) from {device: u (D,)}; a missing device contributes zeros."""
+        """z (1, K) from {device: u (D,)}, by the aggregator of the devices that answered."""
         u_sel = torch.zeros(self.n, 1, self.feature_dim)  # (N, 1, D)
         for i, u in evidence.items():
             u_sel[i, 0] = u
+        members = tuple(sorted(evidence))
+        if members not in self.aggregators:  # no device at all: the bias alone still answers
+            self.aggregators[members] = aggregator_for(self.model, self.surviving, members) if members \
+                else self.model.aggregate
         with torch.no_grad():
-            return self.model.aggregate(u_sel)  # (1, K)
+            return self.aggregators[members](u_sel)  # (1, K)
 
     def _answer(self, run: PolicyRun, label: int, got: dict, t0: float, compute: float) -> int:
         """Answer one sample from the evidence in got; the prediction."""

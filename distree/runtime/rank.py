@@ -30,7 +30,7 @@ from distree.runtime.plan import with_paths
 from distree.runtime.summary import build_report, print_table, report_path
 from distree.inference.step import DeviceStep
 from distree.samples import load_samples
-from distree.run_dir import class_names, load_student_model, read_config
+from distree.run_dir import class_names, load_student_model, load_surviving_sets, read_config
 
 
 def serve(config: ServeConfig) -> int:
@@ -59,7 +59,11 @@ def serve(config: ServeConfig) -> int:
         None if config.latency_target_ms is None else config.latency_target_ms / 1e3, config.latency_target_x,
         percentile=config.percentile, window=config.adapt_window, shadow_fraction=config.shadow_fraction,
         warmup=config.warmup)
-    aggregator = Aggregator(session, model, plan, deadlines, config.window, faults, adapt)
+    surviving = load_surviving_sets(config.run, n)
+    if surviving is None:
+        print(f"aggregator: {config.run} has no surviving-set aggregators: an answer without some device "
+              f"zeroes its evidence; `distree evaluate --run {config.run}` adds them", file=sys.stderr, flush=True)
+    aggregator = Aggregator(session, model, plan, deadlines, config.window, faults, adapt, surviving)
     samples = load_samples(config.run, config.split, config.sample_count(), config.images)
     x, labels = samples.x, samples.labels  # (S, C, H, W), (S,)
     single = single_process.SingleProcess(model, plan) if config.reference_samples > 0 else None
