@@ -224,6 +224,7 @@ def test_killed_device_leaves_every_sample_answered(run2, tmp_path, capfd):
     check_device_1_killed_at_8(report)
     said = [line for line in capfd.readouterr().err.splitlines() if "no surviving-set aggregators" in line]
     assert len(said) == 1 and "distree evaluate" in said[0]  # a run without them says so, once
+    assert report["policies"]["distree"]["degraded_by_set"]["0"]["aggregator"] == "zeros"
 
 
 @pytest.mark.slow
@@ -240,6 +241,11 @@ def test_killed_device_answers_by_the_surviving_set(run2_sets, tmp_path, capfd):
     assert [p["predictions"][k] for k in degraded] == [alone[k] for k in degraded]  # the single process, device 0 alone
     assert [p["predictions"][k] for k in range(degraded[0])] == healthy[:degraded[0]]
     assert alone != healthy  # the set's own aggregator answers, not the healthy one
+    by_set = p["degraded_by_set"]
+    assert list(by_set) == ["0"] and by_set["0"]["answers"] == len(degraded)
+    assert by_set["0"]["aggregator"] == "surviving set" and by_set["0"]["settings"] == [[-1, -1]]
+    lost = p["phases"]["lost:1"]  # the loss is a phase of the timeline: issued after it, every answer degraded
+    assert lost["start"] >= degraded[0] and lost["end"] == SAMPLES and lost["during"]["samples"] == SAMPLES - lost["start"]
     assert "no surviving-set aggregators" not in capfd.readouterr().err
 
 

@@ -75,6 +75,7 @@ class Aggregator:
         self.heartbeat = Heartbeat(session.store, session.rank, [i + 1 for i in range(self.n)],
                                    deadlines.dead_after_s, deadlines.first_beat_s)
         self.live, self.lost = set(range(self.n)), {}
+        self.lost_at: dict[int, float] = {}  # device -> perf_counter time it was declared lost
         self.faults = FaultLog(faults, self.n)
         self.answered = 0  # over the whole session, for faults
         self.streams: list[Stream] = []
@@ -301,6 +302,7 @@ class Aggregator:
     def _lose(self, i: int, reason: str) -> None:
         self.live.discard(i)
         self.lost[i] = reason
+        self.lost_at[i] = time.perf_counter()
         print(f"aggregator: device {i} lost after {self.answered} answers ({reason}); answering without it",
               file=sys.stderr, flush=True)
 

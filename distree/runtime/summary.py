@@ -17,7 +17,7 @@ from distree.runtime.config import ServeConfig
 from distree.runtime.group import Session
 from distree.runtime.policy_run import PolicyRun, accuracy, percentiles_ms
 from distree.runtime.stream import Stream
-from distree.runtime.timeline import phases, timeline, timeline_table
+from distree.runtime.timeline import loss_windows, phases, timeline, timeline_table
 from distree.run_dir import DISTRIBUTED, class_names, jsonable_thresholds, read_config
 
 
@@ -26,8 +26,25 @@ def report_path(config: ServeConfig) -> Path:
     return Path(config.report or Path(config.run) / DISTRIBUTED)
 
 
-def summarise(run: PolicyRun, warmup: int) -> dict:
-    """The report entry of one policy; the first `warmup` answers are left out of latency."""
+def by_surviving_set(run: PolicyRun, fitted: bool) -> dict:
+    """The degraded answers per set of devices that answered them ("0+2"): how many, their accuracy,
+    which aggregator (the set's own where the run has them, else the healthy one over zeros) and
+    under which settings (per device, the index on its path; -1 static)."""
+    preds, labels = np.asarray(run.preds), np.asarray(run.labels)
+    exits = np.asarray(run.exits).reshape(len(preds), -1)
+    out = {}
+    for k in np.flatnonzero(np.asarray(run.degraded, dtype=bool)):
+        members = "+".join(str(i) for i in np.flatnonzero(exits[k] >= 0)) or "none"
+        out.setdefault(members, []).append(int(k))
+    return {members: {"answers": len(ks), "accuracy": accuracy(preds[ks], labels[ks]),
+                      "aggregator": "surviving set" if fitted and members != "none" else "zeros",
+                      "settings": sorted({tuple(run.settings[k]) for k in ks}) if run.settings else []}
+            for members, ks in sorted(out.items())}
+
+
+def summarise(run: PolicyRun, warmup: int, fitted: bool = False) -> dict:
+    """The report entry of one policy; the first `warmup` answers are left out of latency; fitted:
+    whether the degraded answers came from surviving-set aggregators."""
     preds, labels = np.asarray(run.preds), np.asarray(run.labels)
     degraded, exits = np.asarray(run.degraded, dtype=bool), np.asarray(run.exits).reshape(len(preds), -1)
     n = max(len(preds), 1)
@@ -40,6 +57,7 @@ def summarise(run: PolicyRun, warmup: int) -> dict:
         "accuracy_healthy": accuracy(preds[~degraded], labels[~degraded]),
         "accuracy_degraded": accuracy(preds[degraded], labels[degraded]),
         "degraded": int(degraded.sum()),
+        "degraded_by_set": by_surviving_set(run, fitted),
         "latency_ms_measured": percentiles_ms(run.latency_s[warmup:]),
         "device_compute_ms": percentiles_ms(run.compute_s[warmup:]),
         "overhead_ms": percentiles_ms(list(np.subtract(run.latency_s, run.compute_s)[warmup:])),  # messages, waits
@@ -74,10 +92,12 @@ def build_report(config: ServeConfig, session: Session, model, links: list, aggr
                  x: torch.Tensor, single: single_process.SingleProcess | None) -> dict:
     """The session's report (distributed.json) once aggregator has run every stream over samples x."""
     streams = aggregator.streams
-    policies = {s.run.name: summarise(s.run, config.warmup) for s in streams}
+    fitted = aggregator.surviving is not None
+    policies = {s.run.name: summarise(s.run, config.warmup, fitted) for s in streams}
     for stream in streams:
         run = stream.run
-        entry, faults = policies[run.name], aggregator.faults.windows(run.issued_s)
+        entry = policies[run.name]
+        faults = aggregator.faults.windows(run.issued_s) + loss_windows(aggregator.lost_at, run.issued_s)
         entry.update(timeline=timeline(run, faults, config.timeline_window), phases=phases(run, faults),
                      latency_ms_per_sample=[1e3 * t for t in run.latency_s], settings_per_sample=run.settings)
         if stream.adapting:
@@ -127,14 +147,19 @@ def targets(policies: dict) -> dict:
 def print_table(report: dict, path: Path) -> None:
     print(f"{report['devices']} devices over {report['backend']}, {report['samples']} samples, "
           f"window {report['window']}; report: {path}")
-    print(f"{'policy':<18}{'acc':>7}{'degraded':>9}{'median ms':>11}{'p99 ms':>9}{'sim ms':>8}{'per s':>8}"
-          f"{'msgs':>6}")
+    print(f"{'policy':<18}{'acc':>7}{'healthy':>8}{'degraded':>9}{'(acc)':>7}{'median ms':>11}{'p99 ms':>9}"
+          f"{'sim ms':>8}{'per s':>8}{'msgs':>6}")
+    fmt = lambda v, w, d=2: f"{v:>{w}.{d}f}" if v is not None else f"{'-':>{w}}"  # noqa: E731
     for name, p in report["policies"].items():
         lat = p["latency_ms_measured"]
-        fmt = lambda v, w, d=2: f"{v:>{w}.{d}f}" if v is not None else f"{'-':>{w}}"  # noqa: E731
-        print(f"{name:<18}{fmt(p['accuracy'], 7, 4)}{p['degraded']:>9}{fmt(lat['median'], 11)}{fmt(lat['p99'], 9)}"
+        print(f"{name:<18}{fmt(p['accuracy'], 7, 4)}{fmt(p['accuracy_healthy'], 8, 4)}{p['degraded']:>9}"
+              f"{fmt(p['accuracy_degraded'], 7, 4)}{fmt(lat['median'], 11)}{fmt(lat['p99'], 9)}"
               f"{fmt(p.get('latency_ms_simulated', {}).get('median'), 8)}{fmt(p['throughput_per_s'], 8, 1)}"
               f"{p['uplink_messages_per_sample']:>6.1f}")
+    for name, p in report["policies"].items():
+        for members, d in p["degraded_by_set"].items():
+            print(f"{name}: {d['answers']} answers by devices {members} alone, accuracy {fmt(d['accuracy'], 0, 4)}, "
+                  f"by the {d['aggregator']} aggregator")
     for name, p in report["policies"].items():
         if "adaptive" in p or p["phases"]:
             print(timeline_table(name, p))

@@ -1,7 +1,8 @@
-"""A policy's run over time: per window of samples, and per phase of each slow or link fault.
+"""A policy's run over time: per window of samples, and per phase of each fault and each loss.
 
 A fault's window is the samples issued while it was in force ([start, end), from the aggregator's
-clock: FaultLog.windows); a sample is before, during or after it. A timeline window takes
+clock: FaultLog.windows); a lost device's is every sample issued after it was declared lost
+(`loss_windows`: it never returns); a sample is before, during or after it. A timeline window takes
 the phase of its middle sample.
 """
 import numpy as np
@@ -24,6 +25,12 @@ def stretch(run: PolicyRun, samples: np.ndarray) -> dict:
             "accuracy": accuracy(preds, labels) if len(samples) else None,
             "mean_setting": settings.mean(0).tolist() if len(samples) else None,  # per device; -1: static
             "shadows": len(shadow), "shadow_disagreements": int(sum(shadow))}
+
+
+def loss_windows(lost_at: dict[int, float], issued_s: list[float]) -> list[dict]:
+    """Per lost device, the samples (issued at issued_s) issued after it was declared lost: [start, end)."""
+    return [{"fault": f"lost:{i}", "start": next((s for s, t in enumerate(issued_s) if t >= at), len(issued_s)),
+             "end": len(issued_s)} for i, at in sorted(lost_at.items())]
 
 
 def timeline(run: PolicyRun, faults: list[dict], size: int) -> list[dict]:
