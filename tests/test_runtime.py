@@ -249,6 +249,63 @@ def test_killed_device_answers_by_the_surviving_set(run2_sets, tmp_path, capfd):
     assert "no surviving-set aggregators" not in capfd.readouterr().err
 
 
+def check_answers_by_surviving_set(run: str, report: dict, name: str, thresholds: str) -> dict:
+    """Every degraded answer of policy `name` is the single-process engine's for the set of devices
+    that answered it, by that set's aggregator; the sets, by name ("0+2")."""
+    p = report["policies"][name]
+    by_set = p["degraded_by_set"]
+    assert sum(d["answers"] for d in by_set.values()) == p["degraded"] and "none" not in by_set
+    for members, d in by_set.items():
+        alone = engine_predictions(run, name, thresholds, members=tuple(int(i) for i in members.split("+")))
+        assert [p["predictions"][k] for k in d["samples"]] == [alone[k] for k in d["samples"]], members
+        assert d["aggregator"] == "surviving set"
+    return by_set
+
+
+@pytest.fixture(scope="module")
+def run3_sets(tmp_path_factory):
+    run = make_run(tmp_path_factory.mktemp("run3_sets"), 3)
+    model = load_student_model(run)
+    train = collect_evidence(model, run_splits(run, read_config(run)).train, limit=256)
+    save_surviving_sets(run, fit_surviving_sets(model, train.u, train.labels))
+    return run
+
+
+@pytest.mark.slow
+def test_n3_loses_one_device_then_a_second(run3_sets, tmp_path):
+    thresholds = median_thresholds(run3_sets, "distree")
+    outcome, report = session(run3_sets, 3, tmp_path, faults=["kill:1@6", "kill:2@14"], deadline_ms=EVENT_DEADLINE_MS,
+                              thresholds=[thresholds], window=1)
+    assert outcome.codes[:2] == [0, 0] and outcome.codes[2:] == [-9, -9]
+    assert set(report["lost_devices"]) == {"1", "2"}
+    p = report["policies"]["distree"]
+    assert p["samples"] == SAMPLES and p["degraded"] == SAMPLES - p["degraded_samples"][0]
+    by_set = check_answers_by_surviving_set(run3_sets, report, "distree", thresholds)
+    assert set(by_set) == {"0+2", "0"} and max(by_set["0+2"]["samples"]) < min(by_set["0"]["samples"])
+    assert set(p["phases"]) == {"lost:1", "lost:2"}
+
+
+@pytest.mark.slow
+def test_frozen_device_counts_as_lost_and_its_set_answers(run2_sets, tmp_path):
+    thresholds = median_thresholds(run2_sets, "distree")
+    outcome, report = session(run2_sets, 2, tmp_path, faults=["freeze:1@4"], deadline_ms=200, dead_after_s=1.0,
+                              window=1, link_delay_ms="100,0", thresholds=[thresholds])
+    assert outcome.codes[:2] == [0, 0] and outcome.killed == [2]
+    assert "heartbeat" in report["lost_devices"]["1"]
+    by_set = check_answers_by_surviving_set(run2_sets, report, "distree", thresholds)
+    assert "0" in by_set and by_set["0"]["samples"][-1] == SAMPLES - 1  # lost: device 0 alone to the end
+
+
+@pytest.mark.slow
+def test_late_device_leaves_its_round_to_the_surviving_set(run2_sets, tmp_path):
+    thresholds = median_thresholds(run2_sets, "distree")
+    outcome, report = session(run2_sets, 2, tmp_path, faults=["stall:0@4:2"], deadline_ms=300, warmup=0,
+                              thresholds=[thresholds])
+    assert outcome.codes == [0, 0, 0] and not report["lost_devices"]
+    by_set = check_answers_by_surviving_set(run2_sets, report, "distree", thresholds)
+    assert "1" in by_set  # the stalled round, answered by device 1 alone
+
+
 def check_device_1_killed_at_8(report: dict) -> None:
     """What a session of distree and confidence reports after `kill:1@8`: every sample answered."""
     assert "1" in report["lost_devices"]

@@ -27,7 +27,7 @@ def report_path(config: ServeConfig) -> Path:
 
 
 def by_surviving_set(run: PolicyRun, fitted: bool) -> dict:
-    """The degraded answers per set of devices that answered them ("0+2"): how many, their accuracy,
+    """The degraded answers per set of devices that answered them ("0+2"): how many and which, their accuracy,
     which aggregator (the set's own where the run has them, else the healthy one over zeros) and
     under which settings (per device, the index on its path; -1 static)."""
     preds, labels = np.asarray(run.preds), np.asarray(run.labels)
@@ -36,7 +36,7 @@ def by_surviving_set(run: PolicyRun, fitted: bool) -> dict:
     for k in np.flatnonzero(np.asarray(run.degraded, dtype=bool)):
         members = "+".join(str(i) for i in np.flatnonzero(exits[k] >= 0)) or "none"
         out.setdefault(members, []).append(int(k))
-    return {members: {"answers": len(ks), "accuracy": accuracy(preds[ks], labels[ks]),
+    return {members: {"answers": len(ks), "samples": ks, "accuracy": accuracy(preds[ks], labels[ks]),
                       "aggregator": "surviving set" if fitted and members != "none" else "zeros",
                       "settings": sorted({tuple(run.settings[k]) for k in ks}) if run.settings else []}
             for members, ks in sorted(out.items())}
