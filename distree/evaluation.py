@@ -27,7 +27,7 @@ from distree.inference.timing import TimingConfig, exit_machinery, stage_seconds
 from distree.policies import POLICIES, Policy, check_thresholds
 from distree.policies.learned_gate import GateConfig, LearnedGatePolicy, train_learned_gate
 from distree.policies.random_exit import RandomPolicy, matching_thresholds, uniform_thresholds
-from distree.inference.degraded import AVAILABILITIES, expected_accuracy, set_outcome
+from distree.inference.degraded import AVAILABILITIES, expected_accuracy, set_evaluator, set_outcome
 from distree.inference.diagnostics import flops_saved, oracle, score_aurocs
 from distree.models.surviving_sets import SurvivingSets, fit_surviving_sets, proper_subsets
 from distree.risk import (PathLosses, RiskSpec, candidate_path, certify, max_losses, path_losses, resplit_check,
@@ -279,8 +279,7 @@ def surviving_report(model, table: SurvivingSets, test, flops: FlopTable, test_e
         policy = policies[s.policy]
         if not policy.local or s.policy == "random" or s.name not in (CALIBRATED, "last exit"):
             continue
-        exits = test_eval[s.policy].exits(s.thresholds)  # (N, B)
-        outcomes = [set_outcome(model, table, test, flops, policy, exits, members) for members in sets]
+        outcomes = [set_outcome(model, table, test, flops, policy, s.thresholds, members) for members in sets]
         fitted = {o.members: o.accuracy for o in outcomes}
         zeroed = {o.members: o.accuracy_zeroed for o in outcomes}
         rows.append({"policy": s.policy, "setting": s.name,
@@ -289,6 +288,35 @@ def surviving_report(model, table: SurvivingSets, test, flops: FlopTable, test_e
                      "expected": [{"p": p, "accuracy": expected_accuracy(fitted, n, p),
                                    "accuracy_zeroed": expected_accuracy(zeroed, n, p)} for p in AVAILABILITIES]})
     return rows
+
+
+def set_evaluators(model, table: SurvivingSets, ev, flops: FlopTable, policies: dict, config: EvaluateConfig) -> dict:
+    """Per proper subset of the students, each local policy's evaluator (random and last-exit aside) with
+    only that set answering: {members: {policy: PolicyEvaluator}}."""
+    local = [n for n, p in policies.items() if p.local and n not in ("random", "last-exit")]
+    return {members: {n: set_evaluator(model, table, ev, flops, policies[n], members, config.costs) for n in local}
+            for members in proper_subsets(len(model.students))}
+
+
+def certify_sets(spec: RiskSpec, paths: dict, val_sets: dict, test_sets: dict, config: EvaluateConfig) -> list[dict]:
+    """Per surviving set, each local policy's path certified on val with that set answering (its own
+    exit-7 answer and aggregator), its setting measured on test and, config.resplits > 0, the
+    resplit check at spec.epsilon on val + test pooled."""
+    out = []
+    for members, val_eval in val_sets.items():
+        rows = []
+        for name, val in val_eval.items():
+            test = test_sets[members][name]
+            last = test(test.policy.default_thresholds())  # every member at exit 7
+            on_val = path_losses(val, paths[name], spec.risk)
+            row = certified_entry(name, val.policy, paths[name], spec, on_val, test, last.accuracy)
+            if config.resplits:
+                on_test = path_losses(test, paths[name], spec.risk)
+                pool = PathLosses(torch.cat([on_val.loss, on_test.loss], 1), torch.cat([on_val.flops, on_test.flops], 1))
+                row["resplit"] = resplit_check(pool, spec, val.flops.last_exit(), config.resplits, config.seed)["at_epsilon"]
+            rows.append(row)
+        out.append({"members": list(members), "policies": rows})
+    return out
 
 
 def evaluate_model(model, splits, config: EvaluateConfig = EvaluateConfig(),
@@ -312,6 +340,11 @@ def evaluate_model(model, splits, config: EvaluateConfig = EvaluateConfig(),
         began_risk = time.perf_counter()
         paths = candidate_paths(train, val_eval, config) if config.risks else {}
         certified = [certify_policies(spec, paths, val_eval, test_eval, config, train) for spec in config.risks]
+        if config.risks:  # the same paths, certified anew for every surviving set
+            val_sets = set_evaluators(model, surviving, val, flops, policies, config)
+            test_sets = set_evaluators(model, surviving, test, flops, policies, config)
+            for spec, c in zip(config.risks, certified):
+                c["surviving_sets"] = certify_sets(spec, paths, val_sets, test_sets, config)
         certification_s = time.perf_counter() - began_risk
     exit_cost = None
     if config.measure_time:

@@ -132,6 +132,21 @@ class ResplitCheck:
 
 
 @dataclass
+class SetCertificates:
+    """The certificates of one surviving set of students: each local policy's path tested with only
+    that set answering, and the resplit check of each (policy -> ResplitPoint at epsilon)."""
+
+    members: list[int]
+    policies: list[CertifiedPolicy]
+    resplits: dict[str, ResplitPoint]
+
+    @staticmethod
+    def from_json(d: dict) -> "SetCertificates":
+        return SetCertificates(d["members"], [CertifiedPolicy.from_json(e) for e in d["policies"]],
+                               {e["policy"]: ResplitPoint.from_json(e["resplit"]) for e in d["policies"] if "resplit" in e})
+
+
+@dataclass
 class Certificate:
     """What `distree evaluate` certified for one risk."""
 
@@ -143,6 +158,7 @@ class Certificate:
     max_losses: int  # the most losing samples a setting may have and pass
     policies: list[CertifiedPolicy]
     resplits: dict[str, ResplitCheck]  # policy -> the check; empty without --resplits
+    surviving_sets: list[SetCertificates] = field(default_factory=list)  # empty in reports from before them
 
     @staticmethod
     def from_json(c: dict) -> "Certificate":
@@ -150,7 +166,8 @@ class Certificate:
                                        [ResplitPoint.from_json(p) for p in r["curve"]])
                     for name, r in c["resplits"].items()}
         return Certificate(c["risk"], c["epsilon"], c["delta"], c["calibration_samples"], c["smallest_epsilon"],
-                           c["max_losses"], [CertifiedPolicy.from_json(e) for e in c["policies"]], resplits)
+                           c["max_losses"], [CertifiedPolicy.from_json(e) for e in c["policies"]], resplits,
+                           [SetCertificates.from_json(d) for d in c.get("surviving_sets", [])])
 
 
 @dataclass

@@ -70,6 +70,15 @@ def test_evaluate_writes_the_report_with_its_keys(run_dir):
     assert last.sets[0].accuracy == last.sets[0].accuracy_zeroed == report["last_exit_accuracy"]
     assert [a.p for a in last.expected] == [0.99, 0.95, 0.9]
     assert "When devices are lost" in (run_dir / "report.md").read_text()
+    for c, spec in zip(report["certified"], shown.certified):  # every risk certified anew per surviving set
+        assert [d["members"] for d in c["surviving_sets"]] == [[0], [1]]
+        for d in spec.surviving_sets:
+            assert {e.policy for e in d.policies} == {"distree", "similarity", "local-confidence", "learned-gate"}
+            assert set(d.resplits) == {e.policy for e in d.policies}
+            for e in d.policies:
+                assert e.calibration_samples == c["calibration_samples"]
+                assert not e.certified or e.losses <= c["max_losses"]
+    assert "certified anew for every surviving set" in (run_dir / "report.md").read_text()
 
 
 def test_bad_input_gets_a_clear_error(run_dir, capsys):

@@ -8,15 +8,16 @@ import torch
 
 from distree.costs import count_flops
 from distree.errors import DistreeError
-from distree.inference.degraded import expected_accuracy, set_outcome
+from distree.inference.degraded import expected_accuracy, set_evaluator, set_outcome
 from distree.inference.engine import InferenceEngine
-from distree.inference.evidence import model_evidence, policy_exits
+from distree.inference.evidence import model_evidence
 from distree.models.distree_model import DistrEEModel
 from distree.models.student import Student
 from distree.models.surviving_sets import (SurvivingSets, aggregator_for, fit_set, fit_surviving_sets,
                                            proper_subsets)
 from distree.policies import make_policy
 from distree.policies.learned_gate import GATE_FEATURES
+from distree.risk import last_answer, path_losses
 from distree.run_dir import SURVIVING, load_surviving_sets, save_atomic, save_surviving_sets
 
 K = 10
@@ -141,9 +142,9 @@ def test_expected_accuracy_is_the_mean_over_every_failure_pattern():
     ev = model_evidence(model, x, torch.arange(40))
     ev.labels = labels
     policy = make_policy("last-exit")
-    exits = policy_exits(policy, ev, policy.default_thresholds())
     flops = count_flops(model, x[:1])
-    outcomes = {m: set_outcome(model, table, ev, flops, policy, exits, m) for m in [(0, 1, 2)] + proper_subsets(3)}
+    outcomes = {m: set_outcome(model, table, ev, flops, policy, policy.default_thresholds(), m)
+                for m in [(0, 1, 2)] + proper_subsets(3)}
     for p in (0.99, 0.9, 0.5):
         brute = 0.0
         for up in itertools.product([False, True], repeat=3):  # every pattern of devices up and down
@@ -158,3 +159,22 @@ def test_expected_accuracy_is_the_mean_over_every_failure_pattern():
         assert got == pytest.approx(brute, abs=1e-6)
     one = outcomes[(0,)]
     assert one.flops_reduction == pytest.approx(0.0, abs=1e-6)  # last exit saves nothing
+
+
+@pytest.mark.parametrize("risk", ["accuracy", "consistency"])
+def test_a_sets_risk_is_against_its_own_exit_7_answer(risk):
+    model = tiny_model(3)
+    table = table_for(model, 32)
+    torch.manual_seed(3)
+    x = torch.randn(40, 1, 32, 32)
+    ev = model_evidence(model, x, torch.arange(40))
+    ev.labels = ev.aggregate(ev.u[:, -1]).argmax(-1)  # labels the healthy exit 7 gets right, every one
+    policy = make_policy("local-confidence")
+    flops = count_flops(model, x[:1])
+    never = policy.default_thresholds()[None]  # (1, 5): every member to exit 7
+    for members in [(0,), (1, 2)]:
+        alone = set_evaluator(model, table, ev, flops, policy, members)
+        assert not path_losses(alone, never, risk).loss.any()  # its own exit 7 never loses against itself
+        answer = alone.evidence.logits_at(alone.exits(never[0])).argmax(-1)
+        assert torch.equal(answer, last_answer(alone.evidence))
+    assert (last_answer(set_evaluator(model, table, ev, flops, policy, (0,)).evidence) != ev.labels).any()  # it differs

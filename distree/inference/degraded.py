@@ -10,10 +10,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from distree.costs import FlopTable, flops_per_sample
+from distree.costs import CostConfig, FlopTable
 from distree.inference.evidence import Evidence
+from distree.inference.outcome import PolicyEvaluator
 from distree.models.surviving_sets import SurvivingSets, aggregator_for
-from distree.policies import LAST_EXIT, Policy
+from distree.policies import Policy
 
 AVAILABILITIES = (0.99, 0.95, 0.9)  # the report's per-device probabilities of being up
 
@@ -28,21 +29,27 @@ class SetOutcome:
     flops_reduction: float  # of the members' FLOPs at the last exit
 
 
+def members_flops(flops: FlopTable, members: tuple[int, ...]) -> FlopTable:
+    """The FLOP table of the members alone: the other students' stages and heads cost nothing."""
+    keep = torch.zeros(flops.stage.shape[0], 1, dtype=flops.stage.dtype)
+    keep[list(members)] = 1
+    return replace(flops, stage=flops.stage * keep, head=flops.head * keep)
+
+
+def set_evaluator(model, table: SurvivingSets | None, ev: Evidence, flops: FlopTable, policy: Policy,
+                  members: tuple[int, ...], costs: CostConfig = CostConfig()) -> PolicyEvaluator:
+    """A local policy's evaluator on ev when only `members` answer: their exits (the others' are computed
+    but never read), the set's aggregator (zeros without a table) and the members' FLOPs."""
+    aggregate = torch.no_grad()(aggregator_for(model, table, members))
+    return PolicyEvaluator(policy, replace(ev, aggregate=aggregate), members_flops(flops, members), costs)
+
+
 def set_outcome(model, table: SurvivingSets | None, ev: Evidence, flops: FlopTable, policy: Policy,
-                exits: torch.Tensor, members: tuple[int, ...]) -> SetOutcome:
-    """Members answering at exits (N, B) (the other rows unused) on the evidence ev."""
-    idx = exits.view(exits.shape[0], 1, -1, 1).expand(-1, 1, -1, ev.u.shape[-1])  # (N, 1, B, K)
-    sent = ev.u.gather(1, idx).squeeze(1)  # (N, B, K)
-    rows = list(members)
-    own = flops_per_sample(replace(flops, stage=flops.stage[rows], head=flops.head[rows]), exits[rows], policy)
-    last = flops.stage[rows].sum() + flops.head[rows, LAST_EXIT].sum() + flops.aggregator
-
-    def accuracy(aggregate) -> float:
-        return (aggregate(sent).argmax(-1) == ev.labels).float().mean().item()
-
-    with torch.no_grad():
-        return SetOutcome(members, accuracy(aggregator_for(model, table, members)),
-                          accuracy(aggregator_for(model, None, members)), 1 - own.mean().item() / float(last))
+                thresholds: torch.Tensor, members: tuple[int, ...]) -> SetOutcome:
+    """A local policy at thresholds (5,) with only `members` answering, on the evidence ev."""
+    own = set_evaluator(model, table, ev, flops, policy, members)(thresholds)
+    zeroed = set_evaluator(model, None, ev, flops, policy, members)(thresholds)
+    return SetOutcome(members, own.accuracy, zeroed.accuracy, own.flops_reduction)
 
 
 def expected_accuracy(accuracy: dict[tuple[int, ...], float], n: int, p: float) -> float:
