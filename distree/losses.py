@@ -19,6 +19,7 @@ class LossConfig:
     exit_weights: list[float] = field(default_factory=lambda: [1.0] * NUM_EXITS)  # w_j
     mixed_weight: float = 1.0  # weight of the KD loss at a random exit per student; 0 turns it off
     dropout: float = 0.0  # probability that a sample loses one student's feature
+    failout: float = 0.0  # probability that a sample loses each student's feature, independently, never all
 
 
 def kd(z: torch.Tensor, y: torch.Tensor, z_t: torch.Tensor, tau: float, alpha: float) -> torch.Tensor:
@@ -52,6 +53,20 @@ def drop_students(u: torch.Tensor, p: float, generator: torch.Generator = None) 
     who = torch.randint(0, N, (B,), generator=generator)  # (B,)
     keep = ~(hit & (who == torch.arange(N)[:, None]))  # (N, B), drawn on the CPU like every training draw
     return u * keep.to(u.device)[:, None, :, None]  # (N, 7, B, K)
+
+
+def fail_students(u: torch.Tensor, p: float, generator: torch.Generator = None) -> torch.Tensor:
+    """Failout: each student's features (at every exit) zeroed for a sample with probability p, each
+    student independently, so that the aggregate learns to answer from any surviving set; a sample
+    never loses all: where every student was drawn, one of them, chosen uniformly, stays."""
+    N, _, B, _ = u.shape
+    if p == 0 or N == 1:
+        return u
+    lose = torch.rand(N, B, generator=generator) < p  # (N, B), drawn on the CPU like every training draw
+    spare = torch.randint(0, N, (B,), generator=generator)  # (B,) drawn for every sample: the draws stay in step
+    everyone = lose.all(0)  # (B,)
+    lose[spare[everyone], everyone.nonzero().squeeze(1)] = False
+    return u * (~lose).to(u.device)[:, None, :, None]  # (N, 7, B, K)
 
 
 def joint_loss(u, maps, aggregate, y, z_t, q_t, exits, cfg: LossConfig) -> torch.Tensor:

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from distree.losses import LossConfig, at, at_loss, drop_students, joint_loss, kd, mixed_exit_features
+from distree.losses import (LossConfig, at, at_loss, drop_students, fail_students, joint_loss, kd,
+                            mixed_exit_features)
 
 
 @pytest.mark.parametrize("tau", [1.0, 2.0])
@@ -41,6 +42,24 @@ def test_drop_students():
     assert (alive.sum(0) == 1).all()  # every sample lost exactly one of its two students
     assert (dropped == dropped[:, :1]).all()  # at every exit alike
     assert torch.equal(drop_students(torch.ones(1, 7, 4, 3), 1.0), torch.ones(1, 7, 4, 3))  # N = 1: nothing to drop
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.6, 1.0])
+def test_failout_drops_each_student_at_its_rate_and_never_all(p):
+    n, b = 3, 20000
+    u = torch.ones(n, 7, b, 2)
+    assert fail_students(u, 0.0) is u
+    out = fail_students(u, p, torch.Generator().manual_seed(0))
+    assert (out == out[:, :1]).all()  # at every exit alike
+    alive = out[:, 0, :, 0]  # (N, B)
+    assert (alive.sum(0) >= 1).all()  # never every student of a sample
+    # each student is lost with probability p, except when all were drawn (p^N) and it was the one kept (1/N)
+    want = p - p ** n / n
+    lost = 1 - alive.mean(1)  # (N,)
+    assert torch.allclose(lost, torch.full((n,), want), atol=4 * (want * (1 - want) / b) ** 0.5 + 1e-9)
+    if p == 1.0:
+        assert (alive.sum(0) == 1).all()  # all drawn, one kept
+    assert torch.equal(fail_students(torch.ones(1, 7, 4, 3), 1.0), torch.ones(1, 7, 4, 3))  # N = 1: nothing to drop
 
 
 def test_joint_loss_by_hand():

@@ -14,10 +14,13 @@ import torch
 
 from distree.cli import main
 from distree.errors import DistreeError
+from distree.losses import LossConfig
 from distree.models.distree_model import DistrEEModel
 from distree.training import loop
 from distree.run_dir import load_checkpoint, load_student_model, save_atomic
 from distree.training.loop import OptimConfig, lr_factor
+from distree.training.shards import Share
+from distree.training.students import dropped
 from distree.training.overhead import exit_params_and_flops, exit_step_time
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,6 +158,9 @@ def test_bad_input_is_one_line_and_exit_2(partitioned, tmp_path, capsys):
     assert "apt-get install dataset-fashion-mnist" in error_of(
         capsys, "train-teacher", "--out", tmp_path / "f", "--data-dir", tmp_path / "nowhere")
     assert "between 1 and 8" in error_of(capsys, "partition", "--run", run, "--students", 9)
+    assert "--failout must be a probability in [0, 1], got 1.5" in error_of(capsys, "train-students", "--run", run,
+                                                                          "--failout", 1.5)
+    assert "--dropout must be a probability" in error_of(capsys, "train-students", "--run", run, "--dropout", -0.1)
 
     body = json.loads((run / "partition.json").read_text())
     body.update(num_filters=65, groups=body["groups"][:1] + [body["groups"][1] + [64]])
@@ -165,6 +171,17 @@ def test_bad_input_is_one_line_and_exit_2(partitioned, tmp_path, capsys):
     assert "corrupt checkpoint" in error_of(capsys, "partition", "--run", run)
     (run / "teacher.pt").unlink()
     assert "no teacher" in error_of(capsys, "partition", "--run", run)
+
+
+def test_failout_draws_are_the_global_batchs_on_every_rank():
+    # a rank's rows of the global batch lose the students they lose in one process, draw for draw
+    u = torch.randn(3, 7, 10, 4)
+    cfg = LossConfig(dropout=0.2, failout=0.4)
+    whole = dropped(u, cfg, torch.Generator().manual_seed(5), Share(slice(0, 10), 1.0, 1.0), 10)
+    parts = [dropped(u[:, :, rows], cfg, torch.Generator().manual_seed(5), Share(rows, 0.5, 1.0), 10)
+             for rows in (slice(0, 5), slice(5, 10))]
+    assert torch.equal(torch.cat(parts, 2), whole)
+    assert (whole[:, 0, :, 0] == 0).any() and (whole[:, 0].abs().sum((0, 2)) > 0).all()  # some lost, never all
 
 
 def test_exit_overhead():

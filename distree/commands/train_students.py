@@ -31,6 +31,9 @@ def add_parser(subparsers) -> None:
                    help="weight of the mixed-exit term, 0 for off (default: the preset's)")
     p.add_argument("--dropout", type=float, help="probability that a sample loses one student's feature, 0 to 1 "
                                                  "(default: the preset's)")
+    p.add_argument("--failout", type=float, help="failout: probability that a sample loses each student's "
+                                                 "feature, independently, never all of them, 0 to 1 (default: the "
+                                                 "preset's)")
     p.add_argument("--seed", type=int, help="seed of training (default: the preset's)")
     add_launch_arguments(p)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint, on any number of "
@@ -46,7 +49,11 @@ def run(args) -> int:
     changes = {"model": dict(width=args.width, exit_space=args.exit_space, head_backend=args.head_backend),
                "optim": dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, augment=args.augment,
                              seed=args.seed),
-               "loss": dict(beta=args.beta, mixed_weight=args.mixed_weight, dropout=args.dropout)}
+               "loss": dict(beta=args.beta, mixed_weight=args.mixed_weight, dropout=args.dropout, failout=args.failout)}
+    for option in ("dropout", "failout"):
+        value = getattr(args, option)
+        if value is not None and not 0 <= value <= 1:
+            raise DistreeError(f"--{option} must be a probability in [0, 1], got {value:g}")
     n = len(load_partition(run_dir / PARTITION).groups)
     if args.students is not None and args.students != n:
         raise DistreeError(f"--students {args.students} does not match {run_dir / PARTITION}, which is for {n} "

@@ -18,7 +18,7 @@ import torch
 
 from distree.data import batches
 from distree.errors import DistreeError
-from distree.losses import LossConfig, drop_students, joint_loss
+from distree.losses import LossConfig, drop_students, fail_students, joint_loss
 from distree.models.student import NUM_EXITS
 from distree.training.partition import load_partition
 from distree.run_dir import PARTITION, build_students, config_from_dict, load_teacher, run_splits
@@ -83,7 +83,7 @@ def train_students(run_dir, config: dict, resume: bool, device="cpu", precision:
         with precision.autocast():
             z_t, q_t = targets(idx[part.rows], x)  # (b, K), (N, b, 64)
             u, maps = net(x)  # (N, 7, b, K)
-            u = dropped(u, loss_cfg.dropout, generator, part, len(idx))
+            u = dropped(u, loss_cfg, generator, part, len(idx))
             loss = joint_loss(u, maps, model.aggregate, y, z_t.float(), q_t.float(), exits.to(device), loss_cfg)
         sgd_step(loss if part.loss_scale == 1 else loss * part.loss_scale, model, optimizer, schedule, cfg.clip_grad,
                  scaler)
@@ -103,12 +103,15 @@ def train_students(run_dir, config: dict, resume: bool, device="cpu", precision:
     return fit(phase, cfg.epochs, run_epoch, evaluate, resume)
 
 
-def dropped(u: torch.Tensor, p: float, generator: torch.Generator, part: Share, size: int) -> torch.Tensor:
-    """drop_students on this rank's rows u (N, 7, b, K), its draws made for the whole global batch
-    of `size` samples, so that the generator stays in step on every rank."""
+def dropped(u: torch.Tensor, cfg: LossConfig, generator: torch.Generator, part: Share, size: int) -> torch.Tensor:
+    """Student dropout, then failout (`distree.losses`), on this rank's rows u (N, 7, b, K), the draws
+    made for the whole global batch of `size` samples, so that the generator stays in step on every rank."""
+    def drop(t):
+        return fail_students(drop_students(t, cfg.dropout, generator), cfg.failout, generator)
+
     if part.rows == slice(0, size):
-        return drop_students(u, p, generator)
-    keep = drop_students(torch.ones(u.shape[0], 1, size, 1), p, generator)[:, :, part.rows]  # (N, 1, b, 1)
+        return drop(u)
+    keep = drop(torch.ones(u.shape[0], 1, size, 1))[:, :, part.rows]  # (N, 1, b, 1)
     return u * keep.to(u.device)
 
 
