@@ -33,6 +33,22 @@ class PolicySpec:
     path: torch.Tensor = None  # (C, 5) settings to adapt along, conservative first; None: static
     grid: GridCertificate = None  # the combinations certified together; None: a given path, every combination runs
     risk: dict = field(default_factory=dict)  # the consistency risk the shadow check holds: epsilon, delta, source
+    on_loss: dict = field(default_factory=dict)  # members -> (5,): the setting certified for that surviving set
+
+    def settings(self) -> torch.Tensor | None:
+        """(C', 5) every setting a device may be told to take, a THRESHOLDS message's index into it: the
+        path (or, static, the served thresholds), then the setting of each surviving set in on_loss;
+        None where the policy has neither."""
+        if self.path is None and not self.on_loss:
+            return None
+        base = self.path if self.path is not None else self.thresholds[None]  # (C, 5)
+        return torch.cat([base, *(t[None] for t in self.on_loss.values())])
+
+    def loss_index(self, members: tuple) -> int | None:
+        """The index in settings() of the setting certified for the surviving set members; None if none is."""
+        if members not in self.on_loss:
+            return None
+        return (1 if self.path is None else len(self.path)) + list(self.on_loss).index(members)
 
 
 def parse_threshold_value(text: str) -> float:

@@ -8,7 +8,9 @@ name (`--setting`). The names:
 
 - `calibrated`: each policy's least-FLOPs thresholds within --max-drop on validation; what deploy
   and export serve when no --setting is given.
-- `certified-RISK` (e.g. `certified-accuracy`): the thresholds certified for that risk, and for
+- `certified-RISK` (e.g. `certified-accuracy`): the thresholds certified for that risk, for
+  every surviving set of students the thresholds certified with only that set answering (what
+  the runtime moves the devices that are left to when one is lost), and for
   `certified-consistency` the grids of per-device settings the adaptive runtime may combine.
 - `NAME:calibrated`, `NAME:certified-RISK`: the same from `distree evaluate --name NAME`, whose
   report, figures and learned gate are kept in RUN/evaluations/NAME/.
@@ -51,6 +53,7 @@ class ServedSetting:
     grids: dict[str, GridCertificate] = field(default_factory=dict)  # policy -> combinations certified together
     options: dict = field(default_factory=dict)  # what chose it: max_drop, or risk, epsilon and delta
     gate: str = GATE  # the learned gate these thresholds are for, relative to the run directory
+    by_set: dict[str, dict[tuple, torch.Tensor]] = field(default_factory=dict)  # policy -> members -> (5,) certified
 
     @property
     def evaluation(self) -> str | None:
@@ -61,13 +64,17 @@ class ServedSetting:
     def to_json(self) -> dict:
         return {"name": self.name, "options": self.options, "gate": self.gate,
                 "thresholds": {p: jsonable_thresholds(t) for p, t in self.thresholds.items()},
-                "grids": {p: g.to_json() for p, g in self.grids.items()}}
+                "grids": {p: g.to_json() for p, g in self.grids.items()},
+                "by_set": {p: [{"members": list(m), "thresholds": jsonable_thresholds(t)} for m, t in sets.items()]
+                           for p, sets in self.by_set.items()}}
 
     @staticmethod
     def from_json(entry: dict) -> "ServedSetting":
+        by_set = {p: {tuple(d["members"]): _thresholds(d["thresholds"]) for d in sets}
+                  for p, sets in entry.get("by_set", {}).items()}
         return ServedSetting(entry["name"], {p: _thresholds(t) for p, t in entry["thresholds"].items()},
                              {p: GridCertificate.from_json(g) for p, g in entry.get("grids", {}).items()},
-                             dict(entry.get("options", {})), entry.get("gate", GATE))
+                             dict(entry.get("options", {})), entry.get("gate", GATE), by_set)
 
 
 @dataclass
@@ -88,6 +95,19 @@ class RunSettings:
             held = ", ".join(self.settings) or "none (run `distree evaluate` first)"
             raise DistreeError(f"the run has no setting {name!r}; it holds: {held}")
         return self.settings[name]
+
+    def set_source(self, served: str) -> ServedSetting | None:
+        """The certified setting whose thresholds per surviving set go with `served`: served itself if
+        it is certified, else its evaluation's certified-accuracy, else its certified-consistency."""
+        if served in self.settings and self.settings[served].by_set:
+            return self.settings[served]
+        prefix, sep, _ = served.rpartition(SEPARATOR)
+        evaluation = prefix if sep else None
+        for risk in ("accuracy", "consistency"):
+            found = self.settings.get(setting_name(evaluation, f"{CERTIFIED}{risk}"))
+            if found is not None and found.by_set:
+                return found
+        return None
 
     def grid_source(self, served: str) -> ServedSetting | None:
         """The consistency certificate of the evaluation that chose `served`: its grids are the
@@ -130,10 +150,16 @@ def settings_from_report(report: dict) -> dict[str, ServedSetting]:
     for spec in report.get("certified") or []:
         rows = [e for e in spec["policies"] if e["certified"]]
         name = f"{CERTIFIED}{spec['risk']}"
+        by_set = {}
+        for d in spec.get("surviving_sets", []):
+            for e in d["policies"]:
+                if e["certified"]:
+                    by_set.setdefault(e["policy"], {})[tuple(d["members"])] = _thresholds(e["thresholds"])
         out[name] = ServedSetting(name, {e["policy"]: _thresholds(e["thresholds"]) for e in rows},
                             {e["policy"]: GridCertificate.from_json(e["grid"]) for e in spec["policies"]
                              if e.get("grid")},
-                            {"risk": spec["risk"], "epsilon": spec["epsilon"], "delta": spec["delta"]})
+                            {"risk": spec["risk"], "epsilon": spec["epsilon"], "delta": spec["delta"]},
+                            by_set=by_set)
     return out
 
 

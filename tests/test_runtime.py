@@ -29,6 +29,7 @@ from distree.runtime.netem import LinkModel, link_models
 from distree.plan import make_plan, parse_thresholds
 from distree.inference.evidence import collect_evidence
 from distree.models.surviving_sets import fit_surviving_sets
+from distree.run_settings import ServedSetting, store_settings
 from distree.run_dir import (build_students, load_student_model, load_surviving_sets, read_config, run_splits,
                              save_atomic,
                              save_surviving_sets, write_config)
@@ -263,12 +264,49 @@ def check_answers_by_surviving_set(run: str, report: dict, name: str, thresholds
 
 
 @pytest.fixture(scope="module")
+def run2_certified(tmp_path_factory):
+    """A run2_sets-like run whose settings hold, as `distree evaluate` stores them, distree's calibrated
+    thresholds (the median scores) and a certified-accuracy setting for each surviving set: device 0
+    alone at every sample to exit 7, device 1 alone at the median."""
+    run = make_run(tmp_path_factory.mktemp("run2_certified"), 2)
+    model = load_student_model(run)
+    train = collect_evidence(model, run_splits(run, read_config(run)).train, limit=256)
+    save_surviving_sets(run, fit_surviving_sets(model, train.u, train.labels))
+    median = parse_thresholds([median_thresholds(run, "distree")])["distree"]
+    never = make_policy("distree").default_thresholds()
+    store_settings(run, [ServedSetting("calibrated", {"distree": median}),
+                         ServedSetting("certified-accuracy", {"distree": median}, options={"risk": "accuracy"},
+                                       by_set={"distree": {(0,): never, (1,): median}})])
+    return run
+
+
+@pytest.fixture(scope="module")
 def run3_sets(tmp_path_factory):
     run = make_run(tmp_path_factory.mktemp("run3_sets"), 3)
     model = load_student_model(run)
     train = collect_evidence(model, run_splits(run, read_config(run)).train, limit=256)
     save_surviving_sets(run, fit_surviving_sets(model, train.u, train.labels))
     return run
+
+
+@pytest.mark.slow
+def test_a_lost_device_moves_the_others_to_their_sets_certified_setting(run2_certified, tmp_path):
+    outcome, report = session(run2_certified, 2, tmp_path, faults=["kill:1@8"], deadline_ms=EVENT_DEADLINE_MS,
+                              window=1)
+    assert outcome.codes[:2] == [0, 0] and outcome.codes[2] == -9
+    p = report["policies"]["distree"]
+    assert p["loss_settings"] == [{"members": [0], "setting": 1, "thresholds": ["inf"] * 5},
+                                  {"members": [1], "setting": 2, "thresholds": p["thresholds"]}]
+    assert [(mv["device"], mv["setting"]) for mv in p["moves"]] == [(0, 1)]  # once, device 0 alone is left
+    settings = p["settings_per_sample"]
+    moved = [k for k, s in enumerate(settings) if s[0] == 1]
+    assert moved and moved == list(range(moved[0], SAMPLES)) and set(moved) <= set(p["degraded_samples"])
+    served = median_thresholds(run2_certified, "distree")
+    alone_served = engine_predictions(run2_certified, "distree", served, members=(0,))
+    alone_never = engine_predictions(run2_certified, "distree", "distree=" + ",".join(["inf"] * 5), members=(0,))
+    for k in p["degraded_samples"]:  # issued before the move: the served setting; after: every sample to exit 7
+        assert p["predictions"][k] == (alone_never if k in moved else alone_served)[k], k
+    assert p["degraded_by_set"]["0"]["settings"] == [[-1, -1], [1, -1]]  # the served setting, then the set's
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from distree.export.walks import export_plan
 from distree.plan import DEFAULT_POLICIES, make_plan, parse_thresholds
 from distree.run_dir import CALIBRATED, GATE
 from distree.run_settings import SETTINGS, read_settings
+from distree.runtime.plan import with_loss_settings
 from test_runtime import make_run
 
 FAST = ["--gate-samples", "64", "--resplits", "0", "--timing-samples", "16", "--streaming-samples", "8"]
@@ -51,6 +52,26 @@ def test_a_second_evaluation_changes_nothing_served(evaluated):
     assert settings.get("certified-consistency").grids  # the adaptive runtime's grid stays too
     assert settings.get("certified-accuracy").options["risk"] == "accuracy"
     assert (Path(run) / GATE).read_bytes() == first["gate"]  # the gate the settings use
+
+
+def test_each_surviving_set_gets_its_certified_setting(evaluated):
+    run, _ = evaluated
+    settings = read_settings(run)
+    report = json.loads((Path(run) / "report.json").read_text())
+    accuracy = settings.get("certified-accuracy")
+    spec = next(c for c in report["certified"] if c["risk"] == "accuracy")
+    want = {(tuple(d["members"]), e["policy"]): [float(v) for v in e["thresholds"]]
+            for d in spec["surviving_sets"] for e in d["policies"] if e["certified"]}
+    assert want  # epsilon 0.5 certifies something
+    assert {(m, p): t.tolist() for p, sets in accuracy.by_set.items() for m, t in sets.items()} == want
+    assert settings.set_source("calibrated") is accuracy  # a calibrated deploy moves to the accuracy certificate's
+    assert settings.set_source("certified-consistency").name == "certified-consistency"
+    plan = with_loss_settings(make_plan(SERVED, {}, run, None), run, None)
+    for spec in plan:
+        if spec.policy.local and spec.name in accuracy.by_set:
+            assert list(spec.on_loss) == sorted(accuracy.by_set[spec.name], key=lambda m: (len(m), m))
+            for members in spec.on_loss:
+                assert torch.equal(spec.settings()[spec.loss_index(members)], spec.on_loss[members])
 
 
 def test_report_lists_every_setting_and_what_was_kept(evaluated):

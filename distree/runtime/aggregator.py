@@ -94,6 +94,8 @@ class Aggregator:
         """
         self.num_samples, self.input_numel = len(x), x[0].numel()
         self.streams = [self._stream(p, spec) for p, spec in enumerate(self.plan)]
+        if self.lost:  # lost while the session started
+            self._move_survivors()
         for lo in range(0, len(x), chunk):
             hi = min(lo + chunk, len(x))
             for stream in self.streams:
@@ -109,7 +111,7 @@ class Aggregator:
         """Policy p's stream, with a controller and a shadow check where its thresholds follow a target."""
         run = PolicyRun(spec.name, spec.policy.local, spec.thresholds.tolist(), self.n)
         if self.adapt is None or spec.path is None:
-            return Stream(p, spec, run)
+            return Stream(p, spec, run, setting=[-1] * self.n)
         return Stream(p, spec, run, Controller(self.adapt, self.n, len(spec.path), spec.grid),
                       ShadowCheck(spec.risk["epsilon"], spec.risk["delta"], spec.grid))
 
@@ -237,7 +239,7 @@ class Aggregator:
             self.links[i].send(msg)
             self.unanswered[i] = max(self.unanswered[i], 0) + 1
             self.faults.input_sent(i, t)
-        stream.issued[s] = stream.control.indices if stream.adapting else [-1] * self.n
+        stream.issued[s] = stream.control.indices if stream.adapting else list(stream.setting)
         stream.run.issued_s.append(t)
         if shadow and to:
             stream.shadows[s] = Shadow(to, stream.issued[s])
@@ -303,8 +305,24 @@ class Aggregator:
         self.live.discard(i)
         self.lost[i] = reason
         self.lost_at[i] = time.perf_counter()
+        self._move_survivors()
         print(f"aggregator: device {i} lost after {self.answered} answers ({reason}); answering without it",
               file=sys.stderr, flush=True)
+
+    def _move_survivors(self) -> None:
+        """Tell the devices that are left to take their set's certified setting, in every static stream
+        that has one: the THRESHOLDS message travels before their next input."""
+        members = tuple(sorted(self.live))
+        for stream in self.streams:
+            index = stream.spec.loss_index(members)
+            if stream.adapting or index is None:
+                continue
+            for i in members:
+                self.links[i].send(m.encode_thresholds(index, stream.index, stream.spec.settings()[index],
+                                                       self.input_numel))
+                stream.setting[i] = index
+                stream.run.moves.append({"sample": len(stream.run.preds), "device": i, "setting": index,
+                                         "reason": f"devices {'+'.join(map(str, members))} left"})
 
     def _logits(self, evidence: dict) -> torch.Tensor:
         """z (1, K) from {device: u (D,)}, by the aggregator of the devices that answered."""
@@ -331,6 +349,7 @@ class Aggregator:
     def _corrupt_thresholds(self) -> None:
         """A `corrupt:agg` fault: send every live device a THRESHOLDS message past its policy's path."""
         spec = self.plan[self.current]
-        index = len(spec.path) if spec.path is not None else 0
+        settings = spec.settings()
+        index = len(settings) if settings is not None else 0
         for i in self.live:
             self.links[i].send(m.encode_thresholds(index, self.current, spec.thresholds, self.input_numel))

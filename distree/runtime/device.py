@@ -53,7 +53,8 @@ class Device:
     def __init__(self, session: Session, index: int, steps: list, input_shape: tuple,
                  link: LinkModel, faults: list[Fault], dead_after: float, startup_s: float, paths: list = None,
                  full: DeviceStep = None):
-        """paths[p]: policy p's threshold path (C, 5) or None; full: the walk to exit 7 for shadows;
+        """paths[p]: the settings (C, 5) policy p may be told to take (PolicySpec.settings) or None; full:
+        the walk to exit 7 for shadows;
         dead_after: the aggregator's heartbeat silence that stops the device; startup_s: how long the
         aggregator may take to start beating."""
         self.index, self.steps, self.input_shape, self.device = index, steps, input_shape, session.device
@@ -161,7 +162,8 @@ class Device:
 
 
 class ThresholdSettings:
-    """The setting each policy of a device runs under, changed only to a setting of its own path."""
+    """The setting each policy of a device runs under, changed only to one of the settings its own copy of
+    the plan lists (the path, then a setting per surviving set)."""
 
     def __init__(self, index: int, steps: list[DeviceStep], paths: list):
         self.index, self.steps, self.paths = index, steps, paths

@@ -57,6 +57,19 @@ def certified_grids(run_dir, served: str | None, num_devices: int) -> tuple[dict
     return grids, f"{run_dir}: setting {source.name}"
 
 
+def with_loss_settings(plan: list[PolicySpec], run_dir, served: str | None) -> list[PolicySpec]:
+    """The plan with, on every local policy, the setting certified for each surviving set of devices
+    (`RunSettings.set_source`: the served setting's own, else its evaluation's certified one), for
+    the aggregator to move the devices that are left to when one is lost; none for a run evaluated
+    before surviving sets, or one with no certificate."""
+    source = read_settings(run_dir).set_source(served or CALIBRATED)
+    for spec in plan:
+        if spec.policy.local and source is not None:
+            sets = source.by_set.get(spec.name, {})
+            spec.on_loss = {members: sets[members] for members in sorted(sets, key=lambda m: (len(m), m))}
+    return plan
+
+
 def thin_path(path: torch.Tensor, steps: int) -> torch.Tensor:
     """At most `steps` settings of path (C, 5), evenly spaced by index, both ends kept."""
     keep = torch.linspace(0, len(path) - 1, min(steps, len(path))).round().long().unique()

@@ -26,7 +26,7 @@ from distree.runtime.netem import link_models
 from distree.runtime.onnx_device import check_artifacts, onnx_steps
 from distree.runtime.predictions import check_replaceable, predictions_path, write_predictions
 from distree.plan import make_plan, parse_thresholds
-from distree.runtime.plan import with_paths
+from distree.runtime.plan import with_loss_settings, with_paths
 from distree.runtime.summary import build_report, print_table, report_path
 from distree.inference.step import DeviceStep
 from distree.samples import load_samples
@@ -90,7 +90,7 @@ def serve(config: ServeConfig) -> int:
 def device_steps(config: ServeConfig, plan: list, i: int, session: Session):
     """What device i computes each policy of the plan with (its PyTorch student, or its ONNX file),
     the plan's threshold paths and, where a path adapts, the walk to exit 7 for shadow samples."""
-    paths = [s.path for s in plan]
+    paths = [s.settings() for s in plan]  # what a THRESHOLDS message may set, per policy
     if config.device_backend == "onnxruntime":  # thresholds baked in: check_options allows no path
         return onnx_steps(config.artifacts, plan, i, config.threads), paths, None  # students.pt is not read
     model = load_student_model(config.run)
@@ -98,7 +98,7 @@ def device_steps(config: ServeConfig, plan: list, i: int, session: Session):
     steps = [DeviceStep(student, i, s.policy, s.thresholds, bias_share(model)) for s in plan]
     last = make_policy("last-exit")
     full = DeviceStep(student, i, last, last.default_thresholds(), bias_share(model)) if any(
-        p is not None for p in paths) else None  # the shadows' walk to exit 7
+        s.path is not None for s in plan) else None  # the shadows' walk to exit 7
     return steps, paths, full
 
 
@@ -109,6 +109,8 @@ def check_options(config: ServeConfig, n: int):
     if config.adapting:
         plan = with_paths(plan, config.run, config.threshold_path, config.path_steps, config.consistency_epsilon,
                           delta=0.1, num_devices=n, served=config.setting)
+    if config.device_backend != "onnxruntime":  # an exported student's thresholds cannot move
+        plan = with_loss_settings(plan, config.run, config.setting)
     faults = [parse_fault(f, n) for f in config.faults]
     links = link_models(config.link_delay_ms, config.link_mbps, config.link_jitter_ms, n)
     if config.device_backend == "onnxruntime":

@@ -50,6 +50,7 @@ class Stream:
     rounds: dict = field(default_factory=dict)  # (sample, exit) -> {device: Evidence}: what is still awaited
     issued: dict = field(default_factory=dict)  # sample -> settings per device it was issued under (-1: static)
     shadows: dict = field(default_factory=dict)  # sample -> Shadow
+    setting: list = None  # static: per device, its index in spec.settings() (-1: the served thresholds)
 
     @property
     def adapting(self) -> bool:

@@ -102,6 +102,10 @@ def build_report(config: ServeConfig, session: Session, model, links: list, aggr
                      latency_ms_per_sample=[1e3 * t for t in run.latency_s], settings_per_sample=run.settings)
         if stream.adapting:
             entry["adaptive"] = adaptive_entry(stream)
+        elif stream.spec.on_loss:  # the settings certified per surviving set, and the moves to them
+            entry["loss_settings"] = [{"members": list(members), "setting": stream.spec.loss_index(members),
+                                       "thresholds": jsonable_thresholds(t)} for members, t in stream.spec.on_loss.items()]
+            entry["moves"] = run.moves
     ref = x[:config.reference_samples]
     if single is not None:
         table = single_process.flop_table(model, ref)
