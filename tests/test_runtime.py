@@ -60,14 +60,18 @@ def run2(tmp_path_factory):
     return make_run(tmp_path_factory.mktemp("run2"), 2)
 
 
-@pytest.fixture(scope="module")
-def run2_sets(tmp_path_factory):
-    """run2's kind of run with its surviving-set aggregators fitted, as `distree evaluate` adds them."""
-    run = make_run(tmp_path_factory.mktemp("run2_sets"), 2)
+def make_run_with_sets(path, n: int) -> str:
+    """make_run's run with its surviving-set aggregators fitted, as `distree evaluate` adds them."""
+    run = make_run(path, n)
     model = load_student_model(run)
     train = collect_evidence(model, run_splits(run, read_config(run)).train, limit=256)
     save_surviving_sets(run, fit_surviving_sets(model, train.u, train.labels))
     return run
+
+
+@pytest.fixture(scope="module")
+def run2_sets(tmp_path_factory):
+    return make_run_with_sets(tmp_path_factory.mktemp("run2_sets"), 2)
 
 
 @pytest.fixture(scope="module")
@@ -268,10 +272,7 @@ def run2_certified(tmp_path_factory):
     """A run2_sets-like run whose settings hold, as `distree evaluate` stores them, distree's calibrated
     thresholds (the median scores) and a certified-accuracy setting for each surviving set: device 0
     alone at every sample to exit 7, device 1 alone at the median."""
-    run = make_run(tmp_path_factory.mktemp("run2_certified"), 2)
-    model = load_student_model(run)
-    train = collect_evidence(model, run_splits(run, read_config(run)).train, limit=256)
-    save_surviving_sets(run, fit_surviving_sets(model, train.u, train.labels))
+    run = make_run_with_sets(tmp_path_factory.mktemp("run2_certified"), 2)
     median = parse_thresholds([median_thresholds(run, "distree")])["distree"]
     never = make_policy("distree").default_thresholds()
     store_settings(run, [ServedSetting("calibrated", {"distree": median}),
@@ -282,11 +283,7 @@ def run2_certified(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run3_sets(tmp_path_factory):
-    run = make_run(tmp_path_factory.mktemp("run3_sets"), 3)
-    model = load_student_model(run)
-    train = collect_evidence(model, run_splits(run, read_config(run)).train, limit=256)
-    save_surviving_sets(run, fit_surviving_sets(model, train.u, train.labels))
-    return run
+    return make_run_with_sets(tmp_path_factory.mktemp("run3_sets"), 3)
 
 
 @pytest.mark.slow
