@@ -50,7 +50,7 @@ def test_evaluate_writes_the_report_with_its_keys(run_dir):
     assert all(f"{k}_saved_{m}" in e for e in timed for k in ("time", "flops", "stage_time")
                for m in ("streaming", "compacting"))
     for name in ("report.md", "accuracy_vs_flops.png", "accuracy_vs_latency.png", "exit_histograms.png",
-                 "exit_accuracy.png", "threshold_sweep.png", "score_distributions.png"):
+                 "exit_accuracy.png", "threshold_sweep.png", "score_distributions.png", "surviving_sets.png"):
         assert (run_dir / name).stat().st_size > 0
     assert "| distree | calibrated |" in (run_dir / "report.md").read_text()
     shown = EvaluationReport.from_json(report)  # what report.md and the figures read: every row, by name

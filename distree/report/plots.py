@@ -161,6 +161,30 @@ def certified_vs_epsilon(report: EvaluationReport, path: Path) -> None:
     _save(fig, path)
 
 
+def surviving_sets(report: EvaluationReport, path: Path) -> None:
+    """Per policy, test accuracy with each set of students up (healthy first; past 3 students only the
+    sets that lost one): by the set's own aggregator and by the healthy one over zeros; then the
+    expected accuracy at each availability p."""
+    rows = report.surviving
+    n = len(rows[0].sets[0].members)
+    shown = [k for k, s in enumerate(rows[0].sets) if n <= 3 or len(s.members) >= n - 1]
+    labels = ["+".join(map(str, rows[0].sets[k].members)) + " up" for k in shown] + \
+             [f"expected\np = {a.p:g}" for a in rows[0].expected]
+    fig, ax = plt.subplots(figsize=(min(14.0, max(6.0, 0.5 * len(labels) * len(rows))), 4))
+    width = 0.8 / len(rows)
+    for i, r in enumerate(rows):
+        x = [k + (i - (len(rows) - 1) / 2) * width for k in range(len(labels))]
+        own = [r.sets[k].accuracy for k in shown] + [a.accuracy for a in r.expected]
+        zeroed = [r.sets[k].accuracy_zeroed for k in shown] + [a.accuracy_zeroed for a in r.expected]
+        ax.bar(x, own, width, color=f"C{i}", label=r.policy)
+        ax.bar(x, zeroed, width, color="none", edgecolor="k", hatch="//", lw=0.5)
+    ax.bar([0], [0], color="none", edgecolor="k", hatch="//", lw=0.5, label="healthy aggregator, zeros")
+    ax.set_xticks(range(len(labels)), labels=labels, fontsize=8)
+    ax.set(ylabel="test accuracy", ylim=(0, 1), title="When devices are lost: each set's own aggregator")
+    ax.legend(fontsize=7, loc="lower left")
+    _save(fig, path)
+
+
 def write_plots(report: EvaluationReport, scores: dict[str, torch.Tensor], last_right: torch.Tensor, out: Path) -> list[str]:
     """Writes every figure into out; returns their file names."""
     figures = {
@@ -175,6 +199,8 @@ def write_plots(report: EvaluationReport, scores: dict[str, torch.Tensor], last_
     }
     if any(c.resplits for c in report.certified):
         figures["certified_vs_epsilon.png"] = lambda p: certified_vs_epsilon(report, p)
+    if report.surviving:
+        figures["surviving_sets.png"] = lambda p: surviving_sets(report, p)
     for name, draw in figures.items():
         draw(Path(out) / name)
     return list(figures)
