@@ -92,7 +92,7 @@ class InferenceEngine:
                 continue
             heads = {i: w.head()[0] for i, w in walks.items()}  # {i: (b', K)}
             u = next(iter(heads.values()))
-            z = self.aggregate(torch.stack([heads.get(i, torch.zeros_like(u)) for i in range(n)]))  # (b', K)
+            z = self.aggregate(torch.stack([heads[i] if i in heads else torch.zeros_like(u) for i in range(n)]))  # (b', K)
             if logits is None:
                 logits = z.new_zeros(b, z.shape[1])  # (B, K)
             if j == LAST_EXIT:
