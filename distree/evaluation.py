@@ -224,7 +224,8 @@ def certified_entry(name: str, policy: Policy, path: torch.Tensor, spec: RiskSpe
     cert = certify(path, val, spec)
     out = {"policy": name, "local": policy.local, "certified": cert.index >= 0, "candidate": cert.index,
            "candidates": cert.candidates, "calibration_samples": cert.n, "losses": cert.losses,
-           "p_value": cert.p_value, "next_epsilon": cert.next_epsilon, "thresholds": None, "test": None}
+           "p_value": cert.p_value, "next_epsilon": cert.next_epsilon,
+           "next_samples": cert.next_samples, "thresholds": None, "test": None}
     if cert.index < 0:
         return out
     on_test = test_eval(cert.thresholds)

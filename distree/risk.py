@@ -148,6 +148,15 @@ class Certificate:
     p_value: float | None
     candidates: int
     next_epsilon: float | None  # the smallest epsilon that would certify one more candidate; None past the last
+    next_samples: int | None  # about how many calibration samples would certify it at its observed loss rate;
+    # None past the last candidate or where that rate is epsilon or more (no number of samples would)
+
+
+def next_candidate_samples(losses: int, n: int, spec: RiskSpec) -> int | None:
+    """About how many samples, in all, would certify a candidate that loses on `losses` of n, if its loss
+    rate stayed what it is: None where that rate is not below epsilon."""
+    rate = losses / n
+    return samples_needed(spec.epsilon, spec.delta, rate) if rate < spec.epsilon else None
 
 
 def certify(path: torch.Tensor, calib: PathLosses, spec: RiskSpec) -> Certificate:
@@ -157,10 +166,12 @@ def certify(path: torch.Tensor, calib: PathLosses, spec: RiskSpec) -> Certificat
     p = binomial_cdf(n, spec.epsilon)[k]  # (C,)
     i = int(fixed_sequence(p, spec.delta))
     after = i + 1
-    next_eps = upper_bound(int(k[after]), n, spec.delta) if after < len(k) else None
+    next_eps, next_n = None, None
+    if after < len(k):
+        next_eps, next_n = upper_bound(int(k[after]), n, spec.delta), next_candidate_samples(int(k[after]), n, spec)
     if i < 0:
-        return Certificate(-1, None, n, 0, None, len(k), next_eps)
-    return Certificate(i, path[i], n, int(k[i]), p[i].item(), len(k), next_eps)
+        return Certificate(-1, None, n, 0, None, len(k), next_eps, next_n)
+    return Certificate(i, path[i], n, int(k[i]), p[i].item(), len(k), next_eps, next_n)
 
 
 def resplit_check(pool: PathLosses, spec: RiskSpec, last_flops: float, resplits: int, seed: int = 0,

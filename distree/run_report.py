@@ -100,6 +100,8 @@ class CertifiedPolicy:
     calibration_samples: int
     p_value: float | None
     next_epsilon: float | None  # the smallest epsilon that would certify the next candidate
+    next_samples: int | None  # the calibration samples that would certify it at its loss rate (None: none would;
+    # reports from before this field say None too)
     test_accuracy_change: float | None
     test_risk: float | None
     test_flops_reduction: float | None
@@ -108,7 +110,8 @@ class CertifiedPolicy:
     def from_json(e: dict) -> "CertifiedPolicy":
         test = e.get("test") or {}
         return CertifiedPolicy(e["policy"], e["local"], e["certified"], e["candidate"], e["candidates"], e["losses"],
-                               e["calibration_samples"], e["p_value"], e["next_epsilon"], test.get("accuracy_change"),
+                               e["calibration_samples"], e["p_value"], e["next_epsilon"], e.get("next_samples"),
+                               test.get("accuracy_change"),
                                test.get("risk"), test.get("flops_reduction"))
 
 

@@ -13,6 +13,7 @@ from distree.inference.diagnostics import auroc
 from distree.evaluation import EvaluateConfig, evaluate_run
 from distree.report import write_report
 from distree.report.plots import pareto
+from distree.risk import max_losses
 from distree.run_dir import STUDENTS, build_students, load_surviving_sets, save_atomic, write_config
 from distree.run_report import EvaluationReport, Goal, Machinery
 from distree.training.presets import run_config
@@ -79,6 +80,13 @@ def test_evaluate_writes_the_report_with_its_keys(run_dir):
                 assert e.calibration_samples == c["calibration_samples"]
                 assert not e.certified or e.losses <= c["max_losses"]
     assert "certified anew for every surviving set" in (run_dir / "report.md").read_text()
+    # what more labelled data would buy: the samples that certify each policy's next candidate at its loss rate
+    spec = report["certified"][0]
+    for e in spec["policies"]:
+        if e["candidate"] + 1 < e["candidates"] and e["next_samples"] is not None:
+            assert e["next_samples"] > e["calibration_samples"]  # the next candidate failed on the samples there are
+            assert max_losses(e["next_samples"], spec["epsilon"], spec["delta"]) >= 0
+    assert "val samples that would certify the next candidate" in (run_dir / "report.md").read_text()
 
 
 def test_bad_input_gets_a_clear_error(run_dir, capsys):

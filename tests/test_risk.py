@@ -88,8 +88,11 @@ def test_certify_a_constructed_path():
     assert cert.index == 2 and cert.losses == 5 and cert.thresholds.tolist() == [2.0] * 5
     assert cert.p_value == pytest.approx(sum(math.comb(1000, i) * 0.01 ** i * 0.99 ** (1000 - i) for i in range(6)))
     assert cert.next_epsilon == pytest.approx(upper_bound(30, 1000, 0.1))
-    none = certify(path, PathLosses(loss, loss.double()), RiskSpec("accuracy", 0.001, 0.1))  # needs 2,303 samples
+    assert cert.next_samples is None  # the next candidate loses 3% > epsilon: no number of samples certifies it
+    none = certify(path, PathLosses(loss, loss.double()), RiskSpec("accuracy", 0.001, 0.1))  # needs 2,302 samples
     assert none.index == -1 and none.thresholds is None and none.next_epsilon == pytest.approx(1 - 0.1 ** 0.001)
+    # the first candidate loses nothing: 0.999^n <= 0.1 from n = 2,302 on (within the search's 1%)
+    assert 2302 <= none.next_samples <= 2302 * 1.01 and max_losses(none.next_samples, 0.001, 0.1) == 0
 
 
 def evaluator(name, ev):

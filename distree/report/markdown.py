@@ -2,7 +2,7 @@
 import math
 
 from distree.run_dir import CALIBRATED, jsonable_thresholds
-from distree.run_report import Certificate, EvaluationReport, Goal, PolicyRow, ResplitCheck
+from distree.run_report import Certificate, CertifiedPolicy, EvaluationReport, Goal, PolicyRow, ResplitCheck
 from distree.run_settings import ServedSetting, Stored
 
 
@@ -97,13 +97,23 @@ def _resplit(check: ResplitCheck | None) -> list[str]:
     return [f"{100 * at.exceed_fraction:.1f}%", _pct(at.mean_flops_reduction)]
 
 
+def _next_samples(e: CertifiedPolicy) -> str:
+    """What labelling more data would buy: the samples that certify the next candidate at its loss rate."""
+    if e.candidate + 1 >= e.candidates:
+        return "- (last candidate)"
+    if e.next_samples is None:
+        return "none: it loses at epsilon or more"
+    return f"{e.next_samples:,} (+{max(0, e.next_samples - e.calibration_samples):,})"
+
+
 def certified_table(spec: Certificate) -> str:
     """One row per policy for one risk: its certificate on val, its test numbers, the resplit check."""
     lines = [_row(["policy", "candidate", "losing / val samples", "p-value", "test accuracy vs last exit (pt)",
                    f"test {spec.risk} risk", "FLOPs saved (test)", "resplits: held-out risk > epsilon",
-                   "resplits: mean FLOPs saved"]), _row(["---"] * 9)]
+                   "resplits: mean FLOPs saved", "val samples that would certify the next candidate"]),
+             _row(["---"] * 10)]
     for e in spec.policies:
-        check = _resplit(spec.resplits.get(e.policy))
+        check = _resplit(spec.resplits.get(e.policy)) + [_next_samples(e)]
         if not e.certified:
             lines.append(_row([e.policy, "none", "-", "-", "-", "-", "-", *check]))
             continue
@@ -121,7 +131,9 @@ def certified_text(spec: Certificate) -> str:
     head = (f"{spec.risk}: {what} <= {100 * eps:g}% with probability >= {1 - delta:g}, certified on {n} "
             f"validation samples (exact binomial test, fixed-sequence order from the training split): a setting "
             f"passes where at most {spec.max_losses} of them lose; these samples certify no epsilon below "
-            f"{100 * spec.smallest_epsilon:.3f}%.")
+            f"{100 * spec.smallest_epsilon:.3f}%. The last column says what labelling more data would buy: "
+            f"the validation samples, in all, that would certify the next candidate on the path if its loss rate "
+            f"stayed what it is here (the binomial tail at that rate).")
     none = [f"No setting of {e.policy} can be certified at {100 * eps:g}%" +
             (f"; its next candidate needs epsilon >= {100 * e.next_epsilon:.2f}%." if e.next_epsilon is not None
              else ".")
