@@ -8,6 +8,12 @@
   computed once for the students) with warm-up then cosine learning rates. The students clip
   the gradient norm at 20: early on it is about 35 (attention transfer dominates) and clipping
   at 2 held a short probe at 52% instead of 75% at the last exit.
+* demo and paper train with failout 0.2 (each student's evidence dropped per sample with
+  probability 0.2, never all), so that the aggregate answers from whichever students are left:
+  on the demo preset (README, "When devices are lost") 0.2 kept the healthy last exit (90.16%
+  against 90.08% without) and held it at 89.7% and 89.5% with either student lost (88.7% and
+  86.3% without failout, each set with its own aggregator); 0.1 gave 89.97%, 89.4% and 88.6%.
+  The paper preset takes the demo's rate unmeasured (no GPU here to train it).
 * smoke: a tiny synthetic run of a few seconds, for tests.
 """
 from dataclasses import asdict, dataclass, field
@@ -37,11 +43,13 @@ def cosine(epochs: int, lr: float, warmup: float, **kw) -> OptimConfig:
     return OptimConfig(epochs=epochs, lr=lr, schedule="cosine", warmup_epochs=warmup, augment=False, **kw)
 
 
+FAILOUT = 0.2  # the demo's measured trade-off between healthy and lost-device accuracy (module docstring)
+
 PRESETS = {
-    "paper": Preset(DataConfig("cifar10")),
+    "paper": Preset(DataConfig("cifar10"), loss=LossConfig(failout=FAILOUT)),
     "demo": Preset(DataConfig("fashion-mnist"), WRNConfig(10, 2), cosine(2, 0.15, 0.3),
                    PartitionConfig(max_images=5000), 2, StudentConfig(),
-                   cosine(2, 0.05, 0.3, clip_grad=20.0)),
+                   cosine(2, 0.05, 0.3, clip_grad=20.0), LossConfig(failout=FAILOUT)),
     "smoke": Preset(DataConfig("synthetic", val_size=64), WRNConfig(10, 1), cosine(3, 0.1, 0.2, batch_size=32),
                     PartitionConfig(max_images=256, top_k=16, keep_edges=0.1), 2, StudentConfig(),
                     cosine(2, 0.05, 0.2, batch_size=32, clip_grad=20.0)),
