@@ -32,7 +32,7 @@ from distree.inference.diagnostics import flops_saved, oracle, score_aurocs
 from distree.models.surviving_sets import SurvivingSets, fit_surviving_sets, proper_subsets
 from distree.risk import (PathLosses, RiskSpec, candidate_path, certify, max_losses, path_losses, resplit_check,
                           upper_bound)
-from distree.risk_grid import policy_grid
+from distree.risk_grid import GridCertificate, certify_grid, policy_grid
 from distree.run_dir import (CALIBRATED, GATE, class_names, jsonable_thresholds, load_learned_gate,
                              load_student_model, load_surviving_sets, read_config, run_splits, save_learned_gate,
                              save_surviving_sets, teacher_accuracy)
@@ -299,10 +299,12 @@ def set_evaluators(model, table: SurvivingSets, ev, flops: FlopTable, policies: 
             for members in proper_subsets(len(model.students))}
 
 
-def certify_sets(spec: RiskSpec, paths: dict, val_sets: dict, test_sets: dict, config: EvaluateConfig) -> list[dict]:
+def certify_sets(spec: RiskSpec, paths: dict, val_sets: dict, test_sets: dict, config: EvaluateConfig,
+                 grids: dict[str, GridCertificate] = None) -> list[dict]:
     """Per surviving set, each local policy's path certified on val with that set answering (its own
     exit-7 answer and aggregator), its setting measured on test and, config.resplits > 0, the
-    resplit check at spec.epsilon on val + test pooled."""
+    resplit check at spec.epsilon on val + test pooled; where the policy has a grid of combinations
+    (`grids`, the consistency risk's), every combination of the members' settings on its path too."""
     out = []
     for members, val_eval in val_sets.items():
         rows = []
@@ -311,6 +313,8 @@ def certify_sets(spec: RiskSpec, paths: dict, val_sets: dict, test_sets: dict, c
             last = test(test.policy.default_thresholds())  # every member at exit 7
             on_val = path_losses(val, paths[name], spec.risk)
             row = certified_entry(name, val.policy, paths[name], spec, on_val, test, last.accuracy)
+            if grids and name in grids:
+                row["grid"] = certify_grid(val, grids[name].path, spec.epsilon, spec.delta, members).to_json()
             if config.resplits:
                 on_test = path_losses(test, paths[name], spec.risk)
                 pool = PathLosses(torch.cat([on_val.loss, on_test.loss], 1), torch.cat([on_val.flops, on_test.flops], 1))
@@ -345,7 +349,8 @@ def evaluate_model(model, splits, config: EvaluateConfig = EvaluateConfig(),
             val_sets = set_evaluators(model, surviving, val, flops, policies, config)
             test_sets = set_evaluators(model, surviving, test, flops, policies, config)
             for spec, c in zip(config.risks, certified):
-                c["surviving_sets"] = certify_sets(spec, paths, val_sets, test_sets, config)
+                grids = {e["policy"]: GridCertificate.from_json(e["grid"]) for e in c["policies"] if e.get("grid")}
+                c["surviving_sets"] = certify_sets(spec, paths, val_sets, test_sets, config, grids)
         certification_s = time.perf_counter() - began_risk
     exit_cost = None
     if config.measure_time:

@@ -34,6 +34,7 @@ class PolicySpec:
     grid: GridCertificate = None  # the combinations certified together; None: a given path, every combination runs
     risk: dict = field(default_factory=dict)  # the consistency risk the shadow check holds: epsilon, delta, source
     on_loss: dict = field(default_factory=dict)  # members -> (5,): the setting certified for that surviving set
+    set_grids: dict = field(default_factory=dict)  # members -> GridCertificate: on grid's path, for that set
 
     def settings(self) -> torch.Tensor | None:
         """(C', 5) every setting a device may be told to take, a THRESHOLDS message's index into it: the

@@ -9,6 +9,11 @@ when its exact binomial p-value is at most delta / C^N (Bonferroni), so that wit
 least 1 - delta every combination called certified has risk at most epsilon, however the
 runtime moves among them.
 
+A surviving set S of devices (the others lost) answers by its own aggregator, so its grid is
+tested anew on that set's answers against its own exit-7 answer, over the same path, with one
+dimension per member only (Bonferroni over C^|S| combinations): after a loss the runtime moves
+the devices that are left only among those.
+
 The path is the certification's candidate order (fixed on training-split evidence, most
 conservative first), cut where no single device moving alone stays within epsilon on the
 training evidence any more (further settings could only fail), and thinned to `steps` settings
@@ -38,17 +43,29 @@ class GridCertificate:
     epsilon: float
     delta: float
     cost: torch.Tensor  # (C, N): the 95th percentile of device i's FLOPs per sample at setting j, on calibration
+    members: tuple[int, ...] | None = None  # the devices of a surviving set's grid, one dimension each; None: all
 
-    def bound(self, index: tuple, extra_losses: int = 0, extra_n: int = 0) -> float:
-        """Upper confidence bound (1 - delta) on the risk of combination `index`, its calibration
-        samples pooled with `extra_n` more of which `extra_losses` lost, at the certificate's
-        Bonferroni level: a certified combination's own bound is at most epsilon."""
-        return upper_bound(int(self.losses[index]) + extra_losses, self.n + extra_n, self.delta / self.losses.numel())
+    def key(self, indices) -> tuple:
+        """The grid's index of the combination `indices` (one setting per device of the session)."""
+        return tuple(indices) if self.members is None else tuple(indices[i] for i in self.members)
+
+    def allows(self, indices) -> bool:
+        """Whether the combination `indices` (one setting per device of the session) is certified."""
+        return bool(self.certified[self.key(indices)])
+
+    def bound(self, indices, extra_losses: int = 0, extra_n: int = 0) -> float:
+        """Upper confidence bound (1 - delta) on the risk of combination `indices` (one setting per
+        device of the session), its calibration samples pooled with `extra_n` more of which
+        `extra_losses` lost, at the certificate's Bonferroni level: a certified combination's own
+        bound is at most epsilon."""
+        return upper_bound(int(self.losses[self.key(indices)]) + extra_losses, self.n + extra_n,
+                           self.delta / self.losses.numel())
 
     def to_json(self) -> dict:
-        return {"path": [jsonable_thresholds(t) for t in self.path], "devices": self.losses.dim(), "n": self.n,
-                "epsilon": self.epsilon, "delta": self.delta, "losses": self.losses.flatten().tolist(),
-                "certified": self.certified.flatten().tolist(), "cost": self.cost.tolist()}
+        out = {"path": [jsonable_thresholds(t) for t in self.path], "devices": self.losses.dim(), "n": self.n,
+               "epsilon": self.epsilon, "delta": self.delta, "losses": self.losses.flatten().tolist(),
+               "certified": self.certified.flatten().tolist(), "cost": self.cost.tolist()}
+        return out if self.members is None else {**out, "members": list(self.members)}
 
     @staticmethod
     def from_json(entry: dict) -> "GridCertificate":
@@ -58,7 +75,8 @@ class GridCertificate:
         return GridCertificate(path, int(entry["n"]), torch.tensor(entry["losses"], dtype=torch.long).view(shape),
                                torch.tensor(entry["certified"], dtype=torch.bool).view(shape),
                                float(entry["epsilon"]), float(entry["delta"]),
-                               torch.tensor(entry["cost"], dtype=torch.float64).view(len(path), -1))
+                               torch.tensor(entry["cost"], dtype=torch.float64).view(len(path), -1),
+                               None if entry.get("members") is None else tuple(int(i) for i in entry["members"]))
 
 
 def setting_exits(evaluator: PolicyEvaluator, path: torch.Tensor) -> torch.Tensor:
@@ -66,17 +84,20 @@ def setting_exits(evaluator: PolicyEvaluator, path: torch.Tensor) -> torch.Tenso
     return torch.stack([evaluator.exits(t) for t in path])
 
 
-def combination_losses(evaluator: PolicyEvaluator, exits: torch.Tensor) -> torch.Tensor:
-    """Per combination of per-device settings, (C,) * N, the samples whose answer differs from
-    exit 7's; exits (C, N, B) from `setting_exits`."""
+def combination_losses(evaluator: PolicyEvaluator, exits: torch.Tensor, members: tuple[int, ...] = None) -> torch.Tensor:
+    """Per combination of the settings of `members` (None: every device), (C,) * |members|, the
+    samples whose answer differs from exit 7's; exits (C, N, B) from `setting_exits`. The other
+    devices sit at the first setting (a surviving set's aggregator never reads them)."""
     ev = evaluator.evidence
     c, n = exits.shape[:2]
+    members = tuple(range(n)) if members is None else members
     last = last_answer(ev)  # (B,)
-    out = torch.zeros((c,) * n, dtype=torch.long)
-    devices = torch.arange(n)
-    for index in itertools.product(range(c), repeat=n):
-        answer = ev.logits_at(exits[list(index), devices]).argmax(-1)  # (B,)
-        out[index] = int((answer != last).sum())
+    out = torch.zeros((c,) * len(members), dtype=torch.long)
+    for index in itertools.product(range(c), repeat=len(members)):
+        e = exits[0].clone()  # (N, B)
+        for i, j in zip(members, index):
+            e[i] = exits[j, i]
+        out[index] = int((ev.logits_at(e).argmax(-1) != last).sum())
     return out
 
 
@@ -103,14 +124,17 @@ def device_path(ordering: PolicyEvaluator, candidates: torch.Tensor, epsilon: fl
     return candidates[keep]  # (C', 5)
 
 
-def certify_grid(calibration: PolicyEvaluator, path: torch.Tensor, epsilon: float, delta: float) -> GridCertificate:
-    """Every combination of per-device settings of `path` tested at once on the calibration evidence."""
+def certify_grid(calibration: PolicyEvaluator, path: torch.Tensor, epsilon: float, delta: float,
+                 members: tuple[int, ...] = None) -> GridCertificate:
+    """Every combination of per-device settings of `path` tested at once on the calibration evidence;
+    for a surviving set, its `members` only, with `calibration` the set's evaluator
+    (`distree.inference.degraded.set_evaluator`)."""
     exits = setting_exits(calibration, path)  # (C, N, B)
-    losses = combination_losses(calibration, exits)  # (C,) * N
+    losses = combination_losses(calibration, exits, members)  # (C,) * |members|
     n = calibration.evidence.u.shape[2]
-    p = binomial_cdf(n, epsilon)[losses]  # (C,) * N: P(Binom(n, epsilon) <= losses)
+    p = binomial_cdf(n, epsilon)[losses]  # (C,) * |members|: P(Binom(n, epsilon) <= losses)
     return GridCertificate(path, n, losses, p <= delta / losses.numel(), epsilon, delta,
-                           device_costs(calibration, exits))
+                           device_costs(calibration, exits), members)
 
 
 def policy_grid(calibration: PolicyEvaluator, ordering: Evidence, candidates: torch.Tensor, epsilon: float,

@@ -54,6 +54,7 @@ class ServedSetting:
     options: dict = field(default_factory=dict)  # what chose it: max_drop, or risk, epsilon and delta
     gate: str = GATE  # the learned gate these thresholds are for, relative to the run directory
     by_set: dict[str, dict[tuple, torch.Tensor]] = field(default_factory=dict)  # policy -> members -> (5,) certified
+    set_grids: dict[str, dict[tuple, GridCertificate]] = field(default_factory=dict)  # policy -> members -> its grid
 
     @property
     def evaluation(self) -> str | None:
@@ -66,15 +67,18 @@ class ServedSetting:
                 "thresholds": {p: jsonable_thresholds(t) for p, t in self.thresholds.items()},
                 "grids": {p: g.to_json() for p, g in self.grids.items()},
                 "by_set": {p: [{"members": list(m), "thresholds": jsonable_thresholds(t)} for m, t in sets.items()]
-                           for p, sets in self.by_set.items()}}
+                           for p, sets in self.by_set.items()},
+                "set_grids": {p: [g.to_json() for g in sets.values()] for p, sets in self.set_grids.items()}}
 
     @staticmethod
     def from_json(entry: dict) -> "ServedSetting":
         by_set = {p: {tuple(d["members"]): _thresholds(d["thresholds"]) for d in sets}
                   for p, sets in entry.get("by_set", {}).items()}
+        set_grids = {p: {g.members: g for g in map(GridCertificate.from_json, grids)}
+                     for p, grids in entry.get("set_grids", {}).items()}
         return ServedSetting(entry["name"], {p: _thresholds(t) for p, t in entry["thresholds"].items()},
                              {p: GridCertificate.from_json(g) for p, g in entry.get("grids", {}).items()},
-                             dict(entry.get("options", {})), entry.get("gate", GATE), by_set)
+                             dict(entry.get("options", {})), entry.get("gate", GATE), by_set, set_grids)
 
 
 @dataclass
@@ -150,16 +154,18 @@ def settings_from_report(report: dict) -> dict[str, ServedSetting]:
     for spec in report.get("certified") or []:
         rows = [e for e in spec["policies"] if e["certified"]]
         name = f"{CERTIFIED}{spec['risk']}"
-        by_set = {}
+        by_set, set_grids = {}, {}
         for d in spec.get("surviving_sets", []):
             for e in d["policies"]:
                 if e["certified"]:
                     by_set.setdefault(e["policy"], {})[tuple(d["members"])] = _thresholds(e["thresholds"])
+                if e.get("grid"):
+                    set_grids.setdefault(e["policy"], {})[tuple(d["members"])] = GridCertificate.from_json(e["grid"])
         out[name] = ServedSetting(name, {e["policy"]: _thresholds(e["thresholds"]) for e in rows},
                             {e["policy"]: GridCertificate.from_json(e["grid"]) for e in spec["policies"]
                              if e.get("grid")},
                             {"risk": spec["risk"], "epsilon": spec["epsilon"], "delta": spec["delta"]},
-                            by_set=by_set)
+                            by_set=by_set, set_grids=set_grids)
     return out
 
 

@@ -33,7 +33,7 @@ from distree.plan import make_plan
 from distree.runtime.plan import with_paths
 from distree.runtime.rank import check_options
 from distree.risk_grid import GridCertificate
-from test_runtime import EVENT_DEADLINE_MS, make_run, median_thresholds
+from test_runtime import EVENT_DEADLINE_MS, make_run, make_run_with_sets, median_thresholds
 
 INF = float("inf")
 SESSION_TIMEOUT = 300.0  # an outer bound, met only by a hang
@@ -42,6 +42,28 @@ SESSION_TIMEOUT = 300.0  # an outer bound, met only by a hang
 @pytest.fixture(scope="module")
 def wide2(tmp_path_factory):
     return make_run(tmp_path_factory.mktemp("wide2"), 2, width=6)
+
+
+@pytest.fixture(scope="module")
+def wide2_sets(tmp_path_factory):
+    """wide2's kind of run with its surviving-set aggregators and, as `distree evaluate` stores them, a
+    certified-consistency grid over path_file's 3 settings that certifies every combination, and for
+    each device left alone a grid that certifies its settings 0 and 2 but not 1 (a grid the healthy one
+    could not be mistaken for)."""
+    from distree.run_settings import ServedSetting, store_settings
+
+    run = make_run_with_sets(tmp_path_factory.mktemp("wide2_sets"), 2, width=6)
+    median = [float(v) for v in median_thresholds(run, "distree").split("=")[1].split(",")]
+    path = torch.tensor([[INF] * 5, median, [-INF] * 5])  # (3, 5): path_file's
+    healthy = small_grid([[0] * 3] * 3)
+    healthy.path = path
+    alone = {(i,): GridCertificate(path, 1000, torch.tensor([0, 90, 20]), torch.tensor([True, False, True]), 0.05,
+                                   0.1, healthy.cost, members=(i,)) for i in range(2)}
+    store_settings(run, [ServedSetting("calibrated", {"distree": path[1]}),
+                         ServedSetting("certified-consistency", {"distree": path[1]}, {"distree": healthy},
+                                       {"risk": "consistency", "epsilon": 0.05, "delta": 0.1},
+                                       set_grids={"distree": alone})])
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +231,69 @@ def test_shadow_check_keeps_each_combinations_pooled_bound_within_epsilon():
     assert (row["calibration_losses"], row["shadows"], row["disagreements"]) == (34, count, count)
 
 
+def test_a_surviving_sets_grid_tests_its_members_settings_only():
+    from distree.inference.outcome import PolicyEvaluator
+    from distree.risk import binomial_cdf
+    from distree.risk_grid import certify_grid, combination_losses, setting_exits
+    from inference_cases import synthetic_evidence, synthetic_flops
+
+    e = PolicyEvaluator(make_policy("local-confidence"), synthetic_evidence(b=2000, seed=3), synthetic_flops())
+    path = torch.stack([torch.full((5,), q) for q in (INF, 0.8, 0.5, -INF)])  # (4, 5)
+    full = combination_losses(e, setting_exits(e, path))  # (4, 4): both devices
+    alone = certify_grid(e, path, 0.05, 0.1, members=(1,))  # device 0's setting is never read by the set
+    assert alone.losses.shape == (4,) and torch.equal(alone.losses, full[0])  # device 0 held at the first
+    assert torch.equal(alone.certified, binomial_cdf(2000, 0.05)[alone.losses] <= 0.1 / 4)  # Bonferroni over 4, not 16
+    for j in range(4):  # a combination of the session's devices is looked up by device 1's setting alone
+        assert alone.allows([3, j]) == alone.allows([0, j]) == bool(alone.certified[j])
+        assert alone.bound([2, j]) == alone.bound((0, j))
+    back = GridCertificate.from_json(json.loads(json.dumps(alone.to_json())))
+    assert back.members == (1,) and torch.equal(back.losses, alone.losses) and back.allows([0, 0])
+
+
+def test_after_a_loss_the_controller_moves_only_among_the_sets_combinations():
+    grid = small_grid([[0, 10, 20], [10, 20, 30], [20, 30, 34]])  # healthy: every combination certified
+    assert grid.certified.all()
+    control = Controller(AdaptConfig(target_s=0.010, window=10, react=3), 2, length=3, grid=grid)
+    assert [control.observe(0, 0, 0.040, 0.039) for _ in range(3)] == [None, None, 2]  # device 0 to the cheap end
+    alone = GridCertificate(grid.path, 1000, torch.tensor([0, 20, 60]), torch.tensor([True, True, False]), 0.05, 0.1,
+                            grid.cost, members=(0,))  # device 1 lost: device 0's setting 2 is not certified alone
+    assert control.lose(alone) == {0: 1} and control.indices == [1, 0]
+    assert [control.observe(0, 1, 0.040, 0.039) for _ in range(12)] == [None] * 12  # over budget, but 2 may not run
+    assert control.lose(None) == {0: 0} and control.cap == 0  # no grid for the set that is left: the safe end
+    assert [control.observe(0, 0, 0.040, 0.039) for _ in range(12)] == [None] * 12
+    check = ShadowCheck(0.05, 0.1, grid)
+    check.add((2, 0), True)
+    check.lose(alone, (0,), sample=7)
+    s = check.summary()
+    assert s["shadows"] == 0 and s["calibration_samples"] == 1000
+    assert s["before_loss"][0]["shadows"] == 1 and s["before_loss"][0]["until_sample"] == 7
+    assert check.add((1, 1), False) is None and check.summary()["per_setting"][0]["calibration_losses"] == 20
+
+
+def test_evaluation_stores_each_surviving_sets_grid():
+    from distree.evaluation import EvaluateConfig, certify_sets
+    from distree.inference.outcome import PolicyEvaluator
+    from distree.risk import RiskSpec
+    from distree.risk_grid import certify_grid
+    from distree.run_settings import ServedSetting, settings_from_report
+    from inference_cases import synthetic_evidence, synthetic_flops
+
+    val, test = (synthetic_evidence(b=800, seed=s) for s in (3, 4))
+    evals = [{"local-confidence": PolicyEvaluator(make_policy("local-confidence"), ev, synthetic_flops())}
+             for ev in (val, test)]
+    path = torch.stack([torch.full((5,), q) for q in (INF, 0.9, 0.6, 0.3, -INF)])  # (5, 5)
+    healthy = certify_grid(evals[0]["local-confidence"], path[:3], 0.2, 0.1)
+    spec = RiskSpec("consistency", 0.2, 0.1)
+    rows = certify_sets(spec, {"local-confidence": path}, {(1,): evals[0]}, {(1,): evals[1]},
+                        EvaluateConfig(resplits=0), {"local-confidence": healthy})
+    grid = GridCertificate.from_json(rows[0]["policies"][0]["grid"])
+    assert grid.members == (1,) and torch.equal(grid.path, healthy.path) and grid.losses.shape == (3,)
+    report = {"policies": [], "certified": [{**spec.__dict__, "policies": [], "surviving_sets": rows}]}
+    served = settings_from_report(report)["certified-consistency"]
+    again = ServedSetting.from_json(json.loads(json.dumps(served.to_json())))  # as settings.json keeps it
+    assert torch.equal(again.set_grids["local-confidence"][(1,)].losses, grid.losses)
+
+
 def test_evaluation_stores_the_certified_grid():
     from distree.evaluation import EvaluateConfig, certify_policies
     from distree.inference.outcome import PolicyEvaluator
@@ -324,6 +409,32 @@ def test_slow_device_moves_cheaper_and_returns(wide2, tmp_path):
     assert p["timeline"] and {"before", "during", "after"} <= set(phase)
     assert write_session_figures(tmp_path / "report.json") == [tmp_path / "adaptive_timeline.png"]  # as deploy does
     assert (tmp_path / "adaptive_timeline.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_after_a_loss_the_device_left_moves_only_among_its_sets_combinations(wide2_sets, tmp_path, capfd):
+    # device 0, slowed from input 20 on, moves to setting 1, which the healthy grid certifies; device 1 is
+    # killed at its input 60, and device 0 alone may run settings 0 and 2 only: it steps back from 1 and,
+    # still slowed, may go to 2 when over budget (with device 1 gone it often has the slack not to), never to 1
+    for attempt in range(3):  # the premise: the slowdown moved device 0 to setting 1 before the loss
+        outcome, report = session(wide2_sets, 2, tmp_path, faults=["slow:0@20:4", "kill:1@60"], latency_target_x=1.8,
+                                  percentile=50, adapt_window=10, warmup=5, deadline_ms=EVENT_DEADLINE_MS)
+        assert outcome.codes[:2] == [0, 0] and outcome.codes[2] == -9
+        p = report["policies"]["distree"]
+        settings = [s[0] for s in p["settings_per_sample"]]
+        lost = p["degraded_samples"][0]
+        if 1 in settings[:lost]:
+            break
+    else:
+        pytest.fail(f"device 0 never ran setting 1 before the loss: {p['adaptive']['moves']}")
+    assert p["adaptive"]["set_grids"] == [{"members": [0], "certified": 2, "combinations": 3},
+                                          {"members": [1], "certified": 2, "combinations": 3}]
+    left = [mv for mv in p["adaptive"]["moves"] if mv["reason"] == "devices 0 left"]
+    assert [(mv["device"], mv["setting"]) for mv in left] in ([(0, 0)], []), p["adaptive"]["moves"]
+    after = left[0]["sample"] if left else lost  # the move, where device 0 was at 1 then, precedes the next input
+    assert 1 not in settings[after + 1:]  # the set's grid, not the healthy one
+    assert [b["members_after"] for b in p["adaptive"]["shadow"]["before_loss"]] == [[0]]
+    assert "no combinations certified" not in capfd.readouterr().err  # the set's grid was there and used
 
 
 @pytest.mark.slow

@@ -60,9 +60,9 @@ def run2(tmp_path_factory):
     return make_run(tmp_path_factory.mktemp("run2"), 2)
 
 
-def make_run_with_sets(path, n: int) -> str:
+def make_run_with_sets(path, n: int, width: int = 1) -> str:
     """make_run's run with its surviving-set aggregators fitted, as `distree evaluate` adds them."""
-    run = make_run(path, n)
+    run = make_run(path, n, width)
     model = load_student_model(run)
     train = collect_evidence(model, run_splits(run, read_config(run)).train, limit=256)
     save_surviving_sets(run, fit_surviving_sets(model, train.u, train.labels))

@@ -121,7 +121,7 @@ class Controller:
         indices = tuple(indices)
         if not any(indices):
             return True
-        return indices not in self.ruled_out and (self.grid is None or bool(self.grid.certified[indices]))
+        return indices not in self.ruled_out and (self.grid is None or self.grid.allows(indices))
 
     def budget(self) -> float:
         return self.target_s - (float(np.median(self.overhead)) if self.overhead else 0.0)
@@ -214,6 +214,13 @@ class Controller:
     def rule_out(self, indices) -> None:
         self.ruled_out.add(tuple(indices))
 
+    def lose(self, grid: GridCertificate | None) -> dict[int, int]:
+        """Devices were lost: from now on only the combinations `grid` certified for the set that is left
+        (None: none certified, so every device holds the most conservative setting); {device: new
+        setting} for those that move. What the shadows ruled out was for another aggregator."""
+        self.grid, self.ruled_out = grid, set()
+        return self.limit(self.cap if grid is not None else 0)
+
     def _predicted(self, d: DeviceState, j: int, p: float, compute: float, cost) -> float:
         """Device d's latency percentile at setting j, from its percentile p and median compute now.
 
@@ -246,6 +253,7 @@ class ShadowCheck:
         self.epsilon, self.delta, self.grid = epsilon, delta, grid
         self.k = self.n = 0  # since the last action
         self.counts = {}  # combination -> [disagreements, shadows]
+        self.before = []  # the summaries of the counts kept before each loss of devices
 
     def add(self, indices, disagrees: bool) -> dict | None:
         """Count one shadow that ran under the combination `indices`; what fired (the caller then
@@ -265,6 +273,13 @@ class ShadowCheck:
         self.k = self.n = 0
         return fired
 
+    def lose(self, grid: GridCertificate | None, members: tuple, sample: int) -> None:
+        """Devices were lost at `sample`: the answers now come from the set `members` by its own
+        aggregator, so the counts start afresh against that set's `grid` (the old ones are kept in
+        the summary)."""
+        self.before.append({**self.summary(), "until_sample": sample, "members_after": list(members)})
+        self.grid, self.counts, self.k, self.n = grid, {}, 0, 0
+
     def bound(self, indices) -> float | None:
         """The pooled upper bound of combination `indices`: calibration and shadows (None without a grid)."""
         if self.grid is None:
@@ -275,9 +290,10 @@ class ShadowCheck:
     def summary(self) -> dict:
         k, n = (sum(c[i] for c in self.counts.values()) for i in (0, 1))
         rows = [{"setting": list(c), "shadows": n_c, "disagreements": k_c, "bound": self.bound(c),
-                 "calibration_losses": None if self.grid is None else int(self.grid.losses[c])}
+                 "calibration_losses": None if self.grid is None else int(self.grid.losses[self.grid.key(c)])}
                 for c, (k_c, n_c) in sorted(self.counts.items())]
         return {"shadows": n, "disagreements": k, "estimate": k / n if n else None,
                 "upper_bound": upper_bound(k, n, self.delta) if n else None,
                 "epsilon": self.epsilon, "delta": self.delta,
-                "calibration_samples": None if self.grid is None else self.grid.n, "per_setting": rows}
+                "calibration_samples": None if self.grid is None else self.grid.n, "per_setting": rows,
+                **({"before_loss": self.before} if self.before else {})}

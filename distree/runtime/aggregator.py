@@ -311,18 +311,37 @@ class Aggregator:
 
     def _move_survivors(self) -> None:
         """Tell the devices that are left to take their set's certified setting, in every static stream
-        that has one: the THRESHOLDS message travels before their next input."""
+        that has one, and let every adaptive stream move them only among their set's certified
+        combinations: the THRESHOLDS message travels before their next input."""
         members = tuple(sorted(self.live))
+        why = f"devices {'+'.join(map(str, members))} left"
         for stream in self.streams:
+            if stream.adapting:
+                self._adapt_to_set(stream, members, why)
+                continue
             index = stream.spec.loss_index(members)
-            if stream.adapting or index is None:
+            if index is None:
                 continue
             for i in members:
                 self.links[i].send(m.encode_thresholds(index, stream.index, stream.spec.settings()[index],
                                                        self.input_numel))
                 stream.setting[i] = index
                 stream.run.moves.append({"sample": len(stream.run.preds), "device": i, "setting": index,
-                                         "reason": f"devices {'+'.join(map(str, members))} left"})
+                                         "reason": why})
+
+    def _adapt_to_set(self, stream: Stream, members: tuple, why: str) -> None:
+        """An adaptive stream after a loss: its controller and shadow check take the grid certified for
+        the set that is left (none: the devices hold the most conservative setting), and the devices
+        whose setting that grid does not allow move."""
+        grid = stream.spec.set_grids.get(members) if members else None
+        if grid is None and members:
+            print(f"aggregator: {stream.spec.name}: no combinations certified for devices "
+                  f"{'+'.join(map(str, members))}; they hold the most conservative setting", file=sys.stderr, flush=True)
+        moved = stream.control.lose(grid)
+        stream.check.lose(grid, members, len(stream.run.preds))
+        for i, index in moved.items():
+            if i in self.live:
+                self._tell(stream, len(stream.run.preds), i, index, why)
 
     def _logits(self, evidence: dict) -> torch.Tensor:
         """z (1, K) from {device: u (D,)}, by the aggregator of the devices that answered."""

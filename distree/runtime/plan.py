@@ -47,14 +47,15 @@ def read_path_file(path, num_devices: int) -> dict[str, tuple[torch.Tensor, Grid
                            f"conservative first, or a grid from report.json ({err})") from None
 
 
-def certified_grids(run_dir, served: str | None, num_devices: int) -> tuple[dict[str, GridCertificate], str]:
-    """({policy: its grid}, where from) of the consistency certificate that goes with the served
-    setting (None: calibrated); ({}, ...) where the run holds none."""
+def certified_grids(run_dir, served: str | None, num_devices: int) -> tuple[dict[str, GridCertificate], dict, str]:
+    """({policy: its grid}, {policy: {members: the grid of that surviving set}}, where from) of the
+    consistency certificate that goes with the served setting (None: calibrated); ({}, {}, "") where
+    the run holds none."""
     source = read_settings(run_dir).grid_source(served or CALIBRATED)
     if source is None:
-        return {}, ""
+        return {}, {}, ""
     grids = {name: g for name, g in source.grids.items() if g.losses.dim() == num_devices}
-    return grids, f"{run_dir}: setting {source.name}"
+    return grids, source.set_grids, f"{run_dir}: setting {source.name}"
 
 
 def with_loss_settings(plan: list[PolicySpec], run_dir, served: str | None) -> list[PolicySpec]:
@@ -85,7 +86,7 @@ def with_paths(plan: list[PolicySpec], run_dir, path_file, steps: int, epsilon: 
     unknown = set(given) - {s.name for s in plan}
     if unknown:
         raise DistreeError(f"--threshold-path gives {', '.join(sorted(unknown))}, which --policies does not run")
-    stored, stored_source = certified_grids(run_dir, served, num_devices)
+    stored, stored_sets, stored_source = certified_grids(run_dir, served, num_devices)
     for spec in plan:
         if spec.name in given and not spec.policy.local:
             raise DistreeError(f"--threshold-path: {spec.name} decides at the aggregator; only local policies adapt")
@@ -97,6 +98,7 @@ def with_paths(plan: list[PolicySpec], run_dir, path_file, steps: int, epsilon: 
         elif spec.name in stored:
             grid = stored[spec.name]
             path, source = grid.path, stored_source
+            spec.set_grids = stored_sets.get(spec.name, {})  # certified on the same path
         else:
             continue
         spec.path, spec.grid = (path, grid) if grid is not None else (thin_path(path, steps), None)

@@ -85,7 +85,9 @@ def adaptive_entry(stream: Stream) -> dict:
             "percentile": control.config.percentile,
             "moves": run.moves, "threshold_messages": len(run.moves), "shadow": check.summary(),
             "shadow_guard": run.guard, "shadow_samples": [[s, bool(d)] for s, d in run.shadow],
-            "shadow_messages": run.shadow_messages}
+            "shadow_messages": run.shadow_messages,
+            "set_grids": [{"members": list(members), "certified": int(g.certified.sum()), "combinations": g.certified.numel()}
+                          for members, g in spec.set_grids.items()]}
 
 
 def build_report(config: ServeConfig, session: Session, model, links: list, aggregator: Aggregator,
