@@ -3,7 +3,9 @@
 Each lever retrains the students of a finished run (same teacher, same partition, a shorter
 schedule, one change to the recipe) and evaluates them like `distree evaluate` does, without
 timing. The table puts each lever's last-exit accuracy beside what every policy saves within
-the allowed drop, the oracle's saving, and how well the DistrEE score ranks good exits (AUROC).
+the allowed drop, what the local policies save at the settings certified for each risk (the
+figure of merit: a saving a user can trust), the oracle's saving, and how well the DistrEE score
+ranks good exits (AUROC).
 """
 import copy
 import json
@@ -20,12 +22,14 @@ from distree.training.students import train_students
 # One change to the students' recipe per lever, as {config section: {key: value}}.
 LEVERS = {
     "as configured": {},
+    "no failout": {"loss": {"failout": 0.0}},
     "no mixed-exit term": {"loss": {"mixed_weight": 0.0}},
     "no attention transfer": {"loss": {"beta": 0.0}},
     "intermediate exits weighted x2": {"loss": {"exit_weights": [1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 1.0]}},
     "projected exit space": {"model": {"exit_space": "projected"}},
 }
 COMPARED = ("distree", "similarity", "local-confidence", "learned-gate", "random", "confidence")
+CERTIFIED = ("local-confidence", "learned-gate")  # the local policies whose certified savings the table shows
 
 
 @dataclass
@@ -63,6 +67,9 @@ def lever_row(name: str, report: EvaluationReport) -> dict:
     for policy in COMPARED:
         main = report.calibrated(policy)
         row[policy] = {"flops_reduction": main.flops_reduction, "accuracy_change": main.accuracy - last}
+    row["certified"] = [{"risk": c.risk, "epsilon": c.epsilon,
+                         **{e.policy: e.test_flops_reduction for e in c.policies if e.policy in CERTIFIED}}
+                        for c in report.certified]  # None where a policy certifies nothing
     return row
 
 
@@ -87,12 +94,17 @@ def run_levers(base_dir, out, config: LeverConfig = LeverConfig(), log=print) ->
 
 
 def lever_table(rows: list[dict]) -> str:
-    """Markdown: per lever, last-exit accuracy and each policy's FLOPs saved (accuracy change in points)."""
-    head = ["lever", "last exit"] + list(COMPARED) + ["oracle", "DistrEE score AUROC (exits 2..6)"]
+    """Markdown: per lever, last-exit accuracy, each policy's FLOPs saved (accuracy change in points) and
+    the certified FLOPs saved of the local policies per risk."""
+    risks = [f"certified {c['risk']} <= {100 * c['epsilon']:g}%: " + " / ".join(CERTIFIED)
+             for c in rows[0].get("certified", [])] if rows else []
+    head = ["lever", "last exit"] + list(COMPARED) + risks + ["oracle", "DistrEE score AUROC (exits 2..6)"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         cells = [r["lever"], f"{100 * r['last_exit_accuracy']:.2f}%"]
         cells += [f"{100 * r[p]['flops_reduction']:.1f}% ({100 * r[p]['accuracy_change']:+.2f})" for p in COMPARED]
+        cells += [" / ".join("none" if c.get(p) is None else f"{100 * c[p]:.1f}%" for p in CERTIFIED)
+                  for c in r.get("certified", [])]
         cells.append(f"{100 * r['oracle_flops_reduction']:.1f}%")
         cells.append(" ".join("-" if a is None else f"{a:.2f}" for a in r["distree_auroc"]))
         lines.append("| " + " | ".join(cells) + " |")

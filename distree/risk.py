@@ -81,10 +81,12 @@ def max_losses(n: int, epsilon: float, delta: float) -> int:
     return int((binomial_cdf(n, epsilon) <= delta).sum().item()) - 1
 
 
-def samples_needed(epsilon: float, delta: float, rate: float) -> int:
-    """About how many samples (within 1%) certify epsilon for a setting whose observed loss rate is `rate`."""
+def samples_needed(epsilon: float, delta: float, rate: float, more_than: int = 0) -> int:
+    """About how many samples (within 1%), more than `more_than`, certify epsilon for a setting whose
+    observed loss rate is `rate`. (Near the boundary the losses' rounding lets some smaller counts
+    pass too: a candidate that failed on n samples is asked for more than n.)"""
     passes = lambda n: max_losses(n, epsilon, delta) >= math.floor(rate * n)  # noqa: E731
-    lo, hi = 1, 2
+    lo, hi = more_than, 2 * more_than + 1
     while not passes(hi):
         lo, hi = hi, hi * 2
     while hi - lo > max(1, lo // 100):
@@ -156,7 +158,7 @@ def next_candidate_samples(losses: int, n: int, spec: RiskSpec) -> int | None:
     """About how many samples, in all, would certify a candidate that loses on `losses` of n, if its loss
     rate stayed what it is: None where that rate is not below epsilon."""
     rate = losses / n
-    return samples_needed(spec.epsilon, spec.delta, rate) if rate < spec.epsilon else None
+    return samples_needed(spec.epsilon, spec.delta, rate, more_than=n) if rate < spec.epsilon else None
 
 
 def certify(path: torch.Tensor, calib: PathLosses, spec: RiskSpec) -> Certificate:

@@ -120,8 +120,12 @@ def test_lever_configs_change_one_thing_and_tabulate():
     assert base["students"]["loss"]["mixed_weight"] == 1.0  # the base config is left alone
     policy = {"flops_reduction": 0.3, "accuracy_change": -0.004}
     row = {"lever": "x", "last_exit_accuracy": 0.9, "oracle_flops_reduction": 0.8, "distree_auroc": [0.5, None],
-           **{p: policy for p in COMPARED}}
-    assert "| x | 90.00% | 30.0% (-0.40) |" in lever_table([row])
+           **{p: policy for p in COMPARED},
+           "certified": [{"risk": "accuracy", "epsilon": 0.005, "local-confidence": 0.25, "learned-gate": None}]}
+    table = lever_table([row])
+    assert "| x | 90.00% | 30.0% (-0.40) |" in table
+    assert "certified accuracy <= 0.5%: local-confidence / learned-gate |" in table and "| 25.0% / none |" in table
+    assert lever_config(base, LEVERS["no failout"], epochs=1)["students"]["loss"]["failout"] == 0.0
     with pytest.raises(DistreeError, match="unknown lever"):
         run_levers(".", "/nonexistent", LeverConfig(levers=["more coffee"]))
 

@@ -127,6 +127,23 @@ def test_the_path_runs_from_conservative_to_cheap_and_needs_no_labels():
     assert on.loss[0].double().mean() < on.loss[-1].double().mean()
 
 
+def test_the_order_never_sees_the_certification_samples():
+    """evaluate's candidate paths depend on the ordering (training) evidence alone: validation evidence
+    with other samples, other answers and no labels gives the same paths, and the certificate alone
+    changes with it."""
+    from distree.evaluation import EvaluateConfig, candidate_paths
+
+    config = EvaluateConfig(risk_candidates=16)
+    train = synthetic_evidence(b=1000, seed=4)
+    policies = ("distree", "local-confidence", "similarity", "confidence")
+    paths = [candidate_paths(train, {n: evaluator(n, val) for n in ["last-exit", *policies]}, config)
+             for val in (synthetic_evidence(b=600, seed=5), replace(synthetic_evidence(b=300, seed=9), labels=None))]
+    assert set(paths[0]) == set(policies)
+    assert all(torch.equal(paths[0][n], paths[1][n]) for n in policies)
+    other = candidate_paths(synthetic_evidence(b=1000, seed=8), {n: evaluator(n, train) for n in policies}, config)
+    assert not all(torch.equal(paths[0][n], other[n]) for n in policies)  # the ordering evidence does set them
+
+
 @pytest.mark.parametrize("risk, epsilon", [("accuracy", 0.02), ("consistency", 0.05)])
 def test_the_guarantee_holds_over_resplits(risk, epsilon):
     """Ordered on one synthetic set, tested on 200 random halves of another: the held-out risk exceeds
