@@ -13,6 +13,8 @@ change by 2x within seconds, so the session checks that premise on its own sampl
 again where it did not hold.
 """
 import json
+import threading
+from collections import deque
 
 import pytest
 import torch
@@ -27,7 +29,7 @@ from distree.runtime import messages as m
 from distree.runtime.adaptive import MAX_RELAX_WINDOWS, AdaptConfig, Controller, ShadowCheck
 from distree.runtime.config import ServeConfig
 from distree.runtime.deploy import deploy
-from distree.runtime.device import ThresholdSettings
+from distree.runtime.device import Device, ThresholdSettings
 from distree.runtime.faults import parse_fault
 from distree.plan import make_plan
 from distree.runtime.plan import with_paths
@@ -470,3 +472,34 @@ def test_out_of_range_thresholds_are_rejected_by_the_devices(run2_small, tmp_pat
     assert err.count("rejected a THRESHOLDS message") == 2  # one per device, and neither stopped
     p = report["policies"]["distree"]
     assert p["samples"] == 128 and p["degraded"] == 0 and p["adaptive"]["moves"] == []
+
+
+class HeldReceive:
+    """A posted receive that completes when `release` is set, as gloo's does: is_completed() stays false."""
+
+    def __init__(self):
+        self.release = threading.Event()
+
+    def is_completed(self) -> bool:
+        return False
+
+    def wait(self) -> None:
+        self.release.wait(timeout=60)
+
+
+def test_shadow_stages_stop_once_a_message_has_arrived():
+    """A device runs shadow stages only while no message waits: the input that arrives after the second
+    stage is taken after at most one more, not after the shadows' whole walk (ten stages here)."""
+    work, stages = HeldReceive(), []
+
+    class Walker:
+        def _shadow_stage(self, shadows):
+            stages.append(len(stages))
+            if len(stages) == 2:
+                work.release.set()
+                threading.Event().wait(0.05)  # the helper thread sees the receive complete meanwhile
+            shadows.popleft()
+
+    buf, received = Device._between_messages(Walker(), ("buf", work), deque(range(10)))
+    received.wait()
+    assert buf == "buf" and 2 <= len(stages) <= 3

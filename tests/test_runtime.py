@@ -26,6 +26,8 @@ from distree.runtime.faults import parse_fault
 from distree.runtime.heartbeat import Watch
 from distree.samples import load_samples
 from distree.runtime.netem import LinkModel, link_models
+from distree.runtime.pinning import parse_cpus
+from distree.errors import DistreeError
 from distree.plan import make_plan, parse_thresholds
 from distree.inference.evidence import collect_evidence
 from distree.models.surviving_sets import fit_surviving_sets
@@ -339,6 +341,37 @@ def test_late_device_leaves_its_round_to_the_surviving_set(run2_sets, tmp_path):
     assert outcome.codes == [0, 0, 0] and not report["lost_devices"]
     by_set = check_answers_by_surviving_set(run2_sets, report, "distree", thresholds)
     assert "1" in by_set  # the stalled round, answered by device 1 alone
+
+
+def test_cpus_name_one_entry_per_rank_of_usable_cpus():
+    usable = sorted(os.sched_getaffinity(0))
+    c = usable[0]
+    assert parse_cpus(f"{c},{c}+{usable[-1]},{c}", 3) == [{c}, {c, usable[-1]}, {c}]
+    for bad, why in ((f"{c},{c}", "2 entries for 3 ranks"), (f"{c},x,{c}", "'x' is not a CPU"),
+                     (f"{c},{c},{max(usable) + 1000}", f"CPU {max(usable) + 1000} is not one")):
+        with pytest.raises(DistreeError, match=why):
+            parse_cpus(bad, 3)
+
+
+def test_a_pinned_session_answers_as_the_engine(run2, tmp_path):
+    c = min(os.sched_getaffinity(0))
+    outcome, report = session(run2, 2, tmp_path, ("distree",), cpus=f"{c},{c},{c}", window=1,
+                              deadline_ms=EVENT_DEADLINE_MS)
+    assert outcome.codes == [0, 0, 0]
+    assert report["aggregator_cpus"] == [c]
+    assert report["policies"]["distree"]["predictions"] == engine_predictions(run2, "distree", None)
+
+
+def test_when_every_device_is_late_the_next_sample_waits_for_one_to_catch_up(run2, tmp_path):
+    """Both devices stall 1 s at once: the samples of that second are answered from no evidence (their
+    deadline, 300 ms, passes), but once the devices answer what they hold they get samples again, rather
+    than the aggregator answering every later sample from nothing."""
+    outcome, report = session(run2, 2, tmp_path, faults=["stall:0@4:1", "stall:1@4:1"], deadline_ms=300,
+                              warmup=0, window=1)
+    assert outcome.codes == [0, 0, 0] and not report["lost_devices"]
+    p = report["policies"]["distree"]
+    assert 1 <= p["degraded_by_set"]["none"]["answers"] <= 8
+    assert all(k < 16 for k in p["degraded_samples"])
 
 
 def check_device_1_killed_at_8(report: dict) -> None:

@@ -38,6 +38,7 @@ from distree.runtime.links import Arrival, Link
 from distree.plan import PolicySpec
 from distree.runtime.policy_run import PolicyRun
 from distree.runtime.stream import WHOLE, Evidence, Shadow, Stream, slowest
+from distree.runtime.trace import AGGREGATOR, Trace
 
 
 @dataclass
@@ -64,7 +65,8 @@ class Aggregator:
     """Rank 0: runs each policy of the plan over the samples, on the devices of session."""
 
     def __init__(self, session: Session, model, plan: list[PolicySpec], deadlines: Deadlines, window: int,
-                 faults: list[Fault], adapt: AdaptConfig = None, surviving: SurvivingSets | None = None):
+                 faults: list[Fault], adapt: AdaptConfig = None, surviving: SurvivingSets | None = None,
+                 trace: Trace | None = None):
         self.model, self.plan, self.deadlines, self.window, self.adapt = model, plan, deadlines, window, adapt
         self.surviving, self.aggregators = surviving, {}  # members -> the aggregate answering for them
         self.n = session.num_devices
@@ -84,6 +86,7 @@ class Aggregator:
         self.unanswered = [0] * self.n  # per device: inputs it has not yet answered with a message
         self.shadow_rng = random.Random(0)
         self.input_numel = 0
+        self.trace = trace  # None: no marks (runtime/trace.py)
 
     def run(self, x: torch.Tensor, labels: torch.Tensor, chunk: int, between=None) -> list[Stream]:
         """Every policy of the plan over samples x (S, C, H, W) with labels (S,) (-1: unknown).
@@ -139,6 +142,7 @@ class Aggregator:
             if expected & self.live <= got.keys():
                 run.round_s.append(time.perf_counter() - t0)
             pred = self._answer(run, int(labels[s]), got, t0, slowest(got))
+            self._mark("answered", stream.index, s, WHOLE, AGGREGATOR)
             run.settings.append(stream.issued.pop(s))
             if stream.adapting:
                 self._adapt(stream, s, expected, got, t0)
@@ -165,11 +169,14 @@ class Aggregator:
                         or bool(spec.policy.stops(self._logits({i: e.u for i, e in got.items()}),
                                                   spec.thresholds, j)))
                 for i in expected & self.live:
-                    self.links[i].send(m.encode(m.STOP if stop else m.CONTINUE, s, stream.index, j))
+                    decision = m.encode(m.STOP if stop else m.CONTINUE, s, stream.index, j)
+                    self._mark("told", stream.index, s, j, i)
+                    self.links[i].send(decision)
                     run.downlink_decisions += 1
                 t_round = time.perf_counter()
                 if stop:
                     self._answer(run, int(labels[s]), got, t0, compute)
+                    self._mark("answered", stream.index, s, WHOLE, AGGREGATOR)
                     run.settings.append(stream.issued.pop(s))
                     break
 
@@ -230,12 +237,17 @@ class Aggregator:
         catches up at once instead of working through a backlog of samples already answered.
         Any message counts as an answer, a malformed one too, so a bad message cannot leave a
         device waiting for work forever; a per-exit sample takes one or more messages, hence the
-        clamp at 0.
+        clamp at 0. When every live device is late, the sample waits (up to a deadline) for one of
+        them to catch up rather than be answered from no evidence at all.
         """
+        self._mark("issue", stream.index, s, WHOLE, AGGREGATOR)
+        free = lambda: not self.live or any(self.unanswered[i] < window for i in self.live)  # noqa: E731
+        self._collect(free, time.perf_counter() + self.deadlines.of(stream.run))
         msg = m.encode(m.INPUT, s, stream.index, m.SHADOW_RUN if shadow else 0, x)
         to = {i for i in self.live if self.unanswered[i] < window}
         t = time.perf_counter()
         for i in to:
+            self._mark("out", stream.index, s, WHOLE, i)
             self.links[i].send(msg)
             self.unanswered[i] = max(self.unanswered[i], 0) + 1
             self.faults.input_sent(i, t)
@@ -246,7 +258,12 @@ class Aggregator:
         return t, to
 
     def _collect(self, done, deadline_at: float) -> None:
-        """Take arrivals until done() or the deadline; checks heartbeats while it waits."""
+        """Take what has arrived, then arrivals until done() or the deadline; checks heartbeats while it waits."""
+        while True:
+            try:
+                self._take(self.inbox.get_nowait())
+            except queue.Empty:
+                break
         while not done():
             remaining = deadline_at - time.perf_counter()
             if remaining <= 0:
@@ -290,6 +307,10 @@ class Aggregator:
             run.stale += 1
         else:
             got[i] = Evidence(msg.exit, msg.payload, msg.micros / 1e6, time.perf_counter())
+            if self.trace is not None:
+                key = stream.round_key(msg.seq, msg.exit)
+                self.trace.mark("received", msg.policy, msg.seq, key[1], i, arrival.received_s)
+                self.trace.mark("filed", msg.policy, msg.seq, key[1], i, got[i].arrived_s)
 
     def _shadow_arrived(self, i: int, msg: m.Message) -> None:
         stream = self.streams[msg.policy]
@@ -342,6 +363,10 @@ class Aggregator:
         for i, index in moved.items():
             if i in self.live:
                 self._tell(stream, len(stream.run.preds), i, index, why)
+
+    def _mark(self, event: str, policy: int, seq: int, exit: int, device: int) -> None:
+        if self.trace is not None:
+            self.trace.mark(event, policy, seq, exit, device, time.perf_counter())
 
     def _logits(self, evidence: dict) -> torch.Tensor:
         """z (1, K) from {device: u (D,)}, by the aggregator of the devices that answered."""

@@ -37,6 +37,7 @@ class ServeConfig:
     reference_samples: int = 100  # samples timed in one process for comparison (0: none)
     warmup: int = 2  # answers per policy left out of the latency figures
     threads: int = 1  # torch threads per process
+    cpus: str = None  # per rank, the CPUs it runs on (runtime/pinning.py); None: wherever the kernel puts it
     device_backend: str = "torch"  # or onnxruntime: the devices serve exported ONNX students (artifacts)
     artifacts: str = None  # the `distree export --format onnx` folder onnxruntime devices serve
     backend: str = "auto"  # gloo, nccl or auto (NCCL when every rank has a GPU)
@@ -51,6 +52,7 @@ class ServeConfig:
     adapt_window: int = 30  # recent answers per device the controller looks at
     consistency_epsilon: float = 0.01  # the shadow check's epsilon for a given list, which certifies nothing
     timeline_window: int = 50  # samples per row of the report's timeline
+    trace: str = None  # a folder: every rank writes its marks there (runtime/trace.py); None: no marks
 
     def sample_count(self) -> int:
         """Samples to serve (0: all): --samples, else SPLIT_SAMPLES of a split and every image file of a folder."""
@@ -101,6 +103,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="samples also timed in one process, for comparison, 0: none" + D)
     p.add_argument("--warmup", type=int, default=d.warmup, help="answers per policy left out of latency figures" + D)
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads per process" + D)
+    p.add_argument("--cpus", default=None, metavar="LIST",
+                   help="pin each rank to CPUs: one entry per rank, aggregator first, comma-separated, several CPUs "
+                        "joined by '+' (e.g. 0,1 for one device; 0,1,1 or 0,0+1,1 for two) (default: no pinning)")
     p.add_argument("--backend", default=d.backend, choices=("auto", "gloo", "nccl"),
                    help="torch.distributed backend: %(choices)s; auto is NCCL when every rank has a GPU, else gloo" + D)
     p.add_argument("--device-backend", default=d.device_backend, choices=DEVICE_BACKENDS,
@@ -132,6 +137,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="disagreement with exit 7 the shadow check holds on a --threshold-path list (a grid says "
                         "its own), in (0, 1)" + D)
     p.add_argument("--timeline-window", type=int, default=d.timeline_window, help="samples per timeline row" + D)
+    p.add_argument("--trace", default=None, metavar="DIR",
+                   help="write every rank's timestamps of each message to DIR/rankR.json (a new or empty folder), "
+                        "for `python benches/runtime_floor.py` to break a round down (default: none)")
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
@@ -143,9 +151,10 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         deadline_ms=args.deadline_ms, deadline_factor=args.deadline_factor, dead_after_s=args.dead_after_s,
         link_delay_ms=args.link_delay_ms, link_mbps=args.link_mbps, link_jitter_ms=args.link_jitter_ms,
         faults=args.faults, reference_samples=args.reference_samples, warmup=args.warmup, threads=args.threads,
+        cpus=args.cpus,
         backend=args.backend, device_backend=args.device_backend, artifacts=args.artifacts,
         connect_timeout_s=args.connect_timeout_s, report=args.report,
         latency_target_ms=args.latency_target_ms, latency_target_x=args.latency_target_x, percentile=args.percentile,
         shadow_fraction=args.shadow_fraction,
         threshold_path=args.threshold_path, path_steps=args.path_steps, adapt_window=args.adapt_window,
-        consistency_epsilon=args.consistency_epsilon, timeline_window=args.timeline_window)
+        consistency_epsilon=args.consistency_epsilon, timeline_window=args.timeline_window, trace=args.trace)

@@ -16,11 +16,15 @@ holds at that index; anything else is dropped, counted and reported on stderr, a
 in force stays. A shadow input (exit field SHADOW_RUN) is answered as usual, then run again to
 exit 7, whose evidence goes back as SHADOW. That walk is background work: it advances a stage at
 a time only while no message waits, so the inputs after a shadow are not held up by a whole
-walk to exit 7 (on a slowed device, three times a full walk) but by one stage at most. `slow`
-and `link` faults set the device's pace (runtime/pace.py), shadow stages included.
+walk to exit 7 (on a slowed device, three times a full walk) but by one stage at most. A gloo
+receive cannot tell whether it has completed without waiting for it (`Work.is_completed()` stays
+false until `wait()`), so while shadows are pending a helper thread waits for the posted receive
+and the main thread runs stages until it is done. `slow` and `link` faults set the device's pace
+(runtime/pace.py), shadow stages included.
 """
 import os
 import sys
+import threading
 import time
 from collections import deque
 
@@ -35,6 +39,8 @@ from distree.runtime.heartbeat import Heartbeat
 from distree.runtime.links import Link, first_line
 from distree.runtime.netem import LinkModel
 from distree.runtime.pace import Pace
+from distree.runtime.stream import WHOLE
+from distree.runtime.trace import Trace
 from distree.inference.step import DeviceStep
 from distree.policies import NUM_EXITS
 
@@ -52,9 +58,9 @@ class Device:
 
     def __init__(self, session: Session, index: int, steps: list, input_shape: tuple,
                  link: LinkModel, faults: list[Fault], dead_after: float, startup_s: float, paths: list = None,
-                 full: DeviceStep = None):
+                 full: DeviceStep = None, trace: Trace | None = None):
         """paths[p]: the settings (C, 5) policy p may be told to take (PolicySpec.settings) or None; full:
-        the walk to exit 7 for shadows;
+        the walk to exit 7 for shadows; trace: where to mark each message's moments (runtime/trace.py), or None;
         dead_after: the aggregator's heartbeat silence that stops the device; startup_s: how long the
         aggregator may take to start beating."""
         self.index, self.steps, self.input_shape, self.device = index, steps, input_shape, session.device
@@ -64,6 +70,7 @@ class Device:
         self.pace = Pace(faults, index, link)
         self.paths, self.full = paths or [None] * len(steps), full
         self.settings = ThresholdSettings(index, steps, self.paths)
+        self.trace, self.arrived_s = trace, 0.0  # arrived_s: when the last message _take waited for came in
         self.link = Link(AGGREGATOR_RANK, model=link, seed=index, device=session.device)
         self.heartbeat = Heartbeat(session.store, session.rank, [AGGREGATOR_RANK], dead_after, startup_s,
                                    on_silence=self._aggregator_silent)
@@ -74,8 +81,9 @@ class Device:
         pending = self._post(self.input_numel)
         shadows = deque()  # (message, its walk to exit 7), oldest first
         while True:
-            while shadows and not pending[1].is_completed():  # idle: a stage of the oldest shadow
-                self._shadow_stage(shadows)
+            if shadows:
+                pending = self._between_messages(pending, shadows)
+            waiting = time.perf_counter()
             msg = self._take(pending, (m.INPUT, m.END, m.THRESHOLDS), self.input_numel)
             began = time.perf_counter()
             if msg is None or msg.kind == m.THRESHOLDS:
@@ -85,6 +93,8 @@ class Device:
                 continue
             if msg.kind == m.END:
                 self.link.drain(timeout=1.0)
+                if self.trace is not None:
+                    self.trace.write()
                 return 0
             self.link.model = self.pace.on_input(received)
             fault = self.faults.get(received)
@@ -95,12 +105,33 @@ class Device:
                 pending = self._post(self.input_numel)  # prefetch: the next input arrives while we compute
                 u, j = step.run_one(x, msg.seq)  # (K,)
                 self.pace.spend(began)
-                self._send(m.encode(m.FEATURE, msg.seq, msg.policy, BAD_EXIT if corrupt else j, u, micros(began)))
+                computed = time.perf_counter()
+                out = m.encode(m.FEATURE, msg.seq, msg.policy, BAD_EXIT if corrupt else j, u, micros(began))
+                self._mark(msg, WHOLE, waiting, began, computed)
+                self._send(out)
                 if msg.exit == m.SHADOW_RUN and self.full is not None:
                     shadows.append((msg, self.full.per_exit(x)))
             else:
-                self._per_exit(step, x, msg, corrupt, began)
+                self._per_exit(step, x, msg, corrupt, waiting, began)
                 pending = self._post(self.input_numel)
+
+    def _between_messages(self, pending, shadows: deque):
+        """Run stages of the pending shadows until the posted receive completes; the receive, done."""
+        buf, work = pending
+        arrived, failed = threading.Event(), []
+
+        def wait() -> None:
+            try:
+                work.wait()
+            except RuntimeError as err:
+                failed.append(err)
+            arrived.set()
+
+        threading.Thread(target=wait, daemon=True, name="receive").start()
+        while shadows and not arrived.is_set():
+            self._shadow_stage(shadows)
+        arrived.wait()
+        return buf, Received(failed[0] if failed else None)
 
     def _shadow_stage(self, shadows: deque) -> None:
         """Advance the oldest shadow's walk by one exit; at exit 7 send its evidence as SHADOW."""
@@ -112,18 +143,31 @@ class Device:
             shadows.popleft()
             self._send(m.encode(m.SHADOW, msg.seq, msg.policy, j, u, micros(began)))
 
-    def _per_exit(self, step: DeviceStep, x: torch.Tensor, msg: m.Message, corrupt: bool, began: float) -> None:
+    def _per_exit(self, step: DeviceStep, x: torch.Tensor, msg: m.Message, corrupt: bool, waiting: float,
+                  began: float) -> None:
         for j, u in step.per_exit(x):
             self.pace.spend(began)
-            self._send(m.encode(m.FEATURE, msg.seq, msg.policy, BAD_EXIT if corrupt else j, u, micros(began)))
+            computed = time.perf_counter()
+            out = m.encode(m.FEATURE, msg.seq, msg.policy, BAD_EXIT if corrupt else j, u, micros(began))
+            self._mark(msg, j, waiting, began, computed)
+            self._send(out)
             corrupt = False
-            decision = self._take(self._post(0), (m.CONTINUE, m.STOP), 0)
+            pending, waiting = self._post(0), time.perf_counter()
+            decision = self._take(pending, (m.CONTINUE, m.STOP), 0)
             began = time.perf_counter()
             if (decision.seq, decision.exit) != (msg.seq, j):
                 raise AggregatorLost(f"got the decision for sample {decision.seq} exit {decision.exit + 1} "
                                      f"while waiting for sample {msg.seq} exit {j + 1}: protocol broken")
             if decision.kind == m.STOP:
                 return
+
+    def _mark(self, msg: m.Message, exit: int, waiting: float, began: float, computed: float) -> None:
+        """The moments of the round (msg's sample, exit) on this device, its message about to leave."""
+        if self.trace is not None:
+            sent = time.perf_counter()
+            for event, t in (("waiting", waiting), ("arrived", self.arrived_s), ("decoded", began),
+                             ("computed", computed), ("sent", sent)):
+                self.trace.mark(event, msg.policy, msg.seq, exit, self.index, t)
 
     def _post(self, payload_numel: int):
         """Post the receive of the next message from the aggregator: (buffer, work)."""
@@ -140,6 +184,7 @@ class Device:
             work.wait()
         except RuntimeError as err:
             raise AggregatorLost(f"link to the aggregator broke ({first_line(err)})") from None
+        self.arrived_s = time.perf_counter()
         buf = buf.cpu()
         try:
             return m.decode(buf, kinds, len(self.steps), self.num_exits, payload_numel,
@@ -185,6 +230,17 @@ class ThresholdSettings:
         self.rejected += 1
         print(f"device {self.index}: rejected a THRESHOLDS message ({why}); keeping the setting in force "
               f"({self.rejected} rejected so far)", file=sys.stderr, flush=True)
+
+
+class Received:
+    """A receive a helper thread has already waited for: its `wait()` returns, or raises what the wait raised."""
+
+    def __init__(self, error: RuntimeError | None):
+        self.error = error
+
+    def wait(self) -> None:
+        if self.error is not None:
+            raise self.error
 
 
 def micros(since: float) -> int:

@@ -35,6 +35,7 @@ class Arrival:
     peer: int  # rank
     msg: torch.Tensor = None  # int32 (M,), on the CPU
     error: str = None
+    received_s: float = 0.0  # perf_counter time the receiving thread got it
 
 
 class Link:
@@ -95,7 +96,7 @@ class Link:
             except RuntimeError as err:
                 self.inbox.put(Arrival(self.peer, error=f"receive failed: {first_line(err)}"))
                 return
-            self.inbox.put(Arrival(self.peer, msg=buf.cpu()))
+            self.inbox.put(Arrival(self.peer, msg=buf.cpu(), received_s=time.perf_counter()))
 
 
 def first_line(err: Exception) -> str:

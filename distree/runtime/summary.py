@@ -5,6 +5,7 @@ summary of its run (accuracy, latency percentiles, exits, messages), its timelin
 phases, its adaptation where its thresholds followed a target, and beside the distributed
 figures the single-process ones and the latency model's.
 """
+import os
 import sys
 from pathlib import Path
 
@@ -127,6 +128,7 @@ def build_report(config: ServeConfig, session: Session, model, links: list, aggr
         "run": str(config.run), "devices": session.num_devices, "backend": session.backend,
         "window": config.window, "split": None if config.images else config.split, "images": config.images,
         "samples": len(x), "links": [vars(link) for link in links], "faults": config.faults,
+        "cpus": config.cpus, "aggregator_cpus": sorted(os.sched_getaffinity(0)),
         "lost_devices": {str(i): reason for i, reason in aggregator.lost.items()},
         "reference_samples": len(ref), "flops_per_s_measured": rate if single is not None else None,
         "chunk": config.chunk, "timeline_window": config.timeline_window, "latency_target_ms": config.latency_target_ms,

@@ -1,0 +1,110 @@
+"""The runtime against its transport floor, in one run:
+
+    .venv/bin/python benches/runtime_floor.py --run runs/demo --out /tmp/floor [--samples 600]
+
+1. The gloo round trip between two local processes (one torch thread each), for the runtime's
+   message sizes: rank 0 sends an INPUT-sized message, rank 1 answers with a FEATURE-sized one,
+   blocking `dist.send`/`dist.recv`, as bare as gloo gets.
+2. A `distree deploy` session of the run (`--window 1`, every rank marking its messages with
+   `--trace`), whose rounds are broken down by `distree.runtime.trace.breakdown`.
+3. The round trip again, so load that changed during the session shows as a spread.
+
+Printed: per policy, latency median and p95 / median, and the median of latency minus the
+device's compute as a multiple of the round trip; then each segment's median (the device the
+round waited for). Everything goes to OUT/floor.json; the session's report to OUT/session.json.
+"""
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from distree.runtime import messages as m
+from distree.runtime.config import ServeConfig
+from distree.runtime.deploy import deploy, free_port
+from distree.runtime.trace import SEGMENTS, breakdown, read_marks
+from distree.run_dir import read_config
+
+ROUNDS, WARMUP = 2000, 200
+
+
+def _ping(rank: int, port: int, sizes: tuple, out: str) -> None:
+    """One side of the round trip: rank 0 times ROUNDS trips of sizes (down, up) int32 elements."""
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    down, up = torch.zeros(sizes[0], dtype=torch.int32), torch.zeros(sizes[1], dtype=torch.int32)
+    times = []
+    for k in range(WARMUP + ROUNDS):
+        if rank == 0:
+            t = time.perf_counter()
+            dist.send(down, 1)
+            dist.recv(up, 1)
+            times.append(time.perf_counter() - t)
+        else:
+            dist.recv(down, 0)
+            dist.send(up, 0)
+    if rank == 0:
+        Path(out).write_text(json.dumps(times[WARMUP:]))
+    dist.destroy_process_group()
+
+
+def round_trip(down: int, up: int, out: Path) -> dict:
+    """Median and p95 (ms) of the bare gloo round trip: down int32 elements there, up back."""
+    mp.start_processes(_ping, args=(free_port(), (down, up), str(out)), nprocs=2, start_method="spawn")
+    ms = np.asarray(json.loads(out.read_text())) * 1e3
+    return {"median_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--out", required=True, help="a new folder for the session's report, marks and figures")
+    parser.add_argument("--samples", type=int, default=600)
+    parser.add_argument("--policies", default="last-exit,distree,local-confidence,learned-gate,confidence")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=False)
+    run_config = read_config(args.run)
+    shape = run_config["data_shape"]
+    input_numel = shape["in_channels"] * shape.get("image_size", 32) ** 2
+    feature = m.message_size(run_config["data_shape"]["num_classes"])
+    down = m.message_size(input_numel)
+    before = round_trip(down, feature, out / "rtt.json")
+    config = ServeConfig(run=args.run, samples=args.samples, window=1, policies=args.policies.split(","),
+                         report=str(out / "session.json"), trace=str(out / "trace"))
+    devices = run_config["students"]["num_students"]
+    codes = deploy(config, devices).codes
+    if any(codes):
+        raise SystemExit(f"the session failed: exit codes {codes}")
+    after = round_trip(down, feature, out / "rtt.json")
+    rtt = statistics.mean([before["median_ms"], after["median_ms"]])
+    report, parts = json.loads((out / "session.json").read_text()), breakdown(read_marks(config.trace))
+    rows = {}
+    print(f"gloo round trip, {down * 4} B there and {feature * 4} B back: median {before['median_ms']:.3f} ms "
+          f"before the session, {after['median_ms']:.3f} ms after (p95 {before['p95_ms']:.3f} / "
+          f"{after['p95_ms']:.3f}); N = {devices}, {args.samples} samples, window 1")
+    print(f"{'policy':18} {'median ms':>9} {'p95/med':>7} {'minus compute ms':>16} {'x RTT':>6}  "
+          + " ".join(f"{s:>13}" for s in SEGMENTS))
+    for p, name in enumerate(config.policies):
+        lat = report["policies"][name]["latency_ms_measured"]
+        b = parts[p]
+        floor = float(np.median(b["total"] - b["compute"])) * 1e3
+        rows[name] = {"latency_median_ms": lat["median"], "p95_over_median": lat["p95"] / lat["median"],
+                      "traced_samples": b["samples"], "minus_compute_median_ms": floor, "x_rtt": floor / rtt,
+                      "segments_median_ms": {s: float(np.median(b[s])) * 1e3 for s in SEGMENTS},
+                      "segments_mean_ms": {s: float(np.mean(b[s])) * 1e3 for s in SEGMENTS}}
+        print(f"{name:18} {lat['median']:9.2f} {lat['p95'] / lat['median']:7.2f} {floor:16.3f} {floor / rtt:6.1f}  "
+              + " ".join(f"{rows[name]['segments_median_ms'][s]:13.3f}" for s in SEGMENTS))
+    (out / "floor.json").write_text(json.dumps({"rtt_before": before, "rtt_after": after, "policies": rows},
+                                               indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
