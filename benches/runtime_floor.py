@@ -1,6 +1,6 @@
 """The runtime against its transport floor, in one run:
 
-    .venv/bin/python benches/runtime_floor.py --run runs/demo --out /tmp/floor [--samples 600]
+    .venv/bin/python benches/runtime_floor.py --run runs/demo --out /tmp/floor [--samples 600] [--one-student]
 
 1. The gloo round trip between two local processes (one torch thread each), for the runtime's
    message sizes: rank 0 sends an INPUT-sized message, rank 1 answers with a FEATURE-sized one,
@@ -8,6 +8,11 @@
 2. A `distree deploy` session of the run (`--window 1`, every rank marking its messages with
    `--trace`), whose rounds are broken down by `distree.runtime.trace.breakdown`.
 3. The round trip again, so load that changed during the session shows as a spread.
+
+`--one-student` serves, instead of the run, one untrained student of the run's architecture on
+its data (written to OUT/run): N = 1, one device and the aggregator, two processes as the round
+trip has. What it computes does not matter to the floor. `--cpus` pins the session's ranks (and
+rank r of the round trip to the CPU of the session's rank r).
 
 Printed: per policy, latency median and p95 / median, and the median of latency minus the
 device's compute as a multiple of the round trip; then each segment's median (the device the
@@ -28,15 +33,19 @@ import torch.multiprocessing as mp
 from distree.runtime import messages as m
 from distree.runtime.config import ServeConfig
 from distree.runtime.deploy import deploy, free_port
+from distree.runtime.pinning import parse_cpus
 from distree.runtime.trace import SEGMENTS, breakdown, read_marks
-from distree.run_dir import read_config
+from distree.run_dir import build_students, read_config, save_atomic, write_config
 
 ROUNDS, WARMUP = 2000, 200
 
 
-def _ping(rank: int, port: int, sizes: tuple, out: str) -> None:
-    """One side of the round trip: rank 0 times ROUNDS trips of sizes (down, up) int32 elements."""
+def _ping(rank: int, port: int, sizes: tuple, out: str, cpus: list | None) -> None:
+    """One side of the round trip: rank 0 times ROUNDS trips of sizes (down, up) int32 elements; cpus: each
+    rank's CPUs, or None."""
     torch.set_num_threads(1)
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus[rank])
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     dist.init_process_group("gloo", rank=rank, world_size=2)
     down, up = torch.zeros(sizes[0], dtype=torch.int32), torch.zeros(sizes[1], dtype=torch.int32)
@@ -55,11 +64,22 @@ def _ping(rank: int, port: int, sizes: tuple, out: str) -> None:
     dist.destroy_process_group()
 
 
-def round_trip(down: int, up: int, out: Path) -> dict:
+def round_trip(down: int, up: int, out: Path, cpus: list | None) -> dict:
     """Median and p95 (ms) of the bare gloo round trip: down int32 elements there, up back."""
-    mp.start_processes(_ping, args=(free_port(), (down, up), str(out)), nprocs=2, start_method="spawn")
+    mp.start_processes(_ping, args=(free_port(), (down, up), str(out), cpus), nprocs=2, start_method="spawn")
     ms = np.asarray(json.loads(out.read_text())) * 1e3
     return {"median_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95))}
+
+
+def one_student_run(run: str, out: Path) -> str:
+    """A run with one untrained student of run's architecture, on its data, in out."""
+    config = read_config(run)
+    config["students"]["num_students"] = 1
+    torch.manual_seed(0)
+    out.mkdir(parents=True)
+    write_config(out, config)
+    save_atomic({"config": config, "model": build_students(config).state_dict()}, out / "students.pt")
+    return str(out)
 
 
 def main() -> None:
@@ -68,28 +88,33 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="a new folder for the session's report, marks and figures")
     parser.add_argument("--samples", type=int, default=600)
     parser.add_argument("--policies", default="last-exit,distree,local-confidence,learned-gate,confidence")
+    parser.add_argument("--one-student", action="store_true", help="N = 1: one untrained student")
+    parser.add_argument("--cpus", default=None, help="the session's --cpus (default: no pinning)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=False)
-    run_config = read_config(args.run)
+    run = one_student_run(args.run, out / "run") if args.one_student else args.run
+    run_config = read_config(run)
     shape = run_config["data_shape"]
     input_numel = shape["in_channels"] * shape.get("image_size", 32) ** 2
     feature = m.message_size(run_config["data_shape"]["num_classes"])
     down = m.message_size(input_numel)
-    before = round_trip(down, feature, out / "rtt.json")
-    config = ServeConfig(run=args.run, samples=args.samples, window=1, policies=args.policies.split(","),
-                         report=str(out / "session.json"), trace=str(out / "trace"))
     devices = run_config["students"]["num_students"]
+    cpus = None if args.cpus is None else parse_cpus(args.cpus, devices + 1)
+    before = round_trip(down, feature, out / "rtt.json", cpus)
+    config = ServeConfig(run=run, samples=args.samples, window=1, policies=args.policies.split(","),
+                         report=str(out / "session.json"), trace=str(out / "trace"),
+                         cpus=args.cpus)
     codes = deploy(config, devices).codes
     if any(codes):
         raise SystemExit(f"the session failed: exit codes {codes}")
-    after = round_trip(down, feature, out / "rtt.json")
+    after = round_trip(down, feature, out / "rtt.json", cpus)
     rtt = statistics.mean([before["median_ms"], after["median_ms"]])
     report, parts = json.loads((out / "session.json").read_text()), breakdown(read_marks(config.trace))
     rows = {}
     print(f"gloo round trip, {down * 4} B there and {feature * 4} B back: median {before['median_ms']:.3f} ms "
           f"before the session, {after['median_ms']:.3f} ms after (p95 {before['p95_ms']:.3f} / "
-          f"{after['p95_ms']:.3f}); N = {devices}, {args.samples} samples, window 1")
+          f"{after['p95_ms']:.3f}); N = {devices}, {args.samples} samples, window 1, cpus {args.cpus or 'not pinned'}")
     print(f"{'policy':18} {'median ms':>9} {'p95/med':>7} {'minus compute ms':>16} {'x RTT':>6}  "
           + " ".join(f"{s:>13}" for s in SEGMENTS))
     for p, name in enumerate(config.policies):

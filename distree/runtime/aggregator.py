@@ -71,7 +71,7 @@ class Aggregator:
         self.surviving, self.aggregators = surviving, {}  # members -> the aggregate answering for them
         self.n = session.num_devices
         self.feature_dim = model.students[0].heads[0].weight.shape[0]  # K (D if projected)
-        self.inbox = queue.Queue()
+        self.inbox = queue.SimpleQueue()
         size = m.message_size(self.feature_dim)  # every message a device sends is a FEATURE
         self.links = [Link(i + 1, self.inbox, device=session.device, recv_numel=size) for i in range(self.n)]
         self.heartbeat = Heartbeat(session.store, session.rank, [i + 1 for i in range(self.n)],

@@ -4,6 +4,8 @@ The device receives in its own thread, with no hop through a queue: under a loca
 posts the receive of the next input (`irecv`) before computing the current one, so the next
 sample arrives while this one computes. Per-exit policies are a lock-step conversation instead
 (send u_j, receive CONTINUE or STOP), and the next input is received once the answer is STOP.
+Either way a receive is posted before the message it waits for can be sent: gloo sends a
+message only once its receiver has posted the receive, so a late one costs another trip.
 
 A device blocked in a receive cannot watch a deadline, so its heartbeat thread does: if the
 aggregator's heartbeat stops for `dead_after` seconds (frozen, or its store is gone), the
@@ -150,9 +152,10 @@ class Device:
             computed = time.perf_counter()
             out = m.encode(m.FEATURE, msg.seq, msg.policy, BAD_EXIT if corrupt else j, u, micros(began))
             self._mark(msg, j, waiting, began, computed)
+            pending = self._post(0)  # before the evidence leaves, so the decision never waits for the receive
             self._send(out)
             corrupt = False
-            pending, waiting = self._post(0), time.perf_counter()
+            waiting = time.perf_counter()
             decision = self._take(pending, (m.CONTINUE, m.STOP), 0)
             began = time.perf_counter()
             if (decision.seq, decision.exit) != (msg.seq, j):

@@ -47,7 +47,7 @@ class Link:
         self.error = None  # set once a send failed
         self._emulated = False  # whether any send so far went through an emulated link
         self._rng = random.Random(seed)
-        self._out = queue.Queue()  # (message to delay and send) or (send in flight to wait for)
+        self._out = queue.SimpleQueue()  # (message to delay and send) or (send in flight to wait for)
         self._pending = 0  # sends not finished yet
         self._idle = threading.Condition()
         threading.Thread(target=self._send_loop, daemon=True, name=f"send-{peer}").start()

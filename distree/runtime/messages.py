@@ -22,12 +22,14 @@ but never NaN, and the rest of its payload must be zeros.
 `micros` is the device's compute time for the message (from its input, or from the previous
 decision, to the send), so the aggregator can split latency into compute and communication.
 One tensor per message, not a header tensor and a payload tensor, so a device's answer is one
-small transfer (24 + 4K bytes). The receiver allocates its buffer, so shape and dtype are fixed
+small transfer (24 + 4K bytes). Messages are built and checked through numpy views of the
+tensor: a handful of torch calls per message cost more than the message's transfer on loopback. The receiver allocates its buffer, so shape and dtype are fixed
 by the protocol; `decode` checks everything else (magic, kind, ranges, finite values) before
 any value is used, and raises BadMessage otherwise.
 """
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from distree.policies import LAST_EXIT, NUM_THRESHOLDS
@@ -57,11 +59,12 @@ class Message:
 def encode(kind: int, seq: int = 0, policy: int = 0, exit: int = 0, payload: torch.Tensor = None,
            micros: int = 0) -> torch.Tensor:
     """The int32 tensor (HEADER + P,) carrying one message; payload is flattened to float32."""
-    body = torch.empty(0, dtype=torch.float32) if payload is None else payload.detach().float().reshape(-1).cpu()
-    msg = torch.empty(HEADER + body.numel(), dtype=torch.int32)
-    msg[:HEADER] = torch.tensor([MAGIC, kind, seq, policy, exit, min(micros, 2**31 - 1)], dtype=torch.int32)
-    msg[HEADER:] = body.view(torch.int32)  # bit-cast, not a conversion
-    return msg
+    body = np.empty(0, np.float32) if payload is None else \
+        payload.detach().to("cpu", torch.float32).numpy().reshape(-1)
+    msg = np.empty(HEADER + body.size, np.int32)
+    msg[:HEADER] = (MAGIC, kind, seq, policy, exit, min(micros, 2**31 - 1))
+    msg[HEADER:] = body.view(np.int32)  # bit-cast, not a conversion
+    return torch.from_numpy(msg)
 
 
 def encode_thresholds(index: int, policy: int, thresholds: torch.Tensor, input_numel: int) -> torch.Tensor:
@@ -86,7 +89,8 @@ def decode(msg: torch.Tensor, kinds: tuple, num_policies: int, num_exits: int, p
     """
     if msg.dtype != torch.int32 or msg.dim() != 1 or msg.numel() < HEADER:
         raise BadMessage(f"expected a 1-D int32 message, got {msg.dtype} of shape {tuple(msg.shape)}")
-    magic, kind, seq, policy, exit, micros = msg[:HEADER].tolist()
+    whole = msg.numpy()
+    magic, kind, seq, policy, exit, micros = whole[:HEADER].tolist()
     if magic != MAGIC:
         raise BadMessage(f"bad magic {magic:#x} (expected {MAGIC:#x}): not a distree message or another version")
     if kind not in kinds:
@@ -107,13 +111,13 @@ def decode(msg: torch.Tensor, kinds: tuple, num_policies: int, num_exits: int, p
         raise BadMessage(f"exit index {exit} out of range [0, {num_exits})")
     if micros < 0:
         raise BadMessage(f"negative compute time {micros} us")
-    payload = msg[HEADER:].view(torch.float32)
-    if kind in (INPUT, FEATURE, SHADOW) and not torch.isfinite(payload).all():
+    payload = whole[HEADER:].view(np.float32)
+    if kind in (INPUT, FEATURE, SHADOW) and not np.isfinite(payload).all():
         raise BadMessage(f"{KIND_NAMES[kind]} payload holds NaN or infinite values")
     if kind == THRESHOLDS:
-        if payload.numel() < NUM_THRESHOLDS or torch.isnan(payload[:NUM_THRESHOLDS]).any():
+        if payload.size < NUM_THRESHOLDS or np.isnan(payload[:NUM_THRESHOLDS]).any():
             raise BadMessage(f"THRESHOLDS payload needs {NUM_THRESHOLDS} thresholds, none NaN")
         if (payload[NUM_THRESHOLDS:] != 0).any():
             raise BadMessage("THRESHOLDS payload has values past its thresholds")
         payload = payload[:NUM_THRESHOLDS]
-    return Message(kind, seq, policy, exit, micros, payload)
+    return Message(kind, seq, policy, exit, micros, torch.from_numpy(payload))

@@ -40,7 +40,6 @@ def serve(config: ServeConfig) -> int:
     """This rank's part of the session; the process exit code."""
     check_adaptive_options(config)  # before joining: under torchrun a bad option must not wait for peers
     session = init_group(config.backend, config.connect_timeout_s)
-    pin(config.cpus, session.rank, session.world_size)
     torch.set_num_threads(config.threads)
     run_config = read_config(config.run)
     n = run_config["students"]["num_students"]
@@ -48,6 +47,7 @@ def serve(config: ServeConfig) -> int:
         raise DistreeError(f"the run has {n} students but {session.num_devices} device ranks were started; "
                            f"start {n + 1} processes")
     plan, faults, links = check_options(config, n)
+    pin(config.cpus, session.rank, session.world_size)  # after the check, which asks what this process may use
     shape = run_config["data_shape"]
     size = shape.get("image_size", SIZE)  # runs from before image sizes were kept are 32x32
     input_shape = (shape["in_channels"], size, size)
