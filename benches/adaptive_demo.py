@@ -1,6 +1,7 @@
 """The adaptive runtime's targets on a trained run (issue 13), in one script:
 
     .venv/bin/python benches/adaptive_demo.py --run runs/demo --out /tmp/adaptive [--samples 900]
+        [--device-backend onnxruntime --artifacts runs/demo/export-onnx]
 
 N = 2 local processes on loopback, DistrEE only, one sample in flight, three sessions in a row:
 (a) static thresholds (the run's calibrated ones), no fault: its median latency sets the target,
@@ -94,6 +95,9 @@ def main() -> None:
                    help="which latency of the static run the target multiplies")
     p.add_argument("--epsilon", type=float, help="certify the grid again on val at this epsilon "
                                                  "(default: the run's certificate)")
+    p.add_argument("--device-backend", default="torch", choices=("torch", "onnxruntime"),
+                   help="what the devices compute with in all three sessions (default: %(default)s)")
+    p.add_argument("--artifacts", help=f"with onnxruntime: `distree export --format onnx --policy {POLICY}`'s folder")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,7 +107,8 @@ def main() -> None:
     grid = certified_grid(args.run, args.epsilon)
     epsilon = grid["epsilon"]
     path_file.write_text(json.dumps({POLICY: grid}))
-    common = {"run": args.run, "samples": args.samples}
+    common = {"run": args.run, "samples": args.samples, "device_backend": args.device_backend,
+              "artifacts": args.artifacts}
     static = session(out, "static", **common)
     median = static["latency_ms_measured"]["median"]
     target = args.target_x * static["latency_ms_measured"][args.target_of]
@@ -117,7 +122,7 @@ def main() -> None:
     static_disagree = sum(a != f for a, f in zip(static["predictions"], full)) / len(full)
     key = f"slow:1@{third}"
     summary = {
-        "load_average": os.getloadavg(), "samples": args.samples, "faults": faults, "target_ms": target,
+        "load_average": os.getloadavg(), "samples": args.samples, "device_backend": args.device_backend, "faults": faults, "target_ms": target,
         "target": f"{args.target_x:g} x static {args.target_of}",
         "epsilon": epsilon, "path": grid["path"], "certified_combinations": sum(grid["certified"]),
         "combinations": len(grid["certified"]),

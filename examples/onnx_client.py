@@ -53,12 +53,15 @@ def main() -> None:
     options.log_severity_level = 3
     students = [ort.InferenceSession(str(args.export / s["file"]), options, providers=["CPUExecutionProvider"])
                 for s in manifest["students"]]
+    # exports of early-exit policies take the thresholds (exits 2..6) as an input: the export's own here
+    setting = {"thresholds": np.array([float(t) for t in manifest["thresholds"]], np.float32)} \
+        if manifest.get("thresholds_input") else {}
     files = sorted(p for p in args.images.rglob("*") if p.suffix.lower() in SUFFIXES)
     right = labelled = 0
     rows = []
     for path in files:
         x = prepare(path, rule)
-        evidence = [s.run(["evidence", "exit"], {"image": x})[0][0] for s in students]  # N x (K,)
+        evidence = [s.run(["evidence", "exit"], {"image": x, **setting})[0][0] for s in students]  # N x (K,)
         if "proj" in agg:
             logits = np.asarray(agg["proj"], np.float32) @ np.concatenate(evidence) + np.asarray(agg["bias"])
         else:

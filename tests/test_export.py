@@ -77,6 +77,7 @@ def check_manifest(out, fmt: str, thresholds: str):
     assert manifest["class_names"] == [str(k) for k in range(10)]
     assert manifest["versions"]["torch"] == torch.__version__
     assert manifest["aggregator"]["surviving_sets"] is None  # the run was never evaluated
+    assert (manifest["thresholds_input"] is not None) == (fmt == "onnx")  # pt2 keeps its thresholds inside
     assert [e["file"] for e in manifest["students"]] == [f"student0.{fmt}", f"student1.{fmt}"]
     for entry in manifest["students"]:
         assert entry["sha256"] == sha256(out / entry["file"])
@@ -98,6 +99,9 @@ def assert_conforms(out):
     result = check_export(out, SAMPLES)
     assert result.samples == SAMPLES and result.max_abs_evidence_error <= 1e-4
     assert max(sum(c > 0 for c in counts) for counts in result.exit_histogram) >= 2  # several exits taken
+    if json.loads((out / MANIFEST).read_text())["thresholds_input"]:  # checked at a moved setting too
+        assert max(sum(c > 0 for c in counts) for counts in result.moved_exit_histogram) >= 2
+        assert result.moved_exit_histogram != result.exit_histogram  # the input moved the exits
     return result
 
 
@@ -178,7 +182,8 @@ def test_stock_onnx_client_reproduces_the_engine_on_png_files(run, onnx_out, tmp
     saved as PNG under their label's folder answers every file as the engine does on the tensors."""
     from PIL import Image
 
-    from distree.export.conformance import _engine
+    from distree.export.conformance import _policy
+    from distree.inference.engine import InferenceEngine
     from distree.run_dir import read_config, run_splits
     from distree.samples import load_samples
 
@@ -192,7 +197,9 @@ def test_stock_onnx_client_reproduces_the_engine_on_png_files(run, onnx_out, tmp
     done = subprocess.run([sys.executable, str(client), str(onnx_out), str(tmp_path / "images"), "--csv", str(answers)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    _, engine = _engine(json.loads((onnx_out / MANIFEST).read_text()))
+    manifest = json.loads((onnx_out / MANIFEST).read_text())
+    engine = InferenceEngine(load_student_model(run[0]), _policy(manifest),
+                             torch.tensor([float(t) for t in manifest["thresholds"]]))
     x = load_samples(run[0], "test", SAMPLES).x
     with torch.inference_mode():
         expected = engine.run(x, torch.arange(SAMPLES), mode="streaming").logits.argmax(-1)  # (S,)

@@ -75,6 +75,10 @@ def build_manifest(plan, fmt: str, files: list[Path], class_names: list[str], op
                                     "pixels": "Pillow's L (grey)" if x.shape[1] == 1 else "RGB",
                                     "mean": plan.mean, "std": plan.std}},
         "preprocessing": run_preprocessing(plan.run).to_dict(),  # image file -> input, as the run's training images
+        "thresholds_input": {"name": "thresholds", "shape": [5], "dtype": "float32",
+                             "note": "exits 2..6 decide against these: feed `thresholds` above for the export's "
+                                     "own setting, or another setting of the same policy"}
+        if policy.exits_early and fmt == "onnx" else None,
         "outputs": {"evidence": {"shape": [1, len(class_names)], "dtype": "float32"},
                     "exit": {"shape": [], "dtype": "int64", "note": "0-based: 0 is exit 1, 6 is exit 7"}},
         "aggregator": {**({"formula": "logits = sum of the students' evidence + bias", "bias": model.bias.tolist()}

@@ -39,4 +39,9 @@ def run(args) -> int:
               f"(accuracy {100 * result.accuracy:.2f}%), in {time.perf_counter() - start:.1f} s")
         for i, counts in enumerate(result.exit_histogram):
             print(f"  student {i} exits 1..7: {counts}")
+        if result.moved_thresholds is not None:
+            print(f"  and the same with thresholds {[round(t, 4) for t in result.moved_thresholds]} fed in "
+                  "(each exit's lower-quartile score, as the runtime may move a device to another setting):")
+            for i, counts in enumerate(result.moved_exit_histogram):
+                print(f"  student {i} exits 1..7: {counts}")
     return 0

@@ -4,6 +4,11 @@ The engine runs in streaming mode on one thread, as a device does; each artifact
 same first N test samples. Exit indices must be identical, the class evidence within ATOL, and
 the final predictions (the aggregator over the students' evidence) identical. The first
 mismatch is an error naming the artifact, the student and the sample.
+
+Artifacts that take their thresholds as an input (ONNX exports of early-exit policies) are
+checked twice: at the export's own thresholds, and at a moved setting, each exit's lower-quartile
+score on the checked samples (a setting nobody calibrated, under which samples leave at every
+exit), as a device the runtime moves would run.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +18,7 @@ import torch
 from distree.errors import DistreeError
 from distree.artifacts.manifest import read_manifest, verify_files
 from distree.inference.engine import InferenceEngine
+from distree.inference.evidence import model_evidence, policy_scores
 from distree.plan import load_policy
 from distree.policies import check_thresholds
 from distree.run_dir import GATE, load_student_model
@@ -27,6 +33,8 @@ class Conformance:
     exit_histogram: list  # per student: samples leaving at each of the 7 exits
     max_abs_evidence_error: float
     accuracy: float  # of the exported students' aggregated predictions on the labelled samples
+    moved_thresholds: list | None = None  # the second setting checked, where the artifacts take thresholds
+    moved_exit_histogram: list | None = None
 
 
 def _runner(fmt: str, path: Path):
@@ -36,25 +44,30 @@ def _runner(fmt: str, path: Path):
 
         student = OnnxStudent(path)
 
-        def run_onnx(x):
-            u, exit_index = student.run(x.numpy())
+        def run_onnx(x, thresholds=None):
+            u, exit_index = student.run(x.numpy(), None if thresholds is None else thresholds.numpy())
             return torch.from_numpy(u), exit_index
         return run_onnx
     from distree.export.pt2_export import load_pt2
 
     walk = load_pt2(path)
 
-    def run_pt2(x):
+    def run_pt2(x, thresholds=None):
         u, exit_index = walk(x)
         return u, int(exit_index)
     return run_pt2
 
 
-def _engine(manifest: dict):
-    run = manifest["run"]
-    model = load_student_model(run)
-    thresholds = check_thresholds([float(v) for v in manifest["thresholds"]])
-    return model, InferenceEngine(model, load_policy(manifest["policy"], run, manifest.get("gate", GATE)), thresholds)
+def _policy(manifest: dict):
+    return load_policy(manifest["policy"], manifest["run"], manifest.get("gate", GATE))
+
+
+def moved_setting(model, policy, x: torch.Tensor) -> torch.Tensor:
+    """Thresholds (5,): at each exit 2..6 the lower quartile of the students' finite scores on x (1.0 if none)."""
+    with torch.inference_mode():
+        scores = policy_scores(policy, model_evidence(model, x, torch.arange(len(x))))  # (N, 5, B)
+    finite = [s[s.isfinite()] for s in scores.transpose(0, 1).flatten(1)]
+    return torch.tensor([float(s.quantile(0.25)) if s.numel() else 1.0 for s in finite])
 
 
 def check_export(out_dir, samples: int = 1000) -> Conformance:
@@ -63,42 +76,61 @@ def check_export(out_dir, samples: int = 1000) -> Conformance:
     if manifest is None:
         raise DistreeError(f"{out_dir} is not a distree export (no manifest.json of ours)")
     verify_files(out_dir, manifest)
-    model, engine = _engine(manifest)
+    model, policy = load_student_model(manifest["run"]), _policy(manifest)
     loaded = load_samples(manifest["run"], "test", samples)
     x, labels = loaded.x, loaded.labels  # (S, C, H, W), (S,)
-    index = torch.arange(len(x))
+    own = check_thresholds([float(v) for v in manifest["thresholds"]])
+    got_u, got_exit, error = _against_engine(out_dir, manifest, model, policy, x, own, None)
+    labelled = labels >= 0
+    with torch.no_grad():
+        predictions = model.aggregate(got_u).argmax(-1)  # (S,)
+    accuracy = float((predictions[labelled] == labels[labelled]).float().mean()) if labelled.any() else float("nan")
+    result = Conformance(len(x), _histogram(got_exit), error, accuracy)
+    if manifest.get("thresholds_input"):
+        moved = moved_setting(model, policy, x)
+        _, moved_exit, moved_error = _against_engine(out_dir, manifest, model, policy, x, moved, moved)
+        result.moved_thresholds, result.moved_exit_histogram = moved.tolist(), _histogram(moved_exit)
+        result.max_abs_evidence_error = max(error, moved_error)
+    return result
+
+
+def _histogram(exits: torch.Tensor) -> list:
+    return [torch.bincount(e, minlength=7).tolist() for e in exits]
+
+
+def _against_engine(out_dir, manifest: dict, model, policy, x: torch.Tensor, thresholds: torch.Tensor, fed):
+    """Every artifact on x, fed thresholds `fed` (None: its own), against the engine at `thresholds`:
+    (evidence (N, S, K), exits (N, S), largest evidence difference), or a DistreeError at the first mismatch."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.inference_mode():
-            reference = engine.run(x, index, mode="streaming")
-            got_u, got_exit = _run_artifacts(out_dir, manifest, x)
+            reference = InferenceEngine(model, policy, thresholds).run(x, torch.arange(len(x)), mode="streaming")
+            got_u, got_exit = _run_artifacts(out_dir, manifest, x, fed)
     finally:
         torch.set_num_threads(threads)
     files = [e["file"] for e in manifest["students"]]
     expected = reference.sent.float()  # (N, S, K) what each student sent, as a device sends it
+    where = "" if fed is None else f"with thresholds {[round(t, 6) for t in fed.tolist()]} fed in: "
     error = _first_mismatch(files, got_u, got_exit, expected, reference.exits)
     if error:
-        raise DistreeError(error)
+        raise DistreeError(where + error)
     with torch.no_grad():
         predictions = model.aggregate(got_u).argmax(-1)  # (S,)
     wrong = (predictions != reference.logits.argmax(-1)).nonzero().flatten()
     if len(wrong):
-        raise DistreeError(f"sample {int(wrong[0])}: the exported students' aggregated prediction "
+        raise DistreeError(f"{where}sample {int(wrong[0])}: the exported students' aggregated prediction "
                            f"{int(predictions[wrong[0]])} differs from the engine's "
                            f"{int(reference.logits[wrong[0]].argmax())} ({len(wrong)} of {len(x)} samples)")
-    labelled = labels >= 0
-    accuracy = float((predictions[labelled] == labels[labelled]).float().mean()) if labelled.any() else float("nan")
-    histogram = [torch.bincount(e, minlength=7).tolist() for e in got_exit]
-    return Conformance(len(x), histogram, float((got_u - expected).abs().max()), accuracy)
+    return got_u, got_exit, float((got_u - expected).abs().max())
 
 
-def _run_artifacts(out_dir, manifest: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every artifact on every sample: evidence (N, S, K) and exits (N, S) int64."""
+def _run_artifacts(out_dir, manifest: dict, x: torch.Tensor, thresholds: torch.Tensor | None):
+    """Every artifact on every sample, fed thresholds (None: its own): evidence (N, S, K) and exits (N, S) int64."""
     us, exits = [], []
     for entry in manifest["students"]:
         run = _runner(manifest["format"], Path(out_dir) / entry["file"])
-        outs = [run(x[b:b + 1]) for b in range(len(x))]
+        outs = [run(x[b:b + 1], thresholds) for b in range(len(x))]
         us.append(torch.cat([u for u, _ in outs]))  # (S, K)
         exits.append(torch.tensor([e for _, e in outs]))  # (S,)
     return torch.stack(us), torch.stack(exits)

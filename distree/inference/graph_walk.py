@@ -23,7 +23,9 @@ class GraphWalk(nn.Module):
     """DeviceStep `step`'s walk for one sample x (1, C, H, W) -> (u (1, K), exit () int64, 0-based).
 
     The step's policy must decide in the fused op (a policy with an exit-gate rule) or never
-    exit early (last-exit); it is the same decision as `step.run`'s, with the same thresholds.
+    exit early (last-exit); it is the same decision as `step.run`'s, with the same thresholds,
+    or with `thresholds` (5,) where forward is given them (an input of the traced graph, so an
+    export can move its setting without being exported again).
     """
 
     def __init__(self, step: DeviceStep, x: torch.Tensor):
@@ -35,8 +37,10 @@ class GraphWalk(nn.Module):
         with torch.inference_mode():  # the shape and layout each stage gives, for the skipped branches
             self.outputs = [(tuple(h.shape), _memory_format(h)) for h in step.student(x)[1]]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, thresholds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         student, gates = self.step.student, self.step.gates
+        if thresholds is not None:  # exit j decides against thresholds[j - 1]
+            gates = [g if g is None else {**g, "threshold": thresholds[j - 1]} for j, g in enumerate(gates)]
         if not self.step.policy.exits_early:
             walk = student.walk(x)
             for _ in walk:

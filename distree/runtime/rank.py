@@ -24,7 +24,7 @@ from distree.runtime.device import Device, run_device
 from distree.runtime.faults import parse_fault
 from distree.runtime.group import AGGREGATOR_RANK, Session, init_group
 from distree.runtime.netem import link_models
-from distree.runtime.onnx_device import check_artifacts, onnx_steps
+from distree.runtime.onnx_device import check_artifacts, onnx_steps, takes_thresholds
 from distree.runtime.pinning import parse_cpus, pin
 from distree.runtime.predictions import check_replaceable, predictions_path, write_predictions
 from distree.plan import make_plan, parse_thresholds
@@ -107,8 +107,9 @@ def device_steps(config: ServeConfig, plan: list, i: int, session: Session):
     """What device i computes each policy of the plan with (its PyTorch student, or its ONNX file),
     the plan's threshold paths and, where a path adapts, the walk to exit 7 for shadow samples."""
     paths = [s.settings() for s in plan]  # what a THRESHOLDS message may set, per policy
-    if config.device_backend == "onnxruntime":  # thresholds baked in: check_options allows no path
-        return onnx_steps(config.artifacts, plan, i, config.threads), paths, None  # students.pt is not read
+    if config.device_backend == "onnxruntime":  # students.pt is not read
+        steps = onnx_steps(config.artifacts, plan, i, config.threads)
+        return steps, paths, steps[0] if any(s.path is not None for s in plan) else None  # its graph, to exit 7
     model = load_student_model(config.run)
     student = model.students[i].to(session.device)  # on its GPU under NCCL; the aggregator's sums stay on the CPU
     steps = [DeviceStep(student, i, s.policy, s.thresholds, bias_share(model)) for s in plan]
@@ -122,20 +123,22 @@ def check_options(config: ServeConfig, n: int):
     """The plan, faults and links config asks for, or a DistreeError before any process starts."""
     check_adaptive_options(config)
     plan = make_plan(config.policies, parse_thresholds(config.thresholds), config.run, config.setting)
+    movable = True  # whether the devices' thresholds can move (a latency target, a loss)
+    if config.device_backend == "onnxruntime":
+        movable = takes_thresholds(check_artifacts(config.artifacts, plan, n))
+        if config.adapting and not movable:
+            raise DistreeError(f"a latency target moves each device's thresholds, and the students in "
+                               f"{config.artifacts} have theirs inside (exported before thresholds were an input, "
+                               "or last-exit): export them again, or use --device-backend torch")
+    elif config.artifacts is not None:
+        raise DistreeError("--artifacts is for --device-backend onnxruntime")
     if config.adapting:
         plan = with_paths(plan, config.run, config.threshold_path, config.path_steps, config.consistency_epsilon,
                           delta=0.1, num_devices=n, served=config.setting)
-    if config.device_backend != "onnxruntime":  # an exported student's thresholds cannot move
+    if movable:
         plan = with_loss_settings(plan, config.run, config.setting)
     faults = [parse_fault(f, n) for f in config.faults]
     links = link_models(config.link_delay_ms, config.link_mbps, config.link_jitter_ms, n)
-    if config.device_backend == "onnxruntime":
-        if config.adapting:
-            raise DistreeError("a latency target moves each device's thresholds, and an exported ONNX student has "
-                               "its thresholds inside: use --device-backend torch with --latency-target-ms")
-        check_artifacts(config.artifacts, plan, n)
-    elif config.artifacts is not None:
-        raise DistreeError("--artifacts is for --device-backend onnxruntime")
     if min(config.window, config.chunk) < 1 or config.deadline_ms < 0 or config.dead_after_s <= 0:
         raise DistreeError("--window and --chunk must be >= 1, --deadline-ms >= 0, --dead-after-s > 0")
     check_counts(samples=config.samples or 0, reference_samples=config.reference_samples, warmup=config.warmup)
