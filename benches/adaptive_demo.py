@@ -3,9 +3,12 @@
     .venv/bin/python benches/adaptive_demo.py --run runs/demo --out /tmp/adaptive [--samples 900]
         [--device-backend onnxruntime --artifacts runs/demo/export-onnx]
 
-N = 2 local processes on loopback, DistrEE only, one sample in flight, three sessions in a row:
-(a) static thresholds (the run's calibrated ones), no fault: its median latency sets the target,
-    p95 <= 1.3 x that median;
+N = 2 local processes on loopback, one policy (`--policy`, DistrEE by default), one sample in
+flight, three sessions in a row:
+(a) static thresholds, no fault: its median (or p95, `--target-of`) latency sets the target,
+    p95 <= 1.3 x that; the thresholds are the run's certified-consistency setting, the one the
+    adaptive session starts from (the calibrated ones are cheaper but certify nothing, and the
+    adaptive runtime moves only among certified combinations);
 (b) the same static thresholds with device 1 slowed 3x for the middle third of the samples
     (`slow:1@S/3:3 slow:1@2S/3:1`: the second fault ends the first);
 (c) the same fault under the target, each device moving along the run's certified grid (every
@@ -29,6 +32,7 @@ from distree.evaluation import EvaluateConfig
 from distree.inference.engine import InferenceEngine
 from distree.inference.evidence import collect_evidence
 from distree.inference.outcome import PolicyEvaluator
+from distree.plan import load_policy
 from distree.policies import make_policy
 from distree.risk import candidate_path, upper_bound
 from distree.risk_grid import policy_grid
@@ -39,41 +43,41 @@ from distree.samples import load_samples
 from distree.run_dir import load_student_model, read_config, run_splits
 from distree.run_settings import CERTIFIED, read_settings
 
-POLICY = "distree"
+POLICY = "distree"  # the default --policy
 
 
-def certified_grid(run: str, epsilon: float | None) -> dict:
-    """The run's certified grid for POLICY (its certified-consistency setting's, as JSON); with
+def certified_grid(run: str, policy: str, epsilon: float | None) -> dict:
+    """The run's certified grid for policy (its certified-consistency setting's, as JSON); with
     `epsilon`, or where the run's evaluation predates stored grids, built again as `distree
     evaluate` builds it: the candidate order on training evidence (checked against the run's
     certified setting), then every combination tested on val."""
     setting = read_settings(run).get(f"{CERTIFIED}consistency")
-    if POLICY in setting.grids and epsilon is None:
-        return setting.grids[POLICY].to_json()
+    if policy in setting.grids and epsilon is None:
+        return setting.grids[policy].to_json()
     config, model = EvaluateConfig(), load_student_model(run)
     splits = run_splits(run, read_config(run))
     train = collect_evidence(model, splits.train, config.batch_size, config.gate_samples)
     sample, _ = splits.test.batch(torch.arange(1))
     flops = count_flops(model, sample.contiguous(memory_format=torch.channels_last))
-    ordering = PolicyEvaluator(make_policy(POLICY), train, flops, config.costs)
+    ordering = PolicyEvaluator(load_policy(policy, run), train, flops, config.costs)
     candidates = candidate_path(ordering, config.risk_path, config.risk_candidates)  # (C, 5)
-    certified = setting.thresholds.get(POLICY)
+    certified = setting.thresholds.get(policy)
     if certified is not None and not (candidates == certified).all(1).any():
         raise SystemExit(f"the certified {certified.tolist()} is not among the candidates rebuilt here: the run's "
                          "evaluation used other settings")
-    val = PolicyEvaluator(make_policy(POLICY), collect_evidence(model, splits.val, config.batch_size), flops,
+    val = PolicyEvaluator(load_policy(policy, run), collect_evidence(model, splits.val, config.batch_size), flops,
                           config.costs)
     epsilon = setting.options["epsilon"] if epsilon is None else epsilon
     return policy_grid(val, train, candidates, epsilon, setting.options["delta"], config.grid_steps).to_json()
 
 
-def session(out: Path, name: str, **options) -> dict:
-    config = ServeConfig(policies=[POLICY], reference_samples=0, window=1, report=str(out / f"{name}.json"), **options)
+def session(out: Path, name: str, policy: str, **options) -> dict:
+    config = ServeConfig(policies=[policy], reference_samples=0, window=1, report=str(out / f"{name}.json"), **options)
     outcome = deploy(config, 2, timeout_s=1800)
     if outcome.codes[0] != 0:
         raise SystemExit(f"session {name} failed: exit codes {outcome.codes}")
     write_session_figures(out / f"{name}.json")  # adaptive_timeline.png beside it, as `distree deploy` draws it
-    return json.loads((out / f"{name}.json").read_text())["policies"][POLICY]
+    return json.loads((out / f"{name}.json").read_text())["policies"][policy]
 
 
 def full_depth_predictions(run: str, samples: int) -> list[int]:
@@ -97,17 +101,19 @@ def main() -> None:
                                                  "(default: the run's certificate)")
     p.add_argument("--device-backend", default="torch", choices=("torch", "onnxruntime"),
                    help="what the devices compute with in all three sessions (default: %(default)s)")
-    p.add_argument("--artifacts", help=f"with onnxruntime: `distree export --format onnx --policy {POLICY}`'s folder")
+    p.add_argument("--policy", default=POLICY, help="a local policy the run's certified-consistency setting holds a "
+                                                    "grid for (default: %(default)s)")
+    p.add_argument("--artifacts", help="with onnxruntime: `distree export --format onnx --policy POLICY`'s folder")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if any(out.glob("*.json")):
         raise SystemExit(f"{out} holds reports already; give a new directory")
     path_file = out / "path.json"
-    grid = certified_grid(args.run, args.epsilon)
+    grid = certified_grid(args.run, args.policy, args.epsilon)
     epsilon = grid["epsilon"]
-    path_file.write_text(json.dumps({POLICY: grid}))
-    common = {"run": args.run, "samples": args.samples, "device_backend": args.device_backend,
+    path_file.write_text(json.dumps({args.policy: grid}))
+    common = {"run": args.run, "policy": args.policy, "samples": args.samples, "setting": f"{CERTIFIED}consistency", "device_backend": args.device_backend,
               "artifacts": args.artifacts}
     static = session(out, "static", **common)
     median = static["latency_ms_measured"]["median"]
@@ -122,7 +128,8 @@ def main() -> None:
     static_disagree = sum(a != f for a, f in zip(static["predictions"], full)) / len(full)
     key = f"slow:1@{third}"
     summary = {
-        "load_average": os.getloadavg(), "samples": args.samples, "device_backend": args.device_backend, "faults": faults, "target_ms": target,
+        "load_average": os.getloadavg(), "policy": args.policy, "samples": args.samples,
+        "device_backend": args.device_backend, "faults": faults, "target_ms": target,
         "target": f"{args.target_x:g} x static {args.target_of}",
         "epsilon": epsilon, "path": grid["path"], "certified_combinations": sum(grid["certified"]),
         "combinations": len(grid["certified"]),
