@@ -99,6 +99,9 @@ def main() -> None:
                    help="which latency of the static run the target multiplies")
     p.add_argument("--epsilon", type=float, help="certify the grid again on val at this epsilon "
                                                  "(default: the run's certificate)")
+    p.add_argument("--percentile", choices=("median", "p95"), default="p95",
+                   help="the latency percentile the controller holds under the target, and the one judged "
+                        "(default: %(default)s)")
     p.add_argument("--device-backend", default="torch", choices=("torch", "onnxruntime"),
                    help="what the devices compute with in all three sessions (default: %(default)s)")
     p.add_argument("--policy", default=POLICY, help="a local policy the run's certified-consistency setting holds a "
@@ -122,7 +125,7 @@ def main() -> None:
     faults = [f"slow:1@{third}:{args.factor:g}", f"slow:1@{2 * third}:1"]  # the middle third of the inputs
     slow = session(out, "static_slow", faults=faults, **common)
     adaptive = session(out, "adaptive", faults=faults, latency_target_ms=target, threshold_path=str(path_file),
-                       **common)
+                       percentile=50.0 if args.percentile == "median" else 95.0, **common)
     full = full_depth_predictions(args.run, args.samples)
     disagree = sum(a != f for a, f in zip(adaptive["predictions"], full)) / len(full)
     static_disagree = sum(a != f for a, f in zip(static["predictions"], full)) / len(full)
@@ -130,18 +133,18 @@ def main() -> None:
     summary = {
         "load_average": os.getloadavg(), "policy": args.policy, "samples": args.samples,
         "device_backend": args.device_backend, "faults": faults, "target_ms": target,
-        "target": f"{args.target_x:g} x static {args.target_of}",
+        "target": f"{args.percentile} <= {args.target_x:g} x static {args.target_of}",
         "epsilon": epsilon, "path": grid["path"], "certified_combinations": sum(grid["certified"]),
         "combinations": len(grid["certified"]),
         "static": {"median_ms": median, "p95_ms": static["latency_ms_measured"]["p95"],
                    "accuracy": static["accuracy"], "disagreement_with_exit7": static_disagree},
         "static_slow": {"window": [slow["phases"][key]["start"], slow["phases"][key]["end"]],
-                        "p95_during_ms": slow["phases"][key]["during"]["latency_ms"]["p95"],
-                        "p95_during_over_target": slow["phases"][key]["during"]["latency_ms"]["p95"] / target,
+                        "held_during_ms": slow["phases"][key]["during"]["latency_ms"][args.percentile],
+                        "held_during_over_target": slow["phases"][key]["during"]["latency_ms"][args.percentile] / target,
                         "accuracy": slow["accuracy"]},
         "adaptive": {"window": [adaptive["phases"][key]["start"], adaptive["phases"][key]["end"]],
-                     "p95_during_ms": adaptive["phases"][key]["during"]["latency_ms"]["p95"],
-                     "p95_during_over_target": adaptive["phases"][key]["during"]["latency_ms"]["p95"] / target,
+                     "held_during_ms": adaptive["phases"][key]["during"]["latency_ms"][args.percentile],
+                     "held_during_over_target": adaptive["phases"][key]["during"]["latency_ms"][args.percentile] / target,
                      "p95_ms": adaptive["latency_ms_measured"]["p95"], "accuracy": adaptive["accuracy"],
                      "accuracy_minus_static_points": 100 * (adaptive["accuracy"] - static["accuracy"]),
                      "setting_changes": adaptive["adaptive"]["threshold_messages"],
