@@ -104,6 +104,12 @@ def surviving_sets(run, num_students: int) -> dict | None:
             **table.to_json()}
 
 
+def takes_thresholds(manifest: dict) -> bool:
+    """Whether an export's students take their thresholds as an input (ONNX exports of early-exit
+    policies since they do); the others have theirs inside."""
+    return bool(manifest.get("thresholds_input"))
+
+
 def write_manifest(out_dir, manifest: dict) -> Path:
     path = Path(out_dir) / MANIFEST
     tmp = Path(f"{path}.tmp")

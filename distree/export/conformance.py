@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from distree.errors import DistreeError
-from distree.artifacts.manifest import read_manifest, verify_files
+from distree.artifacts.manifest import read_manifest, takes_thresholds, verify_files
 from distree.inference.engine import InferenceEngine
 from distree.inference.evidence import model_evidence, policy_scores
 from distree.plan import load_policy
@@ -86,7 +86,7 @@ def check_export(out_dir, samples: int = 1000) -> Conformance:
         predictions = model.aggregate(got_u).argmax(-1)  # (S,)
     accuracy = float((predictions[labelled] == labels[labelled]).float().mean()) if labelled.any() else float("nan")
     result = Conformance(len(x), _histogram(got_exit), error, accuracy)
-    if manifest.get("thresholds_input"):
+    if takes_thresholds(manifest):
         moved = moved_setting(model, policy, x)
         _, moved_exit, moved_error = _against_engine(out_dir, manifest, model, policy, x, moved, moved)
         result.moved_thresholds, result.moved_exit_histogram = moved.tolist(), _histogram(moved_exit)

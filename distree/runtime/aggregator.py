@@ -241,10 +241,11 @@ class Aggregator:
         them to catch up rather than be answered from no evidence at all.
         """
         self._mark("issue", stream.index, s, WHOLE, AGGREGATOR)
-        free = lambda: not self.live or any(self.unanswered[i] < window for i in self.live)  # noqa: E731
-        self._collect(free, time.perf_counter() + self.deadlines.of(stream.run))
+        if self.live and not self._free(window):
+            self._collect(lambda: not self.live or self._free(window),
+                          time.perf_counter() + self.deadlines.of(stream.run))
         msg = m.encode(m.INPUT, s, stream.index, m.SHADOW_RUN if shadow else 0, x)
-        to = {i for i in self.live if self.unanswered[i] < window}
+        to = self._free(window)
         t = time.perf_counter()
         for i in to:
             self._mark("out", stream.index, s, WHOLE, i)
@@ -257,13 +258,12 @@ class Aggregator:
             stream.shadows[s] = Shadow(to, stream.issued[s])
         return t, to
 
+    def _free(self, window: int) -> set:
+        """The live devices that may take a new sample: fewer than `window` inputs unanswered."""
+        return {i for i in self.live if self.unanswered[i] < window}
+
     def _collect(self, done, deadline_at: float) -> None:
-        """Take what has arrived, then arrivals until done() or the deadline; checks heartbeats while it waits."""
-        while True:
-            try:
-                self._take(self.inbox.get_nowait())
-            except queue.Empty:
-                break
+        """Take arrivals until done() or the deadline; checks heartbeats while it waits."""
         while not done():
             remaining = deadline_at - time.perf_counter()
             if remaining <= 0:

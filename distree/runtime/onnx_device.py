@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from distree.errors import DistreeError
-from distree.artifacts.manifest import read_manifest, verify_files
+from distree.artifacts.manifest import read_manifest, takes_thresholds, verify_files
 from distree.artifacts.onnx_student import OnnxStudent
 from distree.policies import NUM_THRESHOLDS
 
@@ -31,8 +31,9 @@ class OnnxStep:
     thresholds (5,) (None: the ones inside an export that has no thresholds input)."""
 
     def __init__(self, student: OnnxStudent, policy, thresholds: torch.Tensor | None):
-        self.student, self.policy = student, policy
-        self.thresholds = None if thresholds is None else thresholds.numpy().astype(np.float32)
+        self.student, self.policy, self.thresholds = student, policy, None
+        if thresholds is not None:
+            self.set_thresholds(thresholds)
 
     def set_thresholds(self, thresholds: torch.Tensor) -> None:
         """Decide with thresholds (5,) from the next sample on (a THRESHOLDS message)."""
@@ -71,12 +72,6 @@ def check_artifacts(folder, plan: list, n: int) -> dict:
         raise DistreeError(f"{folder} holds {len(manifest['students'])} students; the run has {n}")
     verify_files(folder, manifest)
     return manifest
-
-
-def takes_thresholds(manifest: dict) -> bool:
-    """Whether an export's students take their thresholds as an input (exports of early-exit policies
-    since they do); the others have theirs inside."""
-    return bool(manifest.get("thresholds_input"))
 
 
 def onnx_steps(folder, plan: list, index: int, threads: int) -> list[OnnxStep]:

@@ -24,7 +24,8 @@ from distree.runtime.device import Device, run_device
 from distree.runtime.faults import parse_fault
 from distree.runtime.group import AGGREGATOR_RANK, Session, init_group
 from distree.runtime.netem import link_models
-from distree.runtime.onnx_device import check_artifacts, onnx_steps, takes_thresholds
+from distree.artifacts.manifest import takes_thresholds
+from distree.runtime.onnx_device import check_artifacts, onnx_steps
 from distree.runtime.pinning import parse_cpus, pin
 from distree.runtime.predictions import check_replaceable, predictions_path, write_predictions
 from distree.plan import make_plan, parse_thresholds
