@@ -14,7 +14,7 @@ shape, which keeps tracing linear in the number of stages.
 import torch
 from torch import nn
 
-from distree.inference.step import DeviceStep
+from distree.inference.step import DeviceStep, GateArguments
 from distree.policies import LAST_EXIT
 from distree_kernels import exit_gate
 
@@ -40,7 +40,7 @@ class GraphWalk(nn.Module):
     def forward(self, x: torch.Tensor, thresholds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         student, gates = self.step.student, self.step.gates
         if thresholds is not None:  # exit j decides against thresholds[j - 1]
-            gates = [g if g is None else {**g, "threshold": thresholds[j - 1]} for j, g in enumerate(gates)]
+            gates = [g if g is None else g._replace(threshold=thresholds[j - 1]) for j, g in enumerate(gates)]
         if not self.step.policy.exits_early:
             walk = student.walk(x)
             for _ in walk:
@@ -59,7 +59,7 @@ class GraphWalk(nn.Module):
                 (h, previous, u_out, exit_out))
         return u_out, exit_out
 
-    def _stage(self, j: int, first: torch.Tensor, gate: dict | None):
+    def _stage(self, j: int, first: torch.Tensor, gate: GateArguments | None):
         """Runs stage j and its exit; the sample stops here if the gate says so (or at exit 7)."""
         stage, head = self.step.student.stages[j], self.step.student.heads[j]
 
@@ -84,8 +84,8 @@ class GraphWalk(nn.Module):
         return skip
 
 
-def _exit_gate(h, head, first, previous, gate: dict):
-    return exit_gate(h, head.weight, head.bias, first, previous, **gate, backend=head.backend)
+def _exit_gate(h, head, first, previous, gate: GateArguments):
+    return exit_gate(h, head.weight, head.bias, first, previous, *gate, backend=head.backend)
 
 
 def _memory_format(h: torch.Tensor) -> torch.memory_format:

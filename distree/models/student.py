@@ -94,13 +94,14 @@ class StudentWalk:
 
     def __init__(self, student: StagedStudent, x: torch.Tensor):
         self.student, self.h, self.exit = student, x, -1
+        self.exit_head = None  # the current exit's head (a ModuleList lookup costs microseconds at B = 1)
         self.first = None  # (B', K) exit 1's feature, once its head has run
         self.previous = None  # (B', K) the feature of the exit before the current one
         self.last = None  # (B', K) the feature of the latest head that ran
 
     def __iter__(self) -> Iterator[int]:
-        for j, stage in enumerate(self.student.stages):
-            self.exit, self.h = j, stage(self.h)  # (B', C_j, H_j, W_j)
+        for j, (stage, head) in enumerate(zip(self.student.stages, self.student.heads)):
+            self.exit, self.exit_head, self.h = j, head, stage(self.h)  # h (B', C_j, H_j, W_j)
             yield j
 
     def head(self, score: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -108,7 +109,7 @@ class StudentWalk:
 
         score=False skips the comparison with exit 1 (training needs the feature only).
         """
-        return self._record(self.student.heads[self.exit](self.h, self.first if score else None))
+        return self._record(self.exit_head(self.h, self.first if score else None))
 
     def decide(self, bias_share, gate_weight, gate_bias, threshold, rule: str, inclusive: bool):
         """The fused exit gate on h: feature (B', K), score (B',) and the rule's stop mask (B',).
@@ -116,7 +117,7 @@ class StudentWalk:
         bias_share (K,), gate_weight (F,) and gate_bias () as `distree_kernels.exit_gate` takes
         them; threshold a 0-d float32 tensor on h's device.
         """
-        head = self.student.heads[self.exit]
+        head = self.exit_head
         previous = self.last if self.last is not None else self.first
         return self._record(exit_gate(self.h, head.weight, head.bias, self.first, previous, bias_share, gate_weight,
                                       gate_bias, threshold, rule, inclusive, backend=head.backend))
