@@ -27,9 +27,46 @@ import torch
 from distree.costs import student_flops
 from distree.inference.evidence import Evidence
 from distree.inference.outcome import PolicyEvaluator
-from distree.policies import check_thresholds
+from distree.policies import NUM_EXITS, check_thresholds
 from distree.risk import binomial_cdf, last_answer, upper_bound
 from distree.run_dir import jsonable_thresholds
+
+
+@dataclass
+class SettingCosts:
+    """What each device spends at each setting of a path, FLOPs per sample on calibration, at any
+    percentile: `share` (C, N, 7) of the samples device i leaves at each exit under setting j and
+    `flops` (N, 7) that device i spends to reach and decide at each exit. A device's FLOPs take one
+    of 7 values, so the pair is its whole distribution: the P-th percentile at a setting is the
+    FLOPs of the first exit by which at least P% of the samples have left (no interpolation).
+
+    Grids stored before the histogram kept only the 95th percentile (`fixed` (C, N)); theirs is
+    the cost at every percentile."""
+
+    share: torch.Tensor | None  # (C, N, 7)
+    flops: torch.Tensor | None  # (N, 7), nondecreasing along the exits
+    fixed: torch.Tensor | None = None  # (C, N)
+
+    def at(self, percentile: float) -> torch.Tensor:
+        """(C, N): device i's P-th percentile of FLOPs per sample at setting j."""
+        if self.share is None:
+            return self.fixed
+        left = self.share.cumsum(-1)  # (C, N, 7): share of samples gone by each exit
+        first = (left < percentile / 100 - 1e-9).sum(-1).clamp_max(left.shape[-1] - 1)  # (C, N)
+        return self.flops.unsqueeze(0).expand(len(first), -1, -1).gather(2, first.unsqueeze(-1)).squeeze(-1)
+
+    def to_json(self) -> dict:
+        if self.share is None:
+            return {"cost": self.fixed.tolist()}
+        return {"exit_share": self.share.tolist(), "exit_flops": self.flops.tolist()}
+
+    @staticmethod
+    def from_json(entry: dict, settings: int) -> "SettingCosts":
+        if "exit_share" not in entry:  # stored before the histogram: the 95th percentile alone
+            return SettingCosts(None, None, torch.tensor(entry["cost"], dtype=torch.float64).view(settings, -1))
+        share = torch.tensor(entry["exit_share"], dtype=torch.float64)
+        return SettingCosts(share.view(settings, -1, share.shape[-1]), torch.tensor(entry["exit_flops"],
+                                                                                    dtype=torch.float64))
 
 
 @dataclass
@@ -42,7 +79,7 @@ class GridCertificate:
     certified: torch.Tensor  # (C,) * N bool
     epsilon: float
     delta: float
-    cost: torch.Tensor  # (C, N): the 95th percentile of device i's FLOPs per sample at setting j, on calibration
+    costs: SettingCosts  # what device i spends per sample at setting j
     members: tuple[int, ...] | None = None  # the devices of a surviving set's grid, one dimension each; None: all
 
     def key(self, indices) -> tuple:
@@ -64,7 +101,7 @@ class GridCertificate:
     def to_json(self) -> dict:
         out = {"path": [jsonable_thresholds(t) for t in self.path], "devices": self.losses.dim(), "n": self.n,
                "epsilon": self.epsilon, "delta": self.delta, "losses": self.losses.flatten().tolist(),
-               "certified": self.certified.flatten().tolist(), "cost": self.cost.tolist()}
+               "certified": self.certified.flatten().tolist(), **self.costs.to_json()}
         return out if self.members is None else {**out, "members": list(self.members)}
 
     @staticmethod
@@ -75,7 +112,7 @@ class GridCertificate:
         return GridCertificate(path, int(entry["n"]), torch.tensor(entry["losses"], dtype=torch.long).view(shape),
                                torch.tensor(entry["certified"], dtype=torch.bool).view(shape),
                                float(entry["epsilon"]), float(entry["delta"]),
-                               torch.tensor(entry["cost"], dtype=torch.float64).view(len(path), -1),
+                               SettingCosts.from_json(entry, len(path)),
                                None if entry.get("members") is None else tuple(int(i) for i in entry["members"]))
 
 
@@ -145,8 +182,11 @@ def policy_grid(calibration: PolicyEvaluator, ordering: Evidence, candidates: to
     return certify_grid(calibration, device_path(order, candidates, epsilon, steps), epsilon, delta)
 
 
-def device_costs(evaluator: PolicyEvaluator, exits: torch.Tensor) -> torch.Tensor:
-    """(C, N): the 95th percentile over samples of the FLOPs device i spends at setting j (its own
-    exits only: a device's cost does not depend on the others' settings); exits (C, N, B)."""
-    flops = torch.stack([student_flops(evaluator.flops, e, evaluator.policy) for e in exits])  # (C, N, B)
-    return flops.quantile(0.95, dim=2)  # (C, N)
+def device_costs(evaluator: PolicyEvaluator, exits: torch.Tensor) -> SettingCosts:
+    """What device i spends at setting j (its own exits only: a device's cost does not depend on the
+    others' settings), from exits (C, N, B)."""
+    n = exits.shape[1]
+    every_exit = torch.arange(NUM_EXITS).expand(n, -1)  # (N, 7)
+    flops = student_flops(evaluator.flops, every_exit, evaluator.policy).double()  # (N, 7)
+    counts = torch.nn.functional.one_hot(exits, NUM_EXITS).sum(2)  # (C, N, 7)
+    return SettingCosts(counts.double() / exits.shape[2], flops)

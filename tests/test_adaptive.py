@@ -34,7 +34,7 @@ from distree.runtime.faults import parse_fault
 from distree.plan import make_plan
 from distree.runtime.plan import with_paths
 from distree.runtime.rank import check_options
-from distree.risk_grid import GridCertificate
+from distree.risk_grid import GridCertificate, SettingCosts
 from test_runtime import EVENT_DEADLINE_MS, make_run, make_run_with_sets, median_thresholds
 
 INF = float("inf")
@@ -60,7 +60,7 @@ def wide2_sets(tmp_path_factory):
     healthy = small_grid([[0] * 3] * 3)
     healthy.path = path
     alone = {(i,): GridCertificate(path, 1000, torch.tensor([0, 90, 20]), torch.tensor([True, False, True]), 0.05,
-                                   0.1, healthy.cost, members=(i,)) for i in range(2)}
+                                   0.1, healthy.costs, members=(i,)) for i in range(2)}
     store_settings(run, [ServedSetting("calibrated", {"distree": path[1]}),
                          ServedSetting("certified-consistency", {"distree": path[1]}, {"distree": healthy},
                                        {"risk": "consistency", "epsilon": 0.05, "delta": 0.1},
@@ -160,13 +160,16 @@ def small_grid(losses, n=1000, epsilon=0.05, delta=0.1) -> GridCertificate:
     from distree.risk import binomial_cdf
     losses = torch.tensor(losses)
     certified = binomial_cdf(n, epsilon)[losses] <= delta / losses.numel()
-    cost = torch.tensor([[8.0, 8.0], [4.0, 4.0], [1.0, 1.0]], dtype=torch.float64)  # (C, N)
+    share = torch.zeros(3, 2, 7, dtype=torch.float64)  # every sample at one exit per setting
+    share[0, :, 6] = share[1, :, 3] = share[2, :, 0] = 1.0
+    flops = torch.tensor([1.0, 2, 3, 4, 5, 6, 8], dtype=torch.float64).expand(2, -1)  # (N, 7)
     return GridCertificate(torch.tensor([[INF] * 5, [1.2] * 5, [-INF] * 5]), n, losses, certified, epsilon, delta,
-                           cost)
+                           SettingCosts(share, flops))  # costs 8, 4, 1 at any percentile
 
 
 def test_the_grid_certifies_every_combination_at_once():
     from distree.inference.outcome import PolicyEvaluator
+    from distree.costs import student_flops
     from distree.risk_grid import certify_grid, combination_losses, device_path, setting_exits
     from inference_cases import synthetic_evidence, synthetic_flops
 
@@ -184,10 +187,37 @@ def test_the_grid_certifies_every_combination_at_once():
     assert grid.certified[0, 0] and not grid.certified[-1, -1]
     for index in torch.nonzero(grid.certified).tolist():  # certified: its own bound within epsilon
         assert grid.bound(tuple(index)) <= 0.05
-    assert grid.cost.shape == (len(path), 2) and (grid.cost[:-1] >= grid.cost[1:]).all()  # cheaper along it
+    for percentile in (50, 95):
+        cost = grid.costs.at(percentile)  # (C, N)
+        assert cost.shape == (len(path), 2) and (cost[:-1] >= cost[1:]).all()  # cheaper along it
+        flops = torch.stack([student_flops(e.flops, x, e.policy) for x in setting_exits(e, path)])  # (C, N, B): every sample's FLOPs
+        at_most = (flops <= cost.unsqueeze(-1)).double().mean(-1)  # (C, N): the percentile's definition
+        below = (flops < cost.unsqueeze(-1)).double().mean(-1)
+        assert (at_most >= percentile / 100).all() and (below < percentile / 100).all()
     back = GridCertificate.from_json(json.loads(json.dumps(grid.to_json())))
     assert torch.equal(back.losses, grid.losses) and torch.equal(back.certified, grid.certified)
-    assert torch.equal(back.path, grid.path) and torch.allclose(back.cost, grid.cost)
+    assert torch.equal(back.path, grid.path) and torch.allclose(back.costs.at(50), grid.costs.at(50))
+
+
+def test_setting_costs_at_a_percentile_and_as_stored_before_the_histogram():
+    share = torch.tensor([[[0.5, 0.0, 0.0, 0.3, 0.0, 0.0, 0.2]]], dtype=torch.float64)  # (1, 1, 7)
+    costs = SettingCosts(share, torch.tensor([[1.0, 2, 3, 4, 5, 6, 7]], dtype=torch.float64))
+    assert [float(costs.at(p)) for p in (10, 50, 51, 80, 81, 95)] == [1.0, 1.0, 4.0, 4.0, 7.0, 7.0]
+    old = {"cost": [[52.7, 52.7], [52.7, 30.0]]}  # a grid stored with the 95th percentile only
+    assert torch.equal(SettingCosts.from_json(old, 2).at(50), torch.tensor(old["cost"], dtype=torch.float64))
+
+
+def test_the_controller_prices_settings_at_the_percentile_it_holds():
+    grid = small_grid([[0, 10, 20], [10, 20, 30], [20, 30, 34]])
+    grid.costs.share[1] = 0.0  # setting 1: 90% of samples leave at exit 1, 10% run to exit 7
+    grid.costs.share[1, :, 0], grid.costs.share[1, :, 6] = 0.9, 0.1
+    at_median = Controller(AdaptConfig(target_s=0.010, percentile=50, window=10, react=3), 2, length=3, grid=grid)
+    at_p95 = Controller(AdaptConfig(target_s=0.010, window=10, react=3), 2, length=3, grid=grid)
+    assert at_median.cost[1].tolist() == [1.0, 1.0] and at_p95.cost[1].tolist() == [8.0, 8.0]
+    # 40 ms, nearly all compute: at the median setting 1 predicts 5 ms, so the median goes no further;
+    # at the 95th it saves nothing, so the p95 goes on to setting 2
+    assert [at_median.observe(1, 0, 0.040, 0.039) for _ in range(3)] == [None, None, 1]
+    assert [at_p95.observe(1, 0, 0.040, 0.039) for _ in range(3)] == [None, None, 2]
 
 
 def test_controller_runs_only_certified_combinations_and_jumps_by_cost():
@@ -258,7 +288,7 @@ def test_after_a_loss_the_controller_moves_only_among_the_sets_combinations():
     control = Controller(AdaptConfig(target_s=0.010, window=10, react=3), 2, length=3, grid=grid)
     assert [control.observe(0, 0, 0.040, 0.039) for _ in range(3)] == [None, None, 2]  # device 0 to the cheap end
     alone = GridCertificate(grid.path, 1000, torch.tensor([0, 20, 60]), torch.tensor([True, True, False]), 0.05, 0.1,
-                            grid.cost, members=(0,))  # device 1 lost: device 0's setting 2 is not certified alone
+                            grid.costs, members=(0,))  # device 1 lost: device 0's setting 2 is not certified alone
     assert control.lose(alone) == {0: 1} and control.indices == [1, 0]
     assert [control.observe(0, 1, 0.040, 0.039) for _ in range(12)] == [None] * 12  # over budget, but 2 may not run
     assert control.lose(None) == {0: 0} and control.cap == 0  # no grid for the set that is left: the safe end

@@ -11,8 +11,8 @@ device's evidence to the answer), as the devices work in parallel.
 - Cheaper as soon as `react` answers under the setting put their P-th percentile over budget,
   half of the last `react` of them over it too (with few answers a high percentile is their
   largest, and one hiccup of the messages, which no setting shortens, would move the device).
-  With a grid that knows each setting's cost (the 95th percentile of the device's FLOPs per
-  sample on calibration) it goes straight to the most conservative setting predicted within
+  With a grid that knows each setting's cost (the P-th percentile of the device's FLOPs per
+  sample on calibration, the percentile it holds) it goes straight to the most conservative setting predicted within
   `margin` x budget: the messages' share (percentile of latency less percentile of compute) plus
   the compute scaled by the ratio of the two settings' costs; where none is, to the cheapest.
   Without costs, one step.
@@ -106,11 +106,17 @@ class Controller:
     each setting costs."""
 
     def __init__(self, config: AdaptConfig, num_devices: int, length: int, grid: GridCertificate = None):
-        self.config, self.length, self.cap, self.grid = config, length, length - 1, grid
+        self.config, self.length, self.cap = config, length, length - 1
+        self._use(grid)
         self.target_s, self.healthy = config.target_s, []  # healthy: latencies measured for a relative target
         self.devices = [DeviceState(relax_wait=config.window) for _ in range(num_devices)]
         self.overhead = deque(maxlen=config.window)  # seconds from the last evidence to the answer
         self.ruled_out = set()  # combinations the shadow check stopped
+
+    def _use(self, grid: GridCertificate | None) -> None:
+        """Move among `grid`'s combinations, pricing each setting at the percentile the controller holds."""
+        self.grid = grid
+        self.cost = None if grid is None else grid.costs.at(self.config.percentile)  # (C, N)
 
     @property
     def indices(self) -> list[int]:
@@ -168,7 +174,7 @@ class Controller:
         if d.since < max(d.relax_wait, c.window) or d.index == 0:
             return None
         if self.grid is not None:  # the most conservative setting the costs predict within budget
-            cost = self.grid.cost[:, i]  # (C,)
+            cost = self.cost[:, i]  # (C,)
             back = [j for j in range(d.index) if self.allowed(self._with(i, j))
                     and self._predicted(d, j, p, compute, cost) < budget]
             return self._move(d, back[0], relaxed=True) if back else None
@@ -192,7 +198,7 @@ class Controller:
         if not options or self.grid is None:
             return options[0] if options else None
         compute = float(np.percentile(d.computes, self.config.percentile)) if d.computes else 0.0
-        messages, cost = max(0.0, p - compute), self.grid.cost[:, i]  # (C,)
+        messages, cost = max(0.0, p - compute), self.cost[:, i]  # (C,)
         for j in options:
             if messages + compute * float(cost[j] / cost[d.index]) <= self.config.margin * budget:
                 return j
@@ -218,7 +224,8 @@ class Controller:
         """Devices were lost: from now on only the combinations `grid` certified for the set that is left
         (None: none certified, so every device holds the most conservative setting); {device: new
         setting} for those that move. What the shadows ruled out was for another aggregator."""
-        self.grid, self.ruled_out = grid, set()
+        self._use(grid)
+        self.ruled_out = set()
         return self.limit(self.cap if grid is not None else 0)
 
     def _predicted(self, d: DeviceState, j: int, p: float, compute: float, cost) -> float:
