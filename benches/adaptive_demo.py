@@ -35,7 +35,7 @@ from distree.inference.outcome import PolicyEvaluator
 from distree.plan import load_policy
 from distree.policies import make_policy
 from distree.risk import candidate_path, upper_bound
-from distree.risk_grid import policy_grid
+from distree.risk_grid import GridCertificate, policy_grid
 from distree.report import write_session_figures
 from distree.runtime.config import ServeConfig
 from distree.runtime.deploy import deploy
@@ -69,6 +69,14 @@ def certified_grid(run: str, policy: str, epsilon: float | None) -> dict:
                           config.costs)
     epsilon = setting.options["epsilon"] if epsilon is None else epsilon
     return policy_grid(val, train, candidates, epsilon, setting.options["delta"], config.grid_steps).to_json()
+
+
+def cheapest_cost(grid: GridCertificate, percentile: float) -> float:
+    """The cheapest setting device 1 may run beside device 0 at the path's first, priced at the held
+    percentile, over the first's cost: the most the controller can take off that device's compute
+    (a slowdown of F is held within x of the static latency only if F times this is about x or less)."""
+    cost = grid.costs.at(percentile)[:, 1]  # (C,)
+    return min(float(cost[j] / cost[0]) for j in range(len(cost)) if grid.allows((0, j)))
 
 
 def session(out: Path, name: str, policy: str, **options) -> dict:
@@ -123,9 +131,10 @@ def main() -> None:
     target = args.target_x * static["latency_ms_measured"][args.target_of]
     third = args.samples // 3
     faults = [f"slow:1@{third}:{args.factor:g}", f"slow:1@{2 * third}:1"]  # the middle third of the inputs
+    held = 50.0 if args.percentile == "median" else 95.0
     slow = session(out, "static_slow", faults=faults, **common)
     adaptive = session(out, "adaptive", faults=faults, latency_target_ms=target, threshold_path=str(path_file),
-                       percentile=50.0 if args.percentile == "median" else 95.0, **common)
+                       percentile=held, **common)
     full = full_depth_predictions(args.run, args.samples)
     disagree = sum(a != f for a, f in zip(adaptive["predictions"], full)) / len(full)
     static_disagree = sum(a != f for a, f in zip(static["predictions"], full)) / len(full)
@@ -136,6 +145,7 @@ def main() -> None:
         "target": f"{args.percentile} <= {args.target_x:g} x static {args.target_of}",
         "epsilon": epsilon, "path": grid["path"], "certified_combinations": sum(grid["certified"]),
         "combinations": len(grid["certified"]),
+        "slowed_device_cheapest_cost": cheapest_cost(GridCertificate.from_json(grid), held),
         "static": {"median_ms": median, "p95_ms": static["latency_ms_measured"]["p95"],
                    "accuracy": static["accuracy"], "disagreement_with_exit7": static_disagree},
         "static_slow": {"window": [slow["phases"][key]["start"], slow["phases"][key]["end"]],
