@@ -235,6 +235,27 @@ def test_controller_runs_only_certified_combinations_and_jumps_by_cost():
     assert control.limit(control.cap) == {1: 1} and control.indices == [0, 1] and control.cap == 1
 
 
+def test_a_device_within_budget_steps_back_to_make_room_for_one_over_it():
+    grid = small_grid([[0, 10, 20], [10, 20, 80], [20, 80, 90]])  # certified: (0, *), (1, 0), (1, 1), (2, 0)
+
+    def cheap_device_0(latency: float, compute: float) -> Controller:
+        control = Controller(AdaptConfig(target_s=0.010, window=10, react=3), 2, length=3, grid=grid)
+        assert [control.observe(0, 0, 0.040, 0.039) for _ in range(3)] == [None, None, 2]  # to the cheap end
+        assert [control.observe(0, 2, latency, compute) for _ in range(3)] == [None] * 3
+        return control
+
+    # device 0 at 2.5 ms there predicts 5.5 ms at setting 1 and 9.5 ms at setting 0, within 10: with it at
+    # setting 0, device 1 (40 ms, its compute 39) may go to setting 2 (cost 8 -> 1, 5.9 ms predicted)
+    control = cheap_device_0(0.0025, 0.001)
+    assert [control.observe(1, 0, 0.040, 0.039) for _ in range(3)] == [None, None, 2]
+    assert control.take_made_room() == {0: 0} and control.take_made_room() == {}
+    assert control.indices == [0, 2] and control.allowed(control.indices)
+    # device 0 near its own budget (9 ms, 19 ms predicted at setting 1): no step back, device 1 stays
+    control = cheap_device_0(0.009, 0.005)
+    assert [control.observe(1, 0, 0.040, 0.039) for _ in range(3)] == [None] * 3
+    assert control.take_made_room() == {} and control.indices == [2, 0]
+
+
 def test_controller_holds_the_cheap_end_through_a_slowdown_and_returns_after():
     grid = small_grid([[0, 10, 20], [10, 20, 80], [20, 80, 90]])  # (0, 2) certified; costs 8, 4, 1
     control = Controller(AdaptConfig(target_s=0.010, window=10, react=3), 2, length=3, grid=grid)

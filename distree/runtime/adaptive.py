@@ -25,7 +25,11 @@ device's evidence to the answer), as the devices work in parallel.
   median compute now times the cost ratio, less one. Without a grid, one step, predicted under
   `slack` x budget as below.
 - Only to combinations of the devices' settings that may run: those the grid certified (the
-  all-conservative one always may) and the shadow check has not ruled out.
+  all-conservative one always may) and the shadow check has not ruled out. Where no cheaper
+  setting of a device over budget may run with the others where they are, the others step back
+  (as few steps as make one that may, each only where predicted within budget there) to make
+  room: a combination is certified as a whole, and a device that went cheap while within reach
+  of its budget would otherwise hold the risk a slowed one needs.
 Without a grid the step-back prediction adds to the percentile now the compute the conservative
 neighbour would add: the device's median compute time now (each FEATURE reports it) times the ratio of the two
 settings' median compute times measured around the last move between them, less one. A slow
@@ -61,6 +65,7 @@ bound on shadows alone falls below it, so that rule would hold every device at t
 end for 11,500 samples. Calibration already measured each combination on thousands of samples;
 the shadows extend that count online.
 """
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -112,6 +117,7 @@ class Controller:
         self.devices = [DeviceState(relax_wait=config.window) for _ in range(num_devices)]
         self.overhead = deque(maxlen=config.window)  # seconds from the last evidence to the answer
         self.ruled_out = set()  # combinations the shadow check stopped
+        self.made_room = {}  # {device: setting} stepped back for another device, until the aggregator takes it
 
     def _use(self, grid: GridCertificate | None) -> None:
         """Move among `grid`'s combinations, pricing each setting at the percentile the controller holds."""
@@ -164,8 +170,12 @@ class Controller:
         recent = list(d.latencies)[-c.react:]
         over = 2 * sum(v > budget for v in recent) >= len(recent)  # half of the last `react`: not one hiccup
         if d.since >= c.react and p > budget and over and d.index < self.cap:
-            cheaper = self._cheaper(i, p, budget)
+            options = [j for j in range(d.index + 1, self.cap + 1) if self.allowed(self._with(i, j))]
+            rooms = {} if options else self._rooms(i, budget)  # none may run with the others where they are
+            cheaper = self._cheaper(i, p, budget, options or list(rooms))
             if cheaper is not None:
+                for k, index in rooms.get(cheaper, {}).items():
+                    self.made_room[k] = self._move(self.devices[k], index, relaxed=True)
                 if d.relaxed:  # the step back did not hold: wait longer before the next
                     d.relax_wait = min(2 * d.relax_wait, MAX_RELAX_WINDOWS * c.window)
                 return self._move(d, cheaper, relaxed=False)
@@ -191,10 +201,10 @@ class Controller:
         indices[i] = index
         return indices
 
-    def _cheaper(self, i: int, p: float, budget: float) -> int | None:
-        """Device i's setting to go to, its latency percentile p over budget; None where no cheaper one may run."""
+    def _cheaper(self, i: int, p: float, budget: float, options: list[int]) -> int | None:
+        """Of the cheaper settings `options` (ascending) device i may go to, its latency percentile p over
+        budget, the one to go to; None where there is none."""
         d = self.devices[i]
-        options = [j for j in range(d.index + 1, self.cap + 1) if self.allowed(self._with(i, j))]
         if not options or self.grid is None:
             return options[0] if options else None
         compute = float(np.percentile(d.computes, self.config.percentile)) if d.computes else 0.0
@@ -203,6 +213,46 @@ class Controller:
             if messages + compute * float(cost[j] / cost[d.index]) <= self.config.margin * budget:
                 return j
         return options[-1]
+
+    def _rooms(self, i: int, budget: float) -> dict[int, dict[int, int]]:
+        """{setting j of device i: {device: setting}}: per cheaper j, the fewest steps back of the other
+        devices after which the combination may run, each device that steps back predicted within budget
+        at its new setting (from answers under its setting now); only the j that some such step back allows.
+        A combination is certified as a whole, so a device that went cheap while within reach of its
+        budget can hold the risk another device, slowed, needs (with a grid only)."""
+        if self.grid is None:
+            return {}
+        others = [k for k in range(len(self.devices)) if k != i]
+        rooms = {}
+        for j in range(self.devices[i].index + 1, self.cap + 1):
+            best = None
+            for settings in itertools.product(*(range(self.devices[k].index, -1, -1) for k in others)):
+                indices = self._with(i, j)
+                moved = {}
+                for k, index in zip(others, settings):
+                    indices[k] = index
+                    if index != self.devices[k].index:
+                        moved[k] = index
+                steps = sum(self.devices[k].index - index for k, index in moved.items())
+                if (best is None or steps < best[0]) and self.allowed(indices) \
+                        and all(self._within(k, index, budget) for k, index in moved.items()):
+                    best = (steps, moved)
+            if best is not None:
+                rooms[j] = best[1]
+        return rooms
+
+    def _within(self, k: int, index: int, budget: float) -> bool:
+        """Whether device k is predicted within budget at setting `index`, from its answers under its setting now."""
+        d = self.devices[k]
+        if len(d.latencies) < self.config.react or not d.computes:
+            return False
+        p = float(np.percentile(d.latencies, self.config.percentile))
+        return self._predicted(d, index, p, float(np.median(d.computes)), self.cost[:, k]) < budget
+
+    def take_made_room(self) -> dict[int, int]:
+        """{device: setting} of the devices the last observations stepped back to make room for another."""
+        moved, self.made_room = self.made_room, {}
+        return moved
 
     def limit(self, cap: int) -> dict[int, int]:
         """No device cheaper than setting `cap` from now on, nor in a combination that may not run;

@@ -193,6 +193,8 @@ class Aggregator:
         for i in sorted(expected & self.live):
             latency = got[i].arrived_s - t0 if i in got else answered  # one that missed the deadline took at least that
             moved = control.observe(i, run.settings[-1][i], latency, got[i].compute_s if i in got else None)
+            for k, index in control.take_made_room().items():  # stepped back first, so that device i may go cheaper
+                self._tell(stream, s, k, index, f"room for device {i}")
             if moved is not None:
                 self._tell(stream, s, i, moved, "over budget" if moved > run.settings[-1][i] else "slack")
 
