@@ -195,10 +195,11 @@ class Controller:
             return self._move(d, d.index - 1, relaxed=True)
         return None
 
-    def _with(self, i: int, index: int) -> list[int]:
-        """The settings in force with device i's replaced by `index`."""
+    def _with(self, i: int, index: int, others: dict[int, int] = None) -> list[int]:
+        """The settings in force with device i's replaced by `index` (and device k's by others[k])."""
         indices = self.indices
-        indices[i] = index
+        for k, setting in {**(others or {}), i: index}.items():
+            indices[k] = setting
         return indices
 
     def _cheaper(self, i: int, p: float, budget: float, options: list[int]) -> int | None:
@@ -223,22 +224,17 @@ class Controller:
         if self.grid is None:
             return {}
         others = [k for k in range(len(self.devices)) if k != i]
+        backs = []  # (steps, {device: setting}): every step back the others can afford
+        for settings in itertools.product(*(range(self.devices[k].index + 1) for k in others)):
+            moved = {k: s for k, s in zip(others, settings) if s != self.devices[k].index}
+            if all(self._within(k, s, budget) for k, s in moved.items()):
+                backs.append((sum(self.devices[k].index - s for k, s in moved.items()), moved))
+        backs.sort(key=lambda back: back[0])
         rooms = {}
         for j in range(self.devices[i].index + 1, self.cap + 1):
-            best = None
-            for settings in itertools.product(*(range(self.devices[k].index, -1, -1) for k in others)):
-                indices = self._with(i, j)
-                moved = {}
-                for k, index in zip(others, settings):
-                    indices[k] = index
-                    if index != self.devices[k].index:
-                        moved[k] = index
-                steps = sum(self.devices[k].index - index for k, index in moved.items())
-                if (best is None or steps < best[0]) and self.allowed(indices) \
-                        and all(self._within(k, index, budget) for k, index in moved.items()):
-                    best = (steps, moved)
-            if best is not None:
-                rooms[j] = best[1]
+            room = next((moved for _, moved in backs if self.allowed(self._with(i, j, moved))), None)
+            if room is not None:
+                rooms[j] = room
         return rooms
 
     def _within(self, k: int, index: int, budget: float) -> bool:
