@@ -33,10 +33,21 @@ def at(a: torch.Tensor) -> torch.Tensor:
     return F.normalize(a.pow(2).mean(1).flatten(1))
 
 
+def pooled(a: torch.Tensor, size: int) -> torch.Tensor:
+    """a (B, C, H, W) average-pooled to (B, C, size, size). Where size divides H and W this is
+    avg_pool2d, and where it equals them a itself: the same numbers as adaptive_avg_pool2d, bit for
+    bit, whose backward on CPU costs up to 13x more (2.4 against 0.18 ms for a (128, 64, 8, 8) map)."""
+    h, w = a.shape[-2:]
+    if (h, w) == (size, size):
+        return a
+    if h % size == 0 and w % size == 0:
+        return F.avg_pool2d(a, (h // size, w // size))
+    return F.adaptive_avg_pool2d(a, size)
+
+
 def at_loss(a: torch.Tensor, q_t: torch.Tensor) -> torch.Tensor:
     """Mean squared difference of the student's attention map, pooled to the teacher's size, and q_t (B, h*w)."""
-    size = round(q_t.shape[1] ** 0.5)
-    return (at(F.adaptive_avg_pool2d(a, size)) - q_t).pow(2).mean()
+    return (at(pooled(a, round(q_t.shape[1] ** 0.5))) - q_t).pow(2).mean()
 
 
 def mixed_exit_features(u: torch.Tensor, exits: torch.Tensor) -> torch.Tensor:

@@ -3,9 +3,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from distree.losses import (LossConfig, at, at_loss, drop_students, fail_students, joint_loss, kd,
-                            mixed_exit_features)
+                            mixed_exit_features, pooled)
 
 
 @pytest.mark.parametrize("tau", [1.0, 2.0])
@@ -27,6 +28,18 @@ def test_at_loss_pools_to_the_teachers_size():
     q_t = torch.full((1, 4), 0.5)
     p2 = torch.tensor([1.0, 4.0, 9.0, 16.0]) / math.sqrt(354)  # pooled (1, 2, 3, 4), squared, normalised
     assert at_loss(a, q_t).item() == pytest.approx(((p2 - 0.5) ** 2).mean().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (16, 16), (32, 32), (12, 12), (16, 8)])
+def test_pooled_is_adaptive_average_pooling_bit_for_bit(hw):
+    a = torch.randn(3, 4, *hw).contiguous(memory_format=torch.channels_last).requires_grad_()
+    g = torch.randn(3, 4, 8, 8)
+    outs = []
+    for pool in (pooled, F.adaptive_avg_pool2d):
+        out = pool(a, 8)
+        (grad,) = torch.autograd.grad(out, a, g)
+        outs.append((out, grad))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
 
 
 def test_mixed_exit_features_pick_each_students_exit():
