@@ -18,6 +18,7 @@ import torch
 
 from distree.calibration import PAPER_SWEEP, CalibrationConfig, best_within, calibration_front, least_flops
 from distree.costs import CostConfig, FlopTable, count_flops
+from distree.data import forward_batch
 from distree.errors import DistreeError
 from distree.inference.engine import InferenceEngine
 from distree.inference.evidence import Evidence, bias_share, collect_evidence
@@ -43,7 +44,7 @@ from distree.run_settings import (Stored, check_evaluation_name, evaluation_dir,
 
 @dataclass
 class EvaluateConfig:
-    batch_size: int = 500  # of evidence collection
+    batch_size: int = forward_batch()  # of evidence collection
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     gate_samples: int = 5000  # training images the learned gate is fitted on

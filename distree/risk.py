@@ -133,7 +133,7 @@ def path_losses(evaluator: PolicyEvaluator, path: torch.Tensor, risk: str) -> Pa
     loss, flops = [], []
     for t in path:
         exits = evaluator.exits(t)  # (N, B)
-        answer = ev.logits_at(exits).argmax(-1)  # (B,)
+        answer = ev.answers(exits)  # (B,)
         loss.append(answer != last if risk == "consistency" else (answer != ev.labels) & (last == ev.labels))
         flops.append(flops_per_sample(evaluator.flops, exits, evaluator.policy))
     return PathLosses(torch.stack(loss), torch.stack(flops))  # (C, B), (C, B)

@@ -134,7 +134,7 @@ def combination_losses(evaluator: PolicyEvaluator, exits: torch.Tensor, members:
         e = exits[0].clone()  # (N, B)
         for i, j in zip(members, index):
             e[i] = exits[j, i]
-        out[index] = int((ev.logits_at(e).argmax(-1) != last).sum())
+        out[index] = int((ev.answers(e) != last).sum())
     return out
 
 
@@ -148,7 +148,7 @@ def alone_risks(evaluator: PolicyEvaluator, exits: torch.Tensor) -> torch.Tensor
         for i in range(exits.shape[1]):
             e = exits[0].clone()  # (N, B)
             e[i] = exits[j, i]
-            risks[j] = max(risks[j], (ev.logits_at(e).argmax(-1) != last).double().mean())
+            risks[j] = max(risks[j], (ev.answers(e) != last).double().mean())
     return risks
 
 

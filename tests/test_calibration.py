@@ -1,10 +1,13 @@
 """Threshold calibration: candidate order, the calibration front, goals (a) and (b), the shared sweep."""
+from dataclasses import replace
+
 import pytest
 import torch
 
 from distree.calibration import (PAPER_SWEEP, CalibrationConfig, best_within, calibration_front, candidates,
                                  least_flops, pareto_front)
 from distree.errors import DistreeError
+from distree.inference import evidence
 from distree.inference.outcome import PolicyEvaluator
 from distree.policies import make_policy
 from inference_cases import synthetic_evidence, synthetic_flops
@@ -80,3 +83,17 @@ def test_the_papers_shared_threshold_stops_fewer_samples_as_it_rises():
 def test_thresholds_of_the_wrong_length_are_refused():
     with pytest.raises(DistreeError, match="5 values"):
         evaluator("distree")(torch.ones(4))
+
+
+@pytest.mark.parametrize("students", [1, 2, 3])
+def test_answers_from_the_table_are_the_aggregated_answers(students, monkeypatch):
+    """Evidence.answers looks up every combination's answer where the table fits, and computes it where
+    not: both are logits_at(exits).argmax(-1), for one, two and three students."""
+    ev = synthetic_evidence(b=300, seed=3)
+    ev = replace(ev, u=ev.u[[i % 2 for i in range(students)]])  # (students, 7, B, K)
+    exits = torch.randint(0, 7, (students, 300), generator=torch.Generator().manual_seed(0))  # (N, B)
+    expected = ev.logits_at(exits).argmax(-1)
+    assert ev._answer_table is not None and torch.equal(ev.answers(exits), expected)
+    monkeypatch.setattr(evidence, "ANSWER_TABLE_LIMIT", 7 ** students * 300 - 1)
+    untabled = replace(ev)
+    assert untabled._answer_table is None and torch.equal(untabled.answers(exits), expected)

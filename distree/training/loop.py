@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from distree.data import forward_batch
 from distree.errors import DistreeError
 from distree.run_dir import METRICS, load_checkpoint, load_state, save_atomic
 from distree.training.ranks import SINGLE, Ranks, all_sum
@@ -205,7 +206,7 @@ def split_accuracy(hits, dataset, width: int, device, ranks: Ranks = SINGLE) -> 
     """Accuracies over a whole split from hits(x, y) -> (width, B) bool: each rank runs its share
     and the counts of correct answers are summed over the ranks."""
     counts = torch.zeros(width, dtype=torch.int64)
-    for idx in eval_rows(len(dataset), ranks).split(500):
+    for idx in eval_rows(len(dataset), ranks).split(forward_batch(device)):
         x, y = dataset.batch(idx)
         counts += hits(x.to(device).contiguous(memory_format=torch.channels_last), y).sum(1)
     return (all_sum(counts, ranks).float() / len(dataset)).tolist()  # = hits.float().mean(): float32

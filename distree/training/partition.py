@@ -13,6 +13,7 @@ from pathlib import Path
 import networkx as nx
 import torch
 
+from distree.data import forward_batch
 from distree.errors import DistreeError
 from distree.run_dir import PARTITION, config_from_dict, load_teacher, run_splits
 
@@ -139,7 +140,7 @@ def load_partition(path: Path, num_filters: int = None, num_students: int = None
 def teacher_activations(teacher, dataset, max_images: int, device="cpu") -> torch.Tensor:
     """a (M, C) of the first max_images images of a split (the training split is already shuffled)."""
     out = []
-    for idx in torch.arange(min(max_images, len(dataset))).split(500):
+    for idx in torch.arange(min(max_images, len(dataset))).split(forward_batch(device)):
         x, _ = dataset.batch(idx)
         out.append(filter_activations(teacher.features(x.to(device).contiguous(memory_format=torch.channels_last))))
     return torch.cat(out).cpu()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from distree.data import batches
+from distree.data import batches, forward_batch
 from distree.errors import DistreeError
 from distree.losses import LossConfig, drop_students, fail_students, joint_loss
 from distree.models.student import NUM_EXITS
@@ -39,7 +39,7 @@ class TeacherTargets:
         self.cache = None
         if cache_from is not None:
             m = len(cache_from)
-            outs, _ = predict(lambda x: teacher_outputs(teacher, x, groups), cache_from, 500, device,
+            outs, _ = predict(lambda x: teacher_outputs(teacher, x, groups), cache_from, forward_batch(device), device,
                               eval_rows(m, ranks))
             z, q = torch.cat([z for z, _ in outs]), torch.cat([q for _, q in outs], 1)  # (m_r, K), (N, m_r, hw)
             self.cache = gather_rows(z, m, ranks), gather_rows(q, m, ranks, dim=1)  # (M, K), (N, M, hw)
