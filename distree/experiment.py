@@ -3,8 +3,12 @@
 Each phase is skipped or resumed when the run directory already holds it, so an interrupted
 demo continues where it stopped.
 """
+import os
+import platform
 import time
 from pathlib import Path
+
+import torch
 
 from distree.inference.timing import TimingConfig
 from distree.training.partition import partition_run
@@ -24,6 +28,12 @@ def run_experiment(out, preset: str = "demo", config: EvaluateConfig = DEMO_EVAL
     """Trains (or resumes) every phase of a run in `out`, evaluates it and writes its report."""
     out = Path(out)
     began = time.perf_counter()
+    phases = {}  # seconds per phase in this call (a phase the run already held takes about none)
+
+    def done(phase: str) -> None:
+        phases[phase] = time.perf_counter() - began - sum(phases.values())
+        log(f"{phase} done at {time.perf_counter() - began:.0f} s")
+
     if (out / CONFIG).exists():
         run = read_config(out)
     else:
@@ -31,15 +41,27 @@ def run_experiment(out, preset: str = "demo", config: EvaluateConfig = DEMO_EVAL
         run = run_config(preset)
         write_config(out, run)
     train_teacher(out, run, (out / TEACHER).exists())
-    log(f"teacher done at {time.perf_counter() - began:.0f} s")
+    done("teacher")
     if not (out / PARTITION).exists():
         partition_run(out, run)
         write_config(out, run)
+    done("partition")
     train_students(out, run, (out / STUDENTS).exists())
-    log(f"students done at {time.perf_counter() - began:.0f} s")
+    done("students")
     evaluation = evaluate_run(out, config)
+    done("evaluation")
     report = evaluation.report
-    report["evaluation_s"], report["elapsed_s"] = report["elapsed_s"], time.perf_counter() - began
+    report.update(phases_s=phases, elapsed_s=time.perf_counter() - began, machine=machine())
     write_report(evaluation, out)
-    log(f"evaluation done at {time.perf_counter() - began:.0f} s")
     return evaluation
+
+
+def machine() -> str:
+    """What the experiment ran on, for its times: the CPU's model name, its cores and torch's threads."""
+    cpu = platform.processor() or "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return f"{cpu} ({os.cpu_count()} cores), torch {torch.__version__}, {torch.get_num_threads()} threads"

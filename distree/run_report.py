@@ -227,7 +227,8 @@ class EvaluationReport:
     machinery: Machinery | None  # None where it was not measured
     certified: list[Certificate] = field(default_factory=list)
     elapsed_s: float = 0.0  # the evaluation's, or with the demo the whole experiment's
-    evaluation_s: float | None = None  # the demo's evaluation alone
+    phases_s: dict[str, float] | None = None  # the demo's seconds per phase (older reports: its evaluation only)
+    machine: str | None = None  # what the demo ran on
     surviving: list[SurvivingRow] = field(default_factory=list)  # empty in reports from before surviving sets
 
     def calibrated(self, policy: str) -> PolicyRow:
@@ -248,5 +249,6 @@ class EvaluationReport:
             {name: [CurvePoint(p["accuracy"], p["flops_reduction"], p["latency_ms_simulated"]) for p in curve]
              for name, curve in r["curves"].items()},
             r["score_auroc"], r["oracle"]["flops_reduction"], Goal(**r["goal"]), machinery,
-            [Certificate.from_json(c) for c in r.get("certified", [])], r["elapsed_s"], r.get("evaluation_s"),
-            [SurvivingRow.from_json(e) for e in (r.get("surviving_sets") or {}).get("policies", [])])
+            [Certificate.from_json(c) for c in r.get("certified", [])], r["elapsed_s"],
+            r.get("phases_s") or ({"evaluation": r["evaluation_s"]} if "evaluation_s" in r else None),
+            r.get("machine"), [SurvivingRow.from_json(e) for e in (r.get("surviving_sets") or {}).get("policies", [])])

@@ -11,6 +11,7 @@ from distree.levers import COMPARED, LEVERS, LeverConfig, lever_config, lever_ta
 from distree.inference.timing import TimingConfig
 from distree.inference.diagnostics import auroc
 from distree.evaluation import EvaluateConfig, evaluate_run
+from distree.experiment import run_experiment
 from distree.report import write_report
 from distree.report.plots import pareto
 from distree.risk import max_losses
@@ -147,3 +148,14 @@ def test_goal_line_says_which_rows_it_counts():
     text = summary(report)
     assert "not met" in text and "only each policy's `calibrated` row counts" in text
     assert "not the budget or certified rows" in text and "random" in text
+
+
+def test_the_demo_reports_each_phases_seconds_and_the_machine(tmp_path):
+    logged = []
+    report = run_experiment(tmp_path / "run", "smoke", FAST, log=logged.append).report
+    phases = report["phases_s"]
+    assert list(phases) == ["teacher", "partition", "students", "evaluation"] and min(phases.values()) >= 0
+    assert sum(phases.values()) <= report["elapsed_s"] and len(logged) == 4
+    assert "cores" in report["machine"] and "torch" in report["machine"]
+    head = (tmp_path / "run" / "report.md").read_text().splitlines()[2]
+    assert f"the whole experiment took {report['elapsed_s']:.0f} s (teacher " in head and report["machine"] in head

@@ -237,9 +237,12 @@ def surviving_table(report: EvaluationReport) -> str:
 
 
 def _elapsed(report: EvaluationReport) -> str:
-    if report.evaluation_s is not None:  # written by the demo: the whole experiment, then its evaluation
-        return f"the whole experiment took {report.elapsed_s:.0f} s, its evaluation {report.evaluation_s:.0f} s"
-    return f"evaluated in {report.elapsed_s:.0f} s"
+    if report.phases_s is None:
+        return f"evaluated in {report.elapsed_s:.0f} s"
+    # written by the demo: the whole experiment, then each phase
+    phases = ", ".join(f"{name} {s:.0f} s" for name, s in report.phases_s.items())
+    return f"the whole experiment took {report.elapsed_s:.0f} s ({phases})" + \
+        (f" on {report.machine}" if report.machine else "")
 
 
 def render(report: EvaluationReport, figures: list[str], stored: Stored | None = None) -> str:
