@@ -117,15 +117,17 @@ class CertifiedPolicy:
 
 @dataclass
 class ResplitPoint:
-    """Over the resplits, at one epsilon: how often the held-out risk exceeded it, and the mean FLOPs saved."""
+    """Over the resplits, at one epsilon: how often the held-out risk exceeded it, how often the certified
+    setting's risk over the whole pool did (`risk.resplit_check`), and the mean FLOPs saved."""
 
     epsilon: float
     exceed_fraction: float
     mean_flops_reduction: float
+    pool_exceed_fraction: float | None = None  # None in reports from before it was measured
 
     @staticmethod
     def from_json(e: dict) -> "ResplitPoint":
-        return ResplitPoint(e["epsilon"], e["exceed_fraction"], e["mean_flops_reduction"])
+        return ResplitPoint(e["epsilon"], e["exceed_fraction"], e["mean_flops_reduction"], e.get("pool_exceed_fraction"))
 
 
 @dataclass

@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from scipy.stats import hypergeom
 
 from distree.calibration import CalibrationConfig
 from distree.cli import main
@@ -155,8 +156,33 @@ def test_the_guarantee_holds_over_resplits(risk, epsilon):
     at = check["at_epsilon"]
     assert check["calibration_samples"] == check["held_out_samples"] == 2000
     assert at["certified_fraction"] > 0.9 and at["mean_flops_reduction"] > 0.05
-    assert at["exceed_fraction"] <= 0.1 + 0.03
+    assert at["exceed_fraction"] <= 0.1 + 0.03 and at["pool_exceed_fraction"] <= 0.1
     assert check["curve"][0]["mean_flops_reduction"] > at["mean_flops_reduction"]  # a looser epsilon saves more
+
+
+def test_the_pooled_check_counts_the_guarantees_own_event():
+    """Candidates with known pooled risks 0 to 2 epsilon (nested 0/1 losses on 10,000 samples): at delta 0.1
+    no resplit certifies one whose pooled risk exceeds epsilon, while the held-out halves, whose losses
+    complete the lucky calibration halves', exceed it in more resplits; at delta 0.9, a procedure that
+    guarantees little, the pooled check fails it."""
+    rates = torch.linspace(0, 0.02, 41)  # (C,) pooled risk of each candidate, cheapest last
+    u = torch.rand(10_000, generator=torch.Generator().manual_seed(0))
+    pool = PathLosses(u < rates[:, None], (1 - rates)[:, None].expand(-1, 10_000).double())  # (C, M)
+    check = resplit_check(pool, RiskSpec("consistency", 0.01, 0.1), 1.0, 200)["at_epsilon"]
+    assert check["certified_fraction"] == 1.0
+    assert check["pool_exceed_fraction"] <= 0.1 < check["exceed_fraction"]
+    weak = resplit_check(pool, RiskSpec("consistency", 0.01, 0.9), 1.0, 200)["at_epsilon"]
+    assert weak["pool_exceed_fraction"] > 0.5
+
+
+@pytest.mark.parametrize("n, epsilon", [(7500, 0.005), (5000, 0.01), (2000, 0.05)])
+def test_a_half_drawn_without_replacement_keeps_the_binomial_p_value_valid(n, epsilon):
+    """In a resplit the calibration half is n samples drawn without replacement from a pool of 2n: where the
+    pool's risk exceeds epsilon, the chance that its losses pass the binomial test (hypergeometric) is at
+    most delta, as it is for samples drawn from an unbounded population."""
+    passing = max_losses(n, epsilon, 0.1)
+    pooled_losses = range(int(epsilon * 2 * n) + 1, int(epsilon * 2 * n) + 400)  # every pool risk above epsilon
+    assert max(hypergeom.cdf(passing, 2 * n, k, n) for k in pooled_losses) <= 0.1
 
 
 def test_the_certificate_holds_for_known_risks():
@@ -189,8 +215,10 @@ def test_evaluate_reports_certified_settings(run_dir):  # noqa: F811
     assert certified and all(e["p_value"] <= 0.1 and len(e["thresholds"]) == 5 for e in certified)
     assert all(0 <= e["test"]["risk"] <= 1 for e in certified)
     assert set(loose["resplits"]) == {e["policy"] for e in loose["policies"]}
+    assert all(0 <= c["at_epsilon"]["pool_exceed_fraction"] <= 1 for c in loose["resplits"].values())
     text = (run_dir / "report.md").read_text()
     assert "## Certified settings: consistency risk" in text and "not met" in text
+    assert "| resplits: held-out risk > epsilon | resplits: pooled risk > epsilon |" in text
     assert (run_dir / "certified_vs_epsilon.png").stat().st_size > 0
 
 
