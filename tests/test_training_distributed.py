@@ -101,6 +101,10 @@ def ddp_gradient_worker(rank: int, world_size: int, port: int, out: dict) -> Non
     rows = gather_rows(x[:5][eval_rows(5, ranks)], 5, ranks)
     if rank == 0:
         out.update(grads=grads, rows=rows)
+    # DDP goes before the group, as in training (`ranks.joined`): where its reducer held the group's last
+    # reference, the group's destructor joined gloo's worker threads holding the GIL, while a worker
+    # still needed the GIL to free the all_gather's tensors, and the rank hung (seen once, in a whole suite).
+    del net
     dist.destroy_process_group()
 
 
@@ -110,7 +114,15 @@ def test_ddp_gradient_is_the_global_batch_gradient():
     the whole batch in one process; gather_rows puts uneven shares back together in order."""
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.start_processes(ddp_gradient_worker, args=(2, free_port(), out), nprocs=2, start_method="spawn")
+        ranks = mp.start_processes(ddp_gradient_worker, args=(2, free_port(), out), nprocs=2, start_method="spawn",
+                                   join=False)
+        deadline = time.monotonic() + WAIT
+        try:
+            while not ranks.join(timeout=1):  # an exit code, or a rank's error raised here
+                assert time.monotonic() < deadline, f"the 2 ranks did not finish within {WAIT} s"
+        finally:
+            for process in ranks.processes:
+                process.kill()
         grads, rows = out["grads"], out["rows"]
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
