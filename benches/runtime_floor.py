@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--policies", default="last-exit,distree,local-confidence,learned-gate,confidence")
     parser.add_argument("--one-student", action="store_true", help="N = 1: one untrained student")
     parser.add_argument("--cpus", default=None, help="the session's --cpus (default: no pinning)")
+    parser.add_argument("--threads", type=int, default=ServeConfig.threads, help="the session's torch threads per rank")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=False)
@@ -104,7 +105,7 @@ def main() -> None:
     before = round_trip(down, feature, out / "rtt.json", cpus)
     config = ServeConfig(run=run, samples=args.samples, window=1, policies=args.policies.split(","),
                          report=str(out / "session.json"), trace=str(out / "trace"),
-                         cpus=args.cpus)
+                         cpus=args.cpus, threads=args.threads)
     codes = deploy(config, devices).codes
     if any(codes):
         raise SystemExit(f"the session failed: exit codes {codes}")
@@ -114,7 +115,8 @@ def main() -> None:
     rows = {}
     print(f"gloo round trip, {down * 4} B there and {feature * 4} B back: median {before['median_ms']:.3f} ms "
           f"before the session, {after['median_ms']:.3f} ms after (p95 {before['p95_ms']:.3f} / "
-          f"{after['p95_ms']:.3f}); N = {devices}, {args.samples} samples, window 1, cpus {args.cpus or 'not pinned'}")
+          f"{after['p95_ms']:.3f}); N = {devices}, {args.samples} samples, window 1, cpus {args.cpus or 'not pinned'}, "
+          f"{args.threads} torch thread(s) per rank")
     print(f"{'policy':18} {'median ms':>9} {'p95/med':>7} {'minus compute ms':>16} {'x RTT':>6}  "
           + " ".join(f"{s:>13}" for s in SEGMENTS))
     for p, name in enumerate(config.policies):
