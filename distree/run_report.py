@@ -127,7 +127,8 @@ class ResplitPoint:
 
     @staticmethod
     def from_json(e: dict) -> "ResplitPoint":
-        return ResplitPoint(e["epsilon"], e["exceed_fraction"], e["mean_flops_reduction"], e.get("pool_exceed_fraction"))
+        return ResplitPoint(e["epsilon"], e["exceed_fraction"], e["mean_flops_reduction"],
+                            e.get("pool_exceed_fraction"))
 
 
 @dataclass

