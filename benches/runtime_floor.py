@@ -4,10 +4,12 @@
 
 1. The gloo round trip between two local processes (one torch thread each), for the runtime's
    message sizes: rank 0 sends an INPUT-sized message, rank 1 answers with a FEATURE-sized one,
-   blocking `dist.send`/`dist.recv`, as bare as gloo gets.
+   blocking `dist.send`/`dist.recv`, as bare as gloo gets. With N > 1 students, also the bare
+   round of N + 1 processes, the session's own shape: rank 0 sends the INPUT to every other
+   rank at once and then takes each one's FEATURE, the transport a round cannot go below.
 2. A `distree deploy` session of the run (`--window 1`, every rank marking its messages with
    `--trace`), whose rounds are broken down by `distree.runtime.trace.breakdown`.
-3. The round trip again, so load that changed during the session shows as a spread.
+3. Both again, so load that changed during the session shows as a spread.
 
 `--one-student` serves, instead of the run, one untrained student of the run's architecture on
 its data (written to OUT/run): N = 1, one device and the aggregator, two processes as the round
@@ -15,7 +17,7 @@ trip has. What it computes does not matter to the floor. `--cpus` pins the sessi
 rank r of the round trip to the CPU of the session's rank r).
 
 Printed: per policy, latency median and p95 / median, and the median of latency minus the
-device's compute as a multiple of the round trip; then each segment's median (the device the
+device's compute as a multiple of the round trip and of the bare round; then each segment's median (the device the
 round waited for). Everything goes to OUT/floor.json; the session's report to OUT/session.json.
 """
 import argparse
@@ -40,21 +42,23 @@ from distree.run_dir import build_students, read_config, save_atomic, write_conf
 ROUNDS, WARMUP = 2000, 200
 
 
-def _ping(rank: int, port: int, sizes: tuple, out: str, cpus: list | None) -> None:
-    """One side of the round trip: rank 0 times ROUNDS trips of sizes (down, up) int32 elements; cpus: each
-    rank's CPUs, or None."""
+def _ping(rank: int, port: int, sizes: tuple, out: str, cpus: list | None, world: int) -> None:
+    """One rank of the exchange: rank 0 times ROUNDS rounds of sizes (down, up) int32 elements with every
+    other rank of `world`; cpus: each rank's CPUs, or None."""
     torch.set_num_threads(1)
     if cpus is not None:
         os.sched_setaffinity(0, cpus[rank])
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
     down, up = torch.zeros(sizes[0], dtype=torch.int32), torch.zeros(sizes[1], dtype=torch.int32)
     times = []
     for k in range(WARMUP + ROUNDS):
         if rank == 0:
             t = time.perf_counter()
-            dist.send(down, 1)
-            dist.recv(up, 1)
+            for work in [dist.isend(down, peer) for peer in range(1, world)]:  # to every device at once
+                work.wait()
+            for peer in range(1, world):
+                dist.recv(up, peer)
             times.append(time.perf_counter() - t)
         else:
             dist.recv(down, 0)
@@ -64,9 +68,11 @@ def _ping(rank: int, port: int, sizes: tuple, out: str, cpus: list | None) -> No
     dist.destroy_process_group()
 
 
-def round_trip(down: int, up: int, out: Path, cpus: list | None) -> dict:
-    """Median and p95 (ms) of the bare gloo round trip: down int32 elements there, up back."""
-    mp.start_processes(_ping, args=(free_port(), (down, up), str(out), cpus), nprocs=2, start_method="spawn")
+def round_trip(down: int, up: int, out: Path, cpus: list | None, devices: int = 1) -> dict:
+    """Median and p95 (ms) of the bare gloo round with `devices` peers: down int32 elements to each, up back
+    from each (devices = 1: the round trip between two processes)."""
+    mp.start_processes(_ping, args=(free_port(), (down, up), str(out), cpus, devices + 1), nprocs=devices + 1,
+                       start_method="spawn")
     ms = np.asarray(json.loads(out.read_text())) * 1e3
     return {"median_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95))}
 
@@ -102,22 +108,25 @@ def main() -> None:
     down = m.message_size(input_numel)
     devices = run_config["students"]["num_students"]
     cpus = None if args.cpus is None else parse_cpus(args.cpus, devices + 1)
-    before = round_trip(down, feature, out / "rtt.json", cpus)
+    before = transport(down, feature, out, cpus, devices)
     config = ServeConfig(run=run, samples=args.samples, window=1, policies=args.policies.split(","),
                          report=str(out / "session.json"), trace=str(out / "trace"),
                          cpus=args.cpus, threads=args.threads)
     codes = deploy(config, devices).codes
     if any(codes):
         raise SystemExit(f"the session failed: exit codes {codes}")
-    after = round_trip(down, feature, out / "rtt.json", cpus)
-    rtt = statistics.mean([before["median_ms"], after["median_ms"]])
+    after = transport(down, feature, out, cpus, devices)
+    rtt = statistics.mean([before["rtt"]["median_ms"], after["rtt"]["median_ms"]])
+    bare = statistics.mean([before["round"]["median_ms"], after["round"]["median_ms"]])
     report, parts = json.loads((out / "session.json").read_text()), breakdown(read_marks(config.trace))
     rows = {}
-    print(f"gloo round trip, {down * 4} B there and {feature * 4} B back: median {before['median_ms']:.3f} ms "
-          f"before the session, {after['median_ms']:.3f} ms after (p95 {before['p95_ms']:.3f} / "
-          f"{after['p95_ms']:.3f}); N = {devices}, {args.samples} samples, window 1, cpus {args.cpus or 'not pinned'}, "
+    for name, key in (("gloo round trip", "rtt"), (f"bare round of {devices + 1} processes", "round")):
+        print(f"{name}, {down * 4} B there and {feature * 4} B back: median {before[key]['median_ms']:.3f} ms "
+              f"before the session, {after[key]['median_ms']:.3f} ms after (p95 {before[key]['p95_ms']:.3f} / "
+              f"{after[key]['p95_ms']:.3f})")
+    print(f"N = {devices}, {args.samples} samples, window 1, cpus {args.cpus or 'not pinned'}, "
           f"{args.threads} torch thread(s) per rank")
-    print(f"{'policy':18} {'median ms':>9} {'p95/med':>7} {'minus compute ms':>16} {'x RTT':>6}  "
+    print(f"{'policy':18} {'median ms':>9} {'p95/med':>7} {'minus compute ms':>16} {'x RTT':>6} {'x bare':>6}  "
           + " ".join(f"{s:>13}" for s in SEGMENTS))
     for p, name in enumerate(config.policies):
         lat = report["policies"][name]["latency_ms_measured"]
@@ -125,13 +134,20 @@ def main() -> None:
         floor = float(np.median(b["total"] - b["compute"])) * 1e3
         rows[name] = {"latency_median_ms": lat["median"], "p95_over_median": lat["p95"] / lat["median"],
                       "traced_samples": b["samples"], "minus_compute_median_ms": floor, "x_rtt": floor / rtt,
+                      "x_bare_round": floor / bare,
                       "segments_median_ms": {s: float(np.median(b[s])) * 1e3 for s in SEGMENTS},
                       "segments_mean_ms": {s: float(np.mean(b[s])) * 1e3 for s in SEGMENTS}}
-        print(f"{name:18} {lat['median']:9.2f} {lat['p95'] / lat['median']:7.2f} {floor:16.3f} {floor / rtt:6.1f}  "
-              + " ".join(f"{rows[name]['segments_median_ms'][s]:13.3f}" for s in SEGMENTS))
-    (out / "floor.json").write_text(json.dumps({"rtt_before": before, "rtt_after": after, "policies": rows},
+        print(f"{name:18} {lat['median']:9.2f} {lat['p95'] / lat['median']:7.2f} {floor:16.3f} {floor / rtt:6.1f} "
+              f"{floor / bare:6.1f}  " + " ".join(f"{rows[name]['segments_median_ms'][s]:13.3f}" for s in SEGMENTS))
+    (out / "floor.json").write_text(json.dumps({"before": before, "after": after, "policies": rows},
                                                indent=1) + "\n")
 
+
+def transport(down: int, up: int, out: Path, cpus: list | None, devices: int) -> dict:
+    """The bare round trip between two processes ("rtt") and the bare round of the session's devices + 1
+    processes ("round"; the round trip again at N = 1)."""
+    rtt = round_trip(down, up, out / "rtt.json", cpus)
+    return {"rtt": rtt, "round": round_trip(down, up, out / "rtt.json", cpus, devices) if devices > 1 else rtt}
 
 if __name__ == "__main__":
     main()
