@@ -126,6 +126,8 @@ def test_messages_round_trip():
     assert (msg.kind, msg.seq, msg.policy, msg.exit, msg.micros) == (m.FEATURE, 7, 1, 3, 1234)
     assert torch.equal(msg.payload, u)  # bit-exact: float32 travels as its bits
     assert m.decode(m.encode(m.STOP, 7, 1, 3), (m.CONTINUE, m.STOP), 2, 7, 0).kind == m.STOP
+    x = torch.randn(3, 4, 4)  # an input, as the aggregator sends it: a row of a numpy array, the same bytes
+    assert torch.equal(m.encode(m.INPUT, 2, 0, 0, x.numpy().reshape(-1)), m.encode(m.INPUT, 2, 0, 0, x))
 
 
 @pytest.mark.parametrize("msg, error", [

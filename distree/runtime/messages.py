@@ -56,11 +56,16 @@ class Message:
     payload: torch.Tensor  # float32 (P,), empty for decisions; (5,) for THRESHOLDS
 
 
-def encode(kind: int, seq: int = 0, policy: int = 0, exit: int = 0, payload: torch.Tensor = None,
+def encode(kind: int, seq: int = 0, policy: int = 0, exit: int = 0, payload: torch.Tensor | np.ndarray = None,
            micros: int = 0) -> torch.Tensor:
-    """The int32 tensor (HEADER + P,) carrying one message; payload is flattened to float32."""
-    body = np.empty(0, np.float32) if payload is None else \
-        payload.detach().to("cpu", torch.float32).numpy().reshape(-1)
+    """The int32 tensor (HEADER + P,) carrying one message; payload (a tensor or a numpy array) is flattened
+    to float32."""
+    if payload is None:
+        body = np.empty(0, np.float32)
+    elif isinstance(payload, np.ndarray):  # the aggregator's inputs: no torch call, which would release the GIL
+        body = np.ascontiguousarray(payload, np.float32).reshape(-1)
+    else:
+        body = payload.detach().to("cpu", torch.float32).numpy().reshape(-1)
     msg = np.empty(HEADER + body.size, np.int32)
     msg[:HEADER] = (MAGIC, kind, seq, policy, exit, min(micros, 2**31 - 1))
     msg[HEADER:] = body.view(np.int32)  # bit-cast, not a conversion
