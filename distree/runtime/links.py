@@ -22,7 +22,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -59,9 +58,7 @@ class Link:
         """Send msg (int32 (M,)) to the peer after the link's delay; returns at once."""
         with self._idle:
             self._pending += 1
-        model = self.model  # a `link` fault may change the model between sends
-        if msg.device != self.device:
-            msg = msg.to(self.device)
+        msg, model = msg.to(self.device), self.model  # a `link` fault may change the model between sends
         self._emulated |= model.active
         if self._emulated:  # once emulated, always through the thread, so no send overtakes a delayed one
             self._out.put((msg, model, None))
@@ -92,22 +89,14 @@ class Link:
                 self._idle.notify_all()
 
     def _recv_loop(self, numel: int) -> None:
-        buf = self._buffer(numel)
         while True:
+            buf = torch.empty(numel, dtype=torch.int32, device=self.device)
             try:
                 dist.recv(buf, self.peer)
             except RuntimeError as err:
                 self.inbox.put(Arrival(self.peer, error=f"receive failed: {first_line(err)}"))
                 return
             self.inbox.put(Arrival(self.peer, msg=buf.cpu(), received_s=time.perf_counter()))
-            buf = self._buffer(numel)
-
-    def _buffer(self, numel: int) -> torch.Tensor:
-        """A receive buffer: on the CPU through numpy, since a torch factory releases the GIL and the thread
-        that reads the inbox, just woken, must then wait to take it back."""
-        if self.device.type == "cpu":
-            return torch.from_numpy(np.empty(numel, np.int32))
-        return torch.empty(numel, dtype=torch.int32, device=self.device)
 
 
 def first_line(err: Exception) -> str:
