@@ -17,10 +17,10 @@ each sample was issued under. Shadow samples (INPUT's exit field SHADOW_RUN) com
 the answer as usual, then every device's exit-7 evidence (SHADOW), compared with the answer
 once all of it is in; a shadow whose device is lost is dropped.
 
-Between a message's arrival and the next sample's departure the aggregator makes no torch call:
-the samples are a numpy array, the logits come from `runtime/answer.py`. Each torch op releases
-the GIL, which the receiving and sending threads then take, so in a session the answer took
-0.15-0.17 ms through torch against 0.03 ms through numpy (benches/README.md).
+The aggregator answers and builds the next INPUT without torch ops: the samples are a numpy
+array and the logits come from `runtime/answer.py`. Each torch op releases the GIL, which the
+receiving and sending threads then take, so in a session the answer took 0.15-0.17 ms through
+torch against 0.03 ms through numpy (benches/README.md).
 """
 import random
 import queue
