@@ -17,8 +17,8 @@ trip has. What it computes does not matter to the floor. `--cpus` pins the sessi
 rank r of the round trip to the CPU of the session's rank r).
 
 Printed: per policy, latency median and p95 / median, and the median of latency minus the
-device's compute as a multiple of the round trip and of the bare round; then each segment's median (the device the
-round waited for). Everything goes to OUT/floor.json; the session's report to OUT/session.json.
+device's compute as a multiple of the round trip and of the bare round; then each segment's
+median (the device the round waited for). Everything goes to OUT/floor.json; the session's report to OUT/session.json.
 """
 import argparse
 import json
@@ -120,7 +120,8 @@ def main() -> None:
     bare = statistics.mean([before["round"]["median_ms"], after["round"]["median_ms"]])
     report, parts = json.loads((out / "session.json").read_text()), breakdown(read_marks(config.trace))
     rows = {}
-    for name, key in (("gloo round trip", "rtt"), (f"bare round of {devices + 1} processes", "round")):
+    lines = (("gloo round trip", "rtt"),) + (((f"bare round of {devices + 1} processes", "round"),) if devices > 1 else ())
+    for name, key in lines:
         print(f"{name}, {down * 4} B there and {feature * 4} B back: median {before[key]['median_ms']:.3f} ms "
               f"before the session, {after[key]['median_ms']:.3f} ms after (p95 {before[key]['p95_ms']:.3f} / "
               f"{after[key]['p95_ms']:.3f})")
