@@ -120,7 +120,9 @@ def main() -> None:
     bare = statistics.mean([before["round"]["median_ms"], after["round"]["median_ms"]])
     report, parts = json.loads((out / "session.json").read_text()), breakdown(read_marks(config.trace))
     rows = {}
-    lines = (("gloo round trip", "rtt"),) + (((f"bare round of {devices + 1} processes", "round"),) if devices > 1 else ())
+    lines = [("gloo round trip", "rtt")]
+    if devices > 1:
+        lines.append((f"bare round of {devices + 1} processes", "round"))
     for name, key in lines:
         print(f"{name}, {down * 4} B there and {feature * 4} B back: median {before[key]['median_ms']:.3f} ms "
               f"before the session, {after[key]['median_ms']:.3f} ms after (p95 {before[key]['p95_ms']:.3f} / "
