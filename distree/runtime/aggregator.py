@@ -74,7 +74,7 @@ class Aggregator:
     def __init__(self, session: Session, model, plan: list[PolicySpec], deadlines: Deadlines, window: int,
                  faults: list[Fault], adapt: AdaptConfig = None, surviving: SurvivingSets | None = None,
                  trace: Trace | None = None):
-        self.model, self.plan, self.deadlines, self.window, self.adapt = model, plan, deadlines, window, adapt
+        self.plan, self.deadlines, self.window, self.adapt = plan, deadlines, window, adapt
         self.surviving, self.answers = surviving, Answers(model, surviving)
         self.n = session.num_devices
         self.feature_dim = model.students[0].heads[0].weight.shape[0]  # K (D if projected)
@@ -173,9 +173,10 @@ class Aggregator:
                 if complete:
                     run.round_s.append(time.perf_counter() - t_round)
                 # a device late at this exit ends the sample: waiting another exit for it only adds latency
-                stop = (j == LAST_EXIT or not complete or not got
-                        or bool(spec.policy.stops(torch.from_numpy(self._logits(got))[None],
-                                                  spec.thresholds, j)))
+                stop = j == LAST_EXIT or not complete or not got
+                if not stop:
+                    z = torch.from_numpy(self._logits({i: e.u for i, e in got.items()}))[None]  # (1, K)
+                    stop = bool(spec.policy.stops(z, spec.thresholds, j))
                 for i in expected & self.live:
                     decision = m.encode(m.STOP if stop else m.CONTINUE, s, stream.index, j)
                     self._mark("told", stream.index, s, j, i)
@@ -218,7 +219,7 @@ class Aggregator:
         del stream.shadows[s]
         if not shadow.to & self.live:
             return
-        full = int(self.answers.logits({i: u.numpy() for i, u in shadow.u.items() if i in self.live}).argmax())
+        full = int(self._logits({i: u for i, u in shadow.u.items() if i in self.live}).argmax())
         run, check, control = stream.run, stream.check, stream.control
         run.shadow.append((s, shadow.pred != full))
         fired = check.add(shadow.setting, shadow.pred != full)
@@ -379,13 +380,13 @@ class Aggregator:
         if self.trace is not None:
             self.trace.mark(event, policy, seq, exit, device, time.perf_counter())
 
-    def _logits(self, got: dict) -> np.ndarray:
-        """z (K,) from the evidence {device: Evidence} of the devices that answered."""
-        return self.answers.logits({i: e.u.numpy() for i, e in got.items()})
+    def _logits(self, evidence: dict) -> np.ndarray:
+        """z (K,) from {device: u (D,)}, by the aggregator of the devices that answered (runtime/answer.py)."""
+        return self.answers.logits({i: u.numpy() for i, u in evidence.items()})
 
     def _answer(self, run: PolicyRun, label: int, got: dict, t0: float, compute: float) -> int:
         """Answer one sample from the evidence in got; the prediction."""
-        pred = int(self._logits(got).argmax())
+        pred = int(self._logits({i: e.u for i, e in got.items()}).argmax())
         exits = [got[i].exit if i in got else -1 for i in range(self.n)]
         run.record(label, pred, exits, time.perf_counter() - t0, compute)
         self.answered += 1
