@@ -18,63 +18,25 @@ rank r of the round trip to the CPU of the session's rank r).
 
 Printed: per policy, latency median and p95 / median, and the median of latency minus the
 device's compute as a multiple of the round trip and of the bare round; then each segment's
-median (the device the round waited for). Everything goes to OUT/floor.json; the session's report to OUT/session.json.
+median (the device the round waited for). Everything goes to OUT/floor.json; the session's
+report to OUT/session.json. The round trip and the bare round are `transport_threads.exchange`,
+both sides bare.
 """
 import argparse
 import json
-import os
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from distree.runtime import messages as m
 from distree.runtime.config import ServeConfig
-from distree.runtime.deploy import deploy, free_port
+from distree.runtime.deploy import deploy
 from distree.runtime.pinning import parse_cpus
 from distree.runtime.trace import SEGMENTS, breakdown, read_marks
 from distree.run_dir import build_students, read_config, save_atomic, write_config
-
-ROUNDS, WARMUP = 2000, 200
-
-
-def _ping(rank: int, port: int, sizes: tuple, out: str, cpus: list | None, world: int) -> None:
-    """One rank of the exchange: rank 0 times ROUNDS rounds of sizes (down, up) int32 elements with every
-    other rank of `world`; cpus: each rank's CPUs, or None."""
-    torch.set_num_threads(1)
-    if cpus is not None:
-        os.sched_setaffinity(0, cpus[rank])
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    down, up = torch.zeros(sizes[0], dtype=torch.int32), torch.zeros(sizes[1], dtype=torch.int32)
-    times = []
-    for k in range(WARMUP + ROUNDS):
-        if rank == 0:
-            t = time.perf_counter()
-            for work in [dist.isend(down, peer) for peer in range(1, world)]:  # to every device at once
-                work.wait()
-            for peer in range(1, world):
-                dist.recv(up, peer)
-            times.append(time.perf_counter() - t)
-        else:
-            dist.recv(down, 0)
-            dist.send(up, 0)
-    if rank == 0:
-        Path(out).write_text(json.dumps(times[WARMUP:]))
-    dist.destroy_process_group()
-
-
-def round_trip(down: int, up: int, out: Path, cpus: list | None, devices: int = 1) -> dict:
-    """Median and p95 (ms) of the bare gloo round with `devices` peers: down int32 elements to each, up back
-    from each (devices = 1: the round trip between two processes)."""
-    mp.start_processes(_ping, args=(free_port(), (down, up), str(out), cpus, devices + 1), nprocs=devices + 1,
-                       start_method="spawn")
-    ms = np.asarray(json.loads(out.read_text())) * 1e3
-    return {"median_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95))}
+from transport_threads import exchange  # benches/, beside this script
 
 
 def one_student_run(run: str, out: Path) -> str:
@@ -149,8 +111,8 @@ def main() -> None:
 def transport(down: int, up: int, out: Path, cpus: list | None, devices: int) -> dict:
     """The bare round trip between two processes ("rtt") and the bare round of the session's devices + 1
     processes ("round"; the round trip again at N = 1)."""
-    rtt = round_trip(down, up, out / "rtt.json", cpus)
-    return {"rtt": rtt, "round": round_trip(down, up, out / "rtt.json", cpus, devices) if devices > 1 else rtt}
+    rtt = exchange((down, up), 1, out / "rtt.json", cpus=cpus)
+    return {"rtt": rtt, "round": exchange((down, up), devices, out / "rtt.json", cpus=cpus) if devices > 1 else rtt}
 
 if __name__ == "__main__":
     main()

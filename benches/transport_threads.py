@@ -39,25 +39,39 @@ FEATURE = m.message_size(10)  # and of its FEATURE message (10 classes)
 WAYS = ("bare", "runtime")
 
 
-def _rank(rank: int, port: int, world: int, ways: tuple, out: str) -> None:
-    """One rank of the exchange; ways: (rank 0's, the devices')."""
+def exchange(sizes: tuple[int, int], devices: int, out: Path, ways: tuple = ("bare", "bare"),
+             cpus: list | None = None) -> dict:
+    """Median and p95 (ms) of ROUNDS rounds between rank 0 and `devices` peers: sizes (down, up) int32 elements
+    to each and back from each; ways: (rank 0's, the devices'); cpus: each rank's CPUs, or None; out: a
+    file for the times."""
+    mp.start_processes(_rank, args=(free_port(), devices + 1, ways, sizes, cpus, str(out)), nprocs=devices + 1,
+                       start_method="spawn")
+    ms = np.asarray(json.loads(out.read_text())) * 1e3
+    return {"median_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95))}
+
+
+def _rank(rank: int, port: int, world: int, ways: tuple, sizes: tuple, cpus: list | None, out: str) -> None:
+    """One rank of the exchange."""
     torch.set_num_threads(1)
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus[rank])
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    down, up = torch.zeros(sizes[0], dtype=torch.int32), torch.zeros(sizes[1], dtype=torch.int32)
     if rank == 0:
-        times = (_aggregator_bare if ways[0] == "bare" else _aggregator_links)(world)
+        times = (_aggregator_bare if ways[0] == "bare" else _aggregator_links)(world, down, up)
         Path(out).write_text(json.dumps(times[WARMUP:]))
     else:
-        (_device_bare if ways[1] == "bare" else _device_posted)()
+        (_device_bare if ways[1] == "bare" else _device_posted)(down, up)
         time.sleep(0.5)  # let the last answer leave
     os._exit(0)  # a receiving thread stays blocked in gloo: leave without joining it, as the runtime's ranks do
 
 
-def _aggregator_bare(world: int) -> list[float]:
-    down, up, times = torch.zeros(INPUT, dtype=torch.int32), torch.zeros(FEATURE, dtype=torch.int32), []
+def _aggregator_bare(world: int, down: torch.Tensor, up: torch.Tensor) -> list[float]:
+    times = []
     for _ in range(WARMUP + ROUNDS):
         t = time.perf_counter()
-        for work in [dist.isend(down, peer) for peer in range(1, world)]:
+        for work in [dist.isend(down, peer) for peer in range(1, world)]:  # to every device at once
             work.wait()
         for peer in range(1, world):
             dist.recv(up, peer)
@@ -65,10 +79,9 @@ def _aggregator_bare(world: int) -> list[float]:
     return times
 
 
-def _aggregator_links(world: int) -> list[float]:
+def _aggregator_links(world: int, down: torch.Tensor, up: torch.Tensor) -> list[float]:
     inbox = queue.SimpleQueue()
-    links = [Link(peer, inbox, recv_numel=FEATURE) for peer in range(1, world)]
-    down, times = torch.zeros(INPUT, dtype=torch.int32), []
+    links, times = [Link(peer, inbox, recv_numel=up.numel()) for peer in range(1, world)], []
     for _ in range(WARMUP + ROUNDS):
         t = time.perf_counter()
         for link in links:
@@ -84,20 +97,19 @@ def _aggregator_links(world: int) -> list[float]:
     return times
 
 
-def _device_bare() -> None:
-    down, up = torch.zeros(INPUT, dtype=torch.int32), torch.zeros(FEATURE, dtype=torch.int32)
+def _device_bare(down: torch.Tensor, up: torch.Tensor) -> None:
     for _ in range(WARMUP + ROUNDS):
         dist.recv(down, 0)
         dist.send(up, 0)
 
 
-def _device_posted() -> None:
-    link, up = Link(0), torch.zeros(FEATURE, dtype=torch.int32)
-    buf = torch.empty(INPUT, dtype=torch.int32)
+def _device_posted(down: torch.Tensor, up: torch.Tensor) -> None:
+    link = Link(0)
+    buf = torch.empty_like(down)
     work = dist.irecv(buf, 0)
     for _ in range(WARMUP + ROUNDS):
         work.wait()
-        buf = torch.empty(INPUT, dtype=torch.int32)
+        buf = torch.empty_like(down)
         work = dist.irecv(buf, 0)  # the next input's receive, posted before the answer leaves (Device.serve)
         link.send(up.clone())
 
@@ -112,14 +124,10 @@ def main() -> None:
     print(f"{args.devices + 1} processes, {INPUT * 4} B to each device and {FEATURE * 4} B back, "
           f"{ROUNDS} rounds; rank 0 / devices: median and p95 ms")
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "times.json"
         for _ in range(args.repeats):
             for ways in [(a, d) for a in WAYS for d in WAYS]:
-                mp.start_processes(_rank, args=(free_port(), args.devices + 1, ways, str(out)),
-                                   nprocs=args.devices + 1, start_method="spawn")
-                ms = np.asarray(json.loads(out.read_text())) * 1e3
-                print(f"{ways[0]:>8} / {ways[1]:<8} {np.median(ms):7.3f} {np.percentile(ms, 95):7.3f}", flush=True)
-
+                t = exchange((INPUT, FEATURE), args.devices, Path(tmp) / "times.json", ways)
+                print(f"{ways[0]:>8} / {ways[1]:<8} {t['median_ms']:7.3f} {t['p95_ms']:7.3f}", flush=True)
 
 if __name__ == "__main__":
     main()
