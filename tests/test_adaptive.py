@@ -452,12 +452,13 @@ def test_slow_device_moves_cheaper_and_returns(wide2, tmp_path):
     back = next((k for k in range(end, len(settings)) if settings[k] == 0), None)  # device 1 returned
     assert back is not None, p["adaptive"]["moves"]
     # each step back waits for a full window under its setting, twice as long after each step back that did
-    # not hold (runtime/adaptive.py), and the window must first fill with unslowed answers
+    # not hold (runtime/adaptive.py), and the window must first fill with unslowed answers; the steps are counted
+    # from the setting sample `end` was issued under (a move made at the last slowed sample applies from `end`)
     wait = window
     for before, after in zip(moves, moves[1:]):
         if before["reason"] == "slack" and after["reason"] == "over budget":
             wait = min(2 * wait, MAX_RELAX_WINDOWS * window)
-    assert back - end <= window + settings[end - 1] * wait, p["adaptive"]["moves"]
+    assert back - end <= window + settings[end] * wait, p["adaptive"]["moves"]
     assert max(s[0] for s in p["settings_per_sample"][:back]) == 0  # device 0, never slowed, never moved
     assert p["timeline"] and {"before", "during", "after"} <= set(phase)
     assert write_session_figures(tmp_path / "report.json") == [tmp_path / "adaptive_timeline.png"]  # as deploy does
