@@ -12,6 +12,7 @@ from .exit_gate_reference import exit_gate_decide_reference, exit_gate_reference
 from .functional import exit_head
 from .module import ExitHead
 from .reference import exit_head_reference
+from .resolved import ExitOps, exit_ops
 
 if ops.EXTENSION_ERROR is not None:
     warnings.warn("distree_kernels: the C++ extension is not built, so the 'cpp' and 'cuda' backends "
@@ -19,4 +20,5 @@ if ops.EXTENSION_ERROR is not None:
                   "Build it with `pip install --no-build-isolation -e .`.", stacklevel=2)
 
 __all__ = ["ExitHead", "exit_head", "exit_head_reference", "exit_gate", "exit_gate_decide",
-           "exit_gate_reference", "exit_gate_decide_reference", "available_backends", "unavailable_reason"]
+           "exit_gate_reference", "exit_gate_decide_reference", "available_backends", "unavailable_reason",
+           "ExitOps", "exit_ops"]

@@ -80,5 +80,5 @@ def implementation(backend: str):
     if backend == "reference":
         return exit_head_reference
     if backend in ("cpp", "cuda"):
-        return torch.ops.distree.exit_head
-    return torch.ops.distree.exit_head_triton
+        return torch.ops.distree.exit_head.default
+    return torch.ops.distree.exit_head_triton.default

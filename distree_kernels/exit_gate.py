@@ -73,12 +73,16 @@ if ops.TRITON_ERROR is None:
     register_projection_flops(torch.ops.distree.exit_gate_triton)
 
 
-def _implementation(backend, fused):
+def implementation(backend: str, fused: bool = True):
+    """The callable of a resolved backend: exit_gate's (x, weight, bias, first, previous, bias_share,
+    gate_weight, gate_bias, threshold, rule, inclusive) -> (feat, score, exit) if fused, else
+    exit_gate_decide's (feat, first, ...) -> (score, exit)."""
     if backend == "reference":
         return exit_gate_reference if fused else exit_gate_decide_reference
     if backend in ("cpp", "cuda"):
-        return torch.ops.distree.exit_gate if fused else torch.ops.distree.exit_gate_decide
-    return torch.ops.distree.exit_gate_triton if fused else torch.ops.distree.exit_gate_decide_triton
+        return torch.ops.distree.exit_gate.default if fused else torch.ops.distree.exit_gate_decide.default
+    return (torch.ops.distree.exit_gate_triton.default if fused
+            else torch.ops.distree.exit_gate_decide_triton.default)
 
 
 def _as_tensor(value, device):
@@ -106,7 +110,7 @@ def exit_gate(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor |
     """
     threshold, gate_bias = _as_tensor(threshold, x.device), _as_tensor(gate_bias, x.device)
     inclusive = INCLUSIVE.get(rule, True) if inclusive is None else inclusive
-    impl = _implementation(backends.resolve(backend, x.device), fused=True)
+    impl = implementation(backends.resolve(backend, x.device), fused=True)
     return impl(x, weight, bias, first, previous, bias_share, gate_weight, gate_bias, threshold,
                 rule, inclusive)
 
@@ -123,5 +127,5 @@ def exit_gate_decide(feat: torch.Tensor, first: torch.Tensor | None, previous: t
     """
     threshold, gate_bias = _as_tensor(threshold, feat.device), _as_tensor(gate_bias, feat.device)
     inclusive = INCLUSIVE.get(rule, True) if inclusive is None else inclusive
-    impl = _implementation(backends.resolve(backend, feat.device), fused=False)
+    impl = implementation(backends.resolve(backend, feat.device), fused=False)
     return impl(feat, first, previous, bias_share, gate_weight, gate_bias, threshold, rule, inclusive)

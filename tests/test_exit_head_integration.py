@@ -100,6 +100,15 @@ def test_auto_picks_the_cpp_kernel_on_cpu():
         distree_kernels.exit_head(torch.ones(1, 1, 1, 1), backend="fast")
 
 
+def test_exit_ops_resolve_as_the_functions_do():
+    """exit_ops(backend, device) gives the ops exit_head() and exit_gate() would call there."""
+    from distree_kernels import exit_gate_reference, exit_ops
+    assert exit_ops("auto", "cpu") == (torch.ops.distree.exit_head.default, torch.ops.distree.exit_gate.default)
+    assert exit_ops("reference", "cpu") == (exit_head_reference, exit_gate_reference)
+    with pytest.raises(RuntimeError, match="backend 'cuda' is unavailable"):
+        exit_ops("cuda", "cpu")
+
+
 def test_cpp_kernel_uses_every_thread():
     # ATen's parallel_for compiles to one thread unless the extension is built with -fopenmp.
     assert torch.ops.distree._parallel_threads() == torch.get_num_threads() > 1

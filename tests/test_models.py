@@ -72,6 +72,26 @@ def test_reference_heads_give_the_same_numbers():
     assert all(h.backend == "reference" for h in fused.heads)
 
 
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_a_walk_on_resolved_kernels_gives_the_module_walks_numbers(backend):
+    """DeviceStep walks on `exit_kernels` (the heads' ops called directly, resolved once): every head
+    and every gate decision the same, bit for bit, as the walk through the head modules."""
+    torch.manual_seed(0)
+    student = Student(10, 1, head_backend=backend).eval()
+    x = torch.randn(3, 1, 28, 28)
+    share, gate_weight, threshold = torch.randn(10), torch.randn(5), torch.tensor(0.5)
+    outputs = []
+    with torch.inference_mode():
+        for kernels in (None, student.exit_kernels(torch.device("cpu"))):
+            walk, out = student.walk(x, kernels), []
+            for j in walk:
+                out += walk.head() if j in (0, 6) else walk.decide(share, gate_weight, torch.tensor(0.1), threshold,
+                                                                   "gate", True)
+            outputs.append(out)
+    assert len(outputs[1]) == 21
+    assert all(torch.equal(a, b) for a, b in zip(*outputs))  # features, scores and stop masks
+
+
 def test_outputs_do_not_depend_on_the_forward_batch():
     """`distree.data.forward_batch` picks the batch of forward passes for speed alone: every sample's
     teacher features and students' evidence are the same, bit for bit, in batches of 8, 64 and all 160,

@@ -44,6 +44,7 @@ class DeviceStep:
         self.thresholds = thresholds.to(self.device, torch.float32).clone()  # (5,) its own: set_thresholds writes it
         self.bias_share = bias_share.to(self.device)
         self.gates = [self._gate_arguments(j) for j in range(NUM_EXITS)]
+        self.kernels = student.exit_kernels(self.device)  # its heads resolved once, for every walk
 
     def _gate_arguments(self, j: int) -> GateArguments | None:
         """The exit gate's arguments at decision exit j (0-based 1..5), or None where no op decides."""
@@ -78,7 +79,7 @@ class DeviceStep:
         always does) its evidence is the answer as it is. Once some stop before the others, their
         evidence is written into (B, K) and the batch goes on with the rest.
         """
-        b, walk, skip_heads = x.shape[0], self.student.walk(x), not self.policy.exits_early
+        b, walk, skip_heads = x.shape[0], self.student.walk(x, self.kernels), not self.policy.exits_early
         ids = sent = exits = None  # (b',) rows of x still running, (B, K), (B,): once some have stopped
         for j in walk:
             if j < LAST_EXIT and skip_heads:
@@ -123,7 +124,7 @@ class DeviceStep:
         Exit 1 never stops a sample, so it sends nothing; the caller stops iterating when the
         aggregator says stop.
         """
-        walk = self.student.walk(x.unsqueeze(0))  # (1, C, H, W)
+        walk = self.student.walk(x.unsqueeze(0), self.kernels)  # (1, C, H, W)
         for j in walk:
             if j >= 1:
                 yield j, walk.head()[0][0].float().cpu()  # (K,)

@@ -121,7 +121,7 @@ def exit_machinery(step: DeviceStep, x: torch.Tensor, config: TimingConfig = Tim
     the bookkeeping) of 7 exits; it is held against the 7 bare op calls.
     """
     never = DeviceStep(step.student, step.index, step.policy, step.policy.default_thresholds(), step.bias_share)
-    ops = torch.ops.distree.exit_head
+    ops = torch.ops.distree.exit_head.default
     heads = step.student.heads
     parts = {"walk": [], "stages": [], "ops": []}
     threads = torch.get_num_threads()

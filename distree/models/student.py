@@ -6,18 +6,28 @@ every student speaks the same language and can be summed at the aggregator.
 """
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from distree.errors import DistreeError
 from distree.models.wrn import init_weights, wrn_blocks
-from distree_kernels import ExitHead, exit_gate
+from distree_kernels import ExitHead, ExitOps, exit_ops
 
 NUM_EXITS = 7  # after the stem and after each of the 6 blocks
 LAST_EXIT = NUM_EXITS - 1  # 0-based index of exit 7, where every sample stops
 EXIT_SPACES = ("class", "projected")
 PROJECTED_DIM = 64  # D of the `projected` alternative
+
+
+class ExitKernel(NamedTuple):
+    """An exit's head as its ops take it, for one device: the resolved ops and the head's tensors."""
+
+    ops: ExitOps
+    weight: torch.Tensor | None  # (K, C_j)
+    bias: torch.Tensor | None  # (K,)
+    threshold: torch.Tensor  # () float32
 
 
 @dataclass
@@ -34,9 +44,22 @@ class StagedStudent(nn.Module):
     stages: nn.ModuleList
     heads: nn.ModuleList
 
-    def walk(self, x: torch.Tensor) -> "StudentWalk":
-        """A stage-by-stage run of this student on x (B, C, H, W); see StudentWalk."""
-        return StudentWalk(self, x)
+    def walk(self, x: torch.Tensor, kernels: list[ExitKernel] | None = None) -> "StudentWalk":
+        """A stage-by-stage run of this student on x (B, C, H, W); see StudentWalk. kernels: the
+        `exit_kernels` of x's device, for a caller that walks many times (DeviceStep); None: the heads
+        run as modules and each exit's gate is resolved when it decides."""
+        return StudentWalk(self, x, kernels)
+
+    def exit_kernel(self, j: int, device: torch.device) -> ExitKernel:
+        """Exit j's head resolved for tensors on device: its backend's ops and its tensors as they are now."""
+        head = self.heads[j]
+        return ExitKernel(exit_ops(head.backend, device), head.weight, head.bias, head.threshold)
+
+    def exit_kernels(self, device: torch.device) -> list[ExitKernel]:
+        """Every exit's kernel for device. They hold the heads' backends and tensors of this moment:
+        take them again after `set_head_backend`, or after moving or replacing the heads' parameters.
+        A walk given them calls the ops directly, so hooks on the head modules do not run."""
+        return [self.exit_kernel(j, device) for j in range(len(self.heads))]
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """u: 7 features (B, K) (or (B, D) if projected); maps: the 7 stage outputs (B, C_j, H_j, W_j)."""
@@ -92,8 +115,9 @@ class StudentWalk:
     engine, the runtime's devices, timing and FLOP counting all walk a student this way.
     """
 
-    def __init__(self, student: StagedStudent, x: torch.Tensor):
+    def __init__(self, student: StagedStudent, x: torch.Tensor, kernels: list[ExitKernel] | None = None):
         self.student, self.h, self.exit = student, x, -1
+        self.kernels = kernels  # per exit, for x's device: the heads' ops called directly; None: the modules
         self.exit_head = None  # the current exit's head (a ModuleList lookup costs microseconds at B = 1)
         self.first = None  # (B', K) exit 1's feature, once its head has run
         self.previous = None  # (B', K) the feature of the exit before the current one
@@ -107,20 +131,27 @@ class StudentWalk:
     def head(self, score: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This exit's head on h: feature (B', K), score (B',) against exit 1 and the op's exit (B',).
 
-        score=False skips the comparison with exit 1 (training needs the feature only).
+        score=False skips the comparison with exit 1 (training needs the feature only). Without
+        kernels the head module runs, so its hooks and per-module tools (FlopCounterMode's
+        per-module counts) see it.
         """
-        return self._record(self.exit_head(self.h, self.first if score else None))
+        ref = self.first if score else None
+        if self.kernels is None:
+            return self._record(self.exit_head(self.h, ref))
+        k = self.kernels[self.exit]
+        return self._record(k.ops.head(self.h, k.weight, k.bias, ref, k.threshold))
 
     def decide(self, bias_share, gate_weight, gate_bias, threshold, rule: str, inclusive: bool):
         """The fused exit gate on h: feature (B', K), score (B',) and the rule's stop mask (B',).
 
         bias_share (K,), gate_weight (F,) and gate_bias () as `distree_kernels.exit_gate` takes
-        them; threshold a 0-d float32 tensor on h's device.
+        them, gate_bias a tensor or None; threshold a 0-d float32 tensor on h's device.
         """
-        head = self.exit_head
+        k = self.kernels[self.exit] if self.kernels is not None else self.student.exit_kernel(self.exit,
+                                                                                               self.h.device)
         previous = self.last if self.last is not None else self.first
-        return self._record(exit_gate(self.h, head.weight, head.bias, self.first, previous, bias_share, gate_weight,
-                                      gate_bias, threshold, rule, inclusive, backend=head.backend))
+        return self._record(k.ops.gate(self.h, k.weight, k.bias, self.first, previous, bias_share, gate_weight,
+                                       gate_bias, threshold, rule, inclusive))
 
     def _record(self, out):
         if self.exit == 0:
