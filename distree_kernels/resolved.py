@@ -3,8 +3,8 @@
 `exit_head()`, `exit_gate()` and `ExitHead` resolve the backend at every call, which keeps them
 right whatever the tensors and the module's `backend` are. A caller that runs the same heads
 again and again at B = 1, where an op's own dispatch takes a few microseconds, can resolve them
-once and call the ops directly: the module call and the lookups around it cost about as much
-again per exit (benches/README.md, "The exit machinery at B = 1").
+once and call the ops directly, skipping the module call and the lookups around it: about 3 us
+of each exit at B = 1 on the CPU (the README's "What the exit machinery costs now").
 """
 from collections.abc import Callable
 from typing import NamedTuple
