@@ -118,11 +118,10 @@ def exit_machinery(step: DeviceStep, x: torch.Tensor, config: TimingConfig = Tim
     step's walk with thresholds that stop nobody (every stage and every exit's decision runs),
     the same stages with no head at all, and one bare `distree::exit_head` call at every
     exit's shape. The walk minus its stages is the exit machinery (the op calls, the host reads,
-    the bookkeeping) of 7 exits; it is held against the 7 bare op calls.
+    the bookkeeping) of 7 exits; it is held against the 7 bare op calls, each the op the walk
+    resolved for that head (`DeviceStep.kernels`) on that head's tensors, with no lookup around it.
     """
     never = DeviceStep(step.student, step.index, step.policy, step.policy.default_thresholds(), step.bias_share)
-    ops = torch.ops.distree.exit_head.default
-    heads = step.student.heads
     parts = {"walk": [], "stages": [], "ops": []}
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
@@ -130,7 +129,7 @@ def exit_machinery(step: DeviceStep, x: torch.Tensor, config: TimingConfig = Tim
         with torch.inference_mode():
             for xb in x.split(1):
                 maps = step.student(xb)[1]  # 7 x (1, C_j, H_j, W_j)
-                first = heads[0](maps[0])[0]
+                first = step.student.heads[0](maps[0])[0]
                 t = {"walk": float("inf"), "stages": float("inf"), "ops": float("inf")}
                 for _ in range(config.repeats):
                     began = time.perf_counter()
@@ -139,8 +138,8 @@ def exit_machinery(step: DeviceStep, x: torch.Tensor, config: TimingConfig = Tim
                     for _ in step.student.walk(xb):
                         pass
                     end = time.perf_counter()
-                    for j, h in enumerate(maps):
-                        ops(h, heads[j].weight, heads[j].bias, first if j else None, heads[j].threshold)
+                    for j, (k, h) in enumerate(zip(never.kernels, maps)):
+                        k.ops.head(h, k.weight, k.bias, first if j else None, k.threshold)
                     done = time.perf_counter()
                     t = {"walk": min(t["walk"], mid - began), "stages": min(t["stages"], end - mid),
                          "ops": min(t["ops"], done - end)}
