@@ -29,6 +29,11 @@ class ExitKernel(NamedTuple):
     bias: torch.Tensor | None  # (K,)
     threshold: torch.Tensor  # () float32
 
+    @classmethod
+    def of(cls, head: ExitHead, device: torch.device) -> "ExitKernel":
+        """head resolved for tensors on device: its backend's ops and its tensors as they are now."""
+        return cls(exit_ops(head.backend, device), head.weight, head.bias, head.threshold)
+
 
 @dataclass
 class StudentConfig:
@@ -50,16 +55,11 @@ class StagedStudent(nn.Module):
         run as modules and each exit's gate is resolved when it decides."""
         return StudentWalk(self, x, kernels)
 
-    def exit_kernel(self, j: int, device: torch.device) -> ExitKernel:
-        """Exit j's head resolved for tensors on device: its backend's ops and its tensors as they are now."""
-        head = self.heads[j]
-        return ExitKernel(exit_ops(head.backend, device), head.weight, head.bias, head.threshold)
-
     def exit_kernels(self, device: torch.device) -> list[ExitKernel]:
         """Every exit's kernel for device. They hold the heads' backends and tensors of this moment:
         take them again after `set_head_backend`, or after moving or replacing the heads' parameters.
         A walk given them calls the ops directly, so hooks on the head modules do not run."""
-        return [self.exit_kernel(j, device) for j in range(len(self.heads))]
+        return [ExitKernel.of(head, device) for head in self.heads]
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """u: 7 features (B, K) (or (B, D) if projected); maps: the 7 stage outputs (B, C_j, H_j, W_j)."""
@@ -147,8 +147,7 @@ class StudentWalk:
         bias_share (K,), gate_weight (F,) and gate_bias () as `distree_kernels.exit_gate` takes
         them, gate_bias a tensor or None; threshold a 0-d float32 tensor on h's device.
         """
-        k = self.kernels[self.exit] if self.kernels is not None else self.student.exit_kernel(self.exit,
-                                                                                               self.h.device)
+        k = self.kernels[self.exit] if self.kernels is not None else ExitKernel.of(self.exit_head, self.h.device)
         previous = self.last if self.last is not None else self.first
         return self._record(k.ops.gate(self.h, k.weight, k.bias, self.first, previous, bias_share, gate_weight,
                                        gate_bias, threshold, rule, inclusive))
